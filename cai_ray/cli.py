@@ -1,0 +1,111 @@
+"""The ``cai-ray`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _daad_build(args: argparse.Namespace) -> int:
+    from cai_ray.daad.builders import DaadSpec, build_daad
+
+    index = build_daad(DaadSpec.from_yaml(args.spec), args.data_root, args.out)
+    report = index["report"]
+    print(f"DAAD {index['name']!r}: {report['records']} records in {len(index['shards'])} shard(s) -> {args.out}")
+    print(f"  by class:  {report['by_class']}")
+    print(f"  by domain: {report['by_domain']}")
+    print(f"  skipped:   {report['skipped_count']} {report['skipped_by_reason']}")
+    for item in report["skipped"][: args.show_skipped]:
+        print(f"    {item['path']}: {item['reason']}")
+    if report["skipped_count"] > args.show_skipped:
+        print(f"    ... all {report['skipped_count']} are listed in {args.out}/daad.json")
+    return 0
+
+
+def _daad_stats(args: argparse.Namespace) -> int:
+    from cai_ray.daad.shards import daad_stats
+
+    print(json.dumps(daad_stats(args.daad, reference_size=args.reference_size), indent=2))
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from cai_ray.config import load_config
+    from cai_ray.pipeline.synth import run_synth
+
+    config = load_config(args.config, out=args.out)
+    manifest = run_synth(config, show_progress=not args.no_progress)
+    out = config.output.path
+    print(f"{manifest['samples']} samples in {len(manifest['shards'])} shard(s) -> {out}")
+    print(f"  counts: {json.dumps(manifest['counts'])}")
+    print(f"  skipped inputs: {len(manifest['skipped_inputs'])}, "
+          f"failed samples: {len(manifest['failed_samples'])} (reasons in manifest.json)")
+    print(f"  preview: {out}/preview.png; check with: cai-ray verify {out}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from cai_ray.pipeline.verify import verify_output
+
+    report = verify_output(args.out)
+    for problem in report.problems[: args.show]:
+        print(f"PROBLEM {problem}")
+    if len(report.problems) > args.show:
+        print(f"... and {len(report.problems) - args.show} more")
+    status = "OK" if report.ok else "FAILED"
+    print(f"{status}: {report.shards} shard(s), {report.samples} samples, "
+          f"{len(report.problems)} problem(s)")
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cai-ray", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    daad = commands.add_parser("daad", help="build and inspect a DAAD").add_subparsers(
+        dest="daad_command", required=True
+    )
+    build = daad.add_parser("build", help="turn dataset layouts into DAAD shards")
+    build.add_argument("--spec", required=True, help="YAML spec, e.g. configs/daad/shared_data.yaml")
+    build.add_argument("--data-root", required=True, help="folder the spec's paths are relative to")
+    build.add_argument("--out", required=True, help="output folder for the DAAD")
+    build.add_argument("--show-skipped", type=int, default=10, help="skips to print")
+    build.set_defaults(handler=_daad_build)
+    stats = daad.add_parser("stats", help="counts per class, domain and source scale")
+    stats.add_argument("daad", help="a DAAD folder")
+    stats.add_argument("--reference-size", type=int, default=256,
+                       help="target side that source scales are measured against")
+    stats.set_defaults(handler=_daad_stats)
+
+    synth = commands.add_parser("synth", help="run the CAI synthesis job on Ray")
+    synth.add_argument("--config", required=True, help="YAML job config, e.g. configs/demo.yaml")
+    synth.add_argument("--out", help="output folder (overrides output.path)")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.set_defaults(handler=_synth)
+
+    verify = commands.add_parser("verify", help="check a synthesis output; non-zero on problems")
+    verify.add_argument("out", help="output folder of 'cai-ray synth'")
+    verify.add_argument("--show", type=int, default=20, help="problems to print")
+    verify.set_defaults(handler=_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        print(f"cai-ray: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

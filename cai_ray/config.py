@@ -1,0 +1,109 @@
+"""Typed configuration of the synthesis job, loaded from YAML (see ``configs/``).
+
+Relative paths are relative to the directory the command runs in, like any command-line tool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cai_ray.core.cai import CAIParams
+from cai_ray.core.foreground import ForegroundMethod
+from cai_ray.daad.classes import AnomalyClass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputsConfig(_Section):
+    paths: list[str] = Field(
+        min_length=1,
+        description="Normal images: folders (searched recursively), glob patterns, .txt lists.",
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N images (sorted).")
+
+
+class DaadBuildConfig(_Section):
+    spec: str = Field(description="DAAD spec YAML, e.g. configs/daad/shared_data.yaml.")
+    data_root: str = Field(description="Folder the spec's paths are relative to.")
+
+
+class DaadConfig(_Section):
+    path: str = Field(description="A DAAD built by 'cai-ray daad build'.")
+    build: DaadBuildConfig | None = Field(
+        None, description="Build the DAAD at 'path' from this spec first if it is not there."
+    )
+    exclude_domains: list[str] = Field(
+        default_factory=list,
+        description="Never use these domains as sources: the dataset being evaluated (leakage).",
+    )
+    include_classes: list[AnomalyClass] | None = None
+
+
+class ForegroundConfig(_Section):
+    method: ForegroundMethod = "full"
+    model_path: str | None = Field(None, description="Local ONNX file for method 'rembg'.")
+    min_fraction: float = Field(
+        0.01, ge=0, le=1, description="Targets with a smaller foreground are skipped, reported."
+    )
+
+
+class OutputConfig(_Section):
+    path: str
+    samples_key_prefix: str = Field("s", pattern=r"^[A-Za-z0-9_-]+$")
+    targets_per_shard: int = Field(32, ge=1)
+    image_format: Literal["png", "jpg"] = "png"
+    include_normal: bool = Field(False, description="Also write each normal image, label 0.")
+    preview_samples: int = Field(8, ge=0)
+
+
+class ResourcesConfig(_Section):
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None: all.")
+    injection_actors: int | None = Field(None, ge=1, description="None: one per CPU.")
+    cpus_per_injection_actor: float = Field(0.75, gt=0)
+    foreground_actors: int | None = Field(None, ge=1, description="None: one per 8 CPUs.")
+    cpus_per_foreground_actor: float = Field(0.25, gt=0)
+    cpus_per_writer: float = Field(0.1, gt=0)
+
+
+class SynthConfig(_Section):
+    name: str = "cai"
+    seed: int = Field(0, ge=0)
+    image_size: int = Field(256, ge=16, description="Targets are resized to size x size.")
+    color: Literal["auto", "grey", "rgb"] = Field(
+        "auto", description="auto: grey if the first input image has grey content."
+    )
+    inputs: InputsConfig
+    daad: DaadConfig
+    foreground: ForegroundConfig = ForegroundConfig()
+    cai: CAIParams = CAIParams()
+    output: OutputConfig
+    resources: ResourcesConfig = ResourcesConfig()
+
+
+class ConfigError(ValueError):
+    """A configuration file that is missing, not YAML, or not valid; the message says where."""
+
+
+def load_config(path: str | Path, *, out: str | None = None) -> SynthConfig:
+    """Load and validate a synthesis config; ``out`` overrides ``output.path``."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file} must hold a mapping at the top level")
+    if out is not None:
+        raw.setdefault("output", {})["path"] = out
+    try:
+        return SynthConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {file}:\n{exc}") from exc

@@ -1,0 +1,1 @@
+"""Pure algorithms over numpy arrays: no Ray, no storage, no file formats."""

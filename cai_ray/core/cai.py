@@ -1,0 +1,326 @@
+"""Cross-domain Anomaly Injection (CAI): real defect patterns from other domains, scaled to the
+target (source-target matching, multi-scale quotas), placed on its foreground (injection location
+selection) and blended in with Poisson image editing.
+
+Every draw for sample ``k`` of target ``key`` comes from :func:`sample_rng` ``(seed, key, k)``, so
+a sample never depends on which worker made it or in what order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai_ray.core.geometry import (
+    SYNTHESIS_RANGES,
+    BBox,
+    Scale,
+    bbox_longest_side,
+    choose_location,
+    fallback_scale,
+    mask_bbox,
+    quota_schedule,
+    scale_classes,
+    scale_of,
+)
+from cai_ray.core.labels import LabelRule, label_mask
+from cai_ray.core.poisson import fast_rect_length, poisson_blend
+
+BlendMethod = Literal["normal", "mixed", "paste"]
+METHOD_NAMES: dict[str, str] = {"normal": "cai-normal", "mixed": "cai-mixed", "paste": "paste"}
+
+
+class Quotas(BaseModel):
+    """Pseudo-anomalies per target image and scale (the paper's balanced 4:3:3 by default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    large: int = Field(4, ge=0)
+    medium: int = Field(3, ge=0)
+    small: int = Field(3, ge=0)
+
+    def schedule(self) -> list[Scale]:
+        return quota_schedule(
+            {Scale.LARGE: self.large, Scale.MEDIUM: self.medium, Scale.SMALL: self.small}
+        )
+
+
+class CAIParams(BaseModel):
+    """Settings of the injector; the defaults are the published ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    blend: BlendMethod = Field(
+        "normal", description="Poisson guidance: 'normal', 'mixed', or 'paste' (no Poisson)."
+    )
+    quotas: Quotas = Quotas()
+    stm: bool = Field(True, description="Source-target matching; off pastes patterns unscaled.")
+    ils: bool = Field(True, description="Injection location selection; off ignores foreground.")
+    label_rule: LabelRule = "published"
+    diff_threshold: int = Field(7, ge=0, le=254)
+    median_size: int = Field(7, ge=1)
+    pattern_dilation: int = Field(5, ge=1)
+    min_mask_pixels: int = Field(10, ge=1, description="Smaller label masks are redrawn.")
+    max_attempts: int = Field(10, ge=1, description="Redraws per sample before it is given up.")
+    mask_kernel: int = Field(8, ge=1, description="Close then dilate the pattern mask (8x8).")
+    blend_margin: int = Field(8, ge=1, description="Pixels of target around the Poisson region.")
+
+
+@dataclass(frozen=True)
+class SourcePattern:
+    """A real defect: its image crop with some context, the mask over that crop, and provenance.
+
+    ``box`` is the mask's bounding box inside the crop; the pattern proper is that box.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    box: BBox
+    anomaly_class: str
+    domain: str
+    record_id: str
+
+    @property
+    def longest_side(self) -> int:
+        return bbox_longest_side(self.box)
+
+    @classmethod
+    def from_full_image(
+        cls,
+        image: np.ndarray,
+        mask: np.ndarray,
+        *,
+        anomaly_class: str,
+        domain: str,
+        record_id: str,
+        context: int = 12,
+    ) -> SourcePattern:
+        """Crop ``image`` and ``mask`` to the mask's bounding box plus ``context`` pixels."""
+        box = mask_bbox(mask)
+        if box is None:
+            raise ValueError(f"record {record_id} has an empty mask")
+        y0, x0, y1, x1 = box
+        height, width = mask.shape
+        cy0, cx0 = max(0, y0 - context), max(0, x0 - context)
+        cy1, cx1 = min(height, y1 + context), min(width, x1 + context)
+        return cls(
+            image=np.ascontiguousarray(image[cy0:cy1, cx0:cx1]),
+            mask=np.ascontiguousarray(mask[cy0:cy1, cx0:cx1] > 0),
+            box=(y0 - cy0, x0 - cx0, y1 - cy0, x1 - cx0),
+            anomaly_class=anomaly_class,
+            domain=domain,
+            record_id=record_id,
+        )
+
+
+@dataclass(frozen=True)
+class Injection:
+    """One pseudo-anomaly: the image, its label mask {0, 255} and how it was made."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    method: str
+    anomaly_class: str
+    scale: str
+    source_target_ratio: float
+    synthesis_scale: float
+    source_record_id: str
+    source_domain: str
+    center: tuple[int, int]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A sample that could not be made; the job reports it instead of losing it silently."""
+
+    reason: str
+    attempts: int
+
+
+def sample_rng(seed: int, target_key: str, index: int) -> np.random.Generator:
+    """The generator for sample ``index`` of ``target_key``: a pure function of its arguments."""
+    digest = hashlib.blake2b(target_key.encode("utf-8"), digest_size=16).digest()
+    words = np.frombuffer(digest, dtype=np.uint32).tolist()
+    return np.random.default_rng(np.random.SeedSequence([seed, *words, index]))
+
+
+def _slices(y0: int, x0: int, y1: int, x1: int) -> tuple[slice, slice]:
+    return slice(y0, y1), slice(x0, x1)
+
+
+class CAIInjector:
+    """Injects source patterns into target images.
+
+    Parameters
+    ----------
+    patterns : sequence of SourcePattern
+        Already in the targets' channel layout ((M, N) grey or (M, N, 3) RGB, uint8).
+    params : CAIParams
+    """
+
+    def __init__(self, patterns: list[SourcePattern], params: CAIParams | None = None) -> None:
+        if not patterns:
+            raise ValueError("CAI needs at least one source pattern (is the DAAD empty?)")
+        self.patterns = patterns
+        self.params = params or CAIParams()
+        self._longest = np.array([p.longest_side for p in patterns], dtype=np.float64)
+        kernel = self.params.mask_kernel
+        self._kernel = np.ones((kernel, kernel), np.uint8)
+        self.method = METHOD_NAMES[self.params.blend]
+
+    def synthesize(
+        self, target: np.ndarray, foreground: np.ndarray, *, seed: int, target_key: str
+    ) -> list[Injection | Failure]:
+        """All pseudo-anomalies of one target, in quota order (large, medium, small)."""
+        fg_box = mask_bbox(foreground)
+        if fg_box is None:
+            raise ValueError("the target foreground is empty")
+        fg_longest = bbox_longest_side(fg_box)
+        classes = scale_classes(self._longest / fg_longest)
+        results: list[Injection | Failure] = []
+        for index, scale in enumerate(self.params.quotas.schedule()):
+            rng = sample_rng(seed, target_key, index)
+            results.append(self._sample(target, foreground, fg_longest, classes, scale, rng))
+        return results
+
+    def _sample(
+        self,
+        target: np.ndarray,
+        foreground: np.ndarray,
+        fg_longest: int,
+        classes: np.ndarray,
+        requested: Scale,
+        rng: np.random.Generator,
+    ) -> Injection | Failure:
+        scale = fallback_scale(requested, classes) if self.params.stm else requested
+        if scale is None:
+            return Failure("no source pattern is at least 'small' for this target", 0)
+        eligible = np.flatnonzero(classes >= scale) if self.params.stm else None
+        reason = "unknown"
+        for attempt in range(1, self.params.max_attempts + 1):
+            outcome = self._attempt(target, foreground, fg_longest, scale, eligible, rng)
+            if isinstance(outcome, str):
+                reason = outcome
+                continue
+            return Injection(**outcome, attempts=attempt)
+        return Failure(f"gave up after {self.params.max_attempts} attempts: {reason}", attempt)
+
+    def _attempt(
+        self,
+        target: np.ndarray,
+        foreground: np.ndarray,
+        fg_longest: int,
+        scale: Scale,
+        eligible: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> dict | str:
+        params = self.params
+        img_h, img_w = target.shape[:2]
+        if eligible is None:
+            pattern = self.patterns[int(rng.integers(len(self.patterns)))]
+            factor = 1.0
+        else:
+            pattern = self.patterns[int(eligible[rng.integers(eligible.size)])]
+            low, high = SYNTHESIS_RANGES[scale]
+            factor = rng.uniform(low, high) * fg_longest / pattern.longest_side
+        y0, x0, y1, x1 = pattern.box
+        factor = min(factor, img_h / (y1 - y0), img_w / (x1 - x0))
+
+        crop_h, crop_w = pattern.mask.shape
+        size = (max(1, round(crop_w * factor)), max(1, round(crop_h * factor)))
+        interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+        image = cv2.resize(pattern.image, size, interpolation=interp)
+        mask = cv2.resize(pattern.mask.astype(np.uint8) * 255, size, interpolation=cv2.INTER_LINEAR)
+        box = mask_bbox(mask > 127)
+        if box is None:
+            return "pattern vanished when resized"
+        by0, bx0, by1, bx1 = box
+        allowed = foreground if params.ils else np.ones_like(foreground)
+        corner = choose_location(allowed, by1 - by0, bx1 - bx0, rng)
+        if corner is None:
+            return "no location fits the pattern on the foreground"
+
+        # The crop, placed so its mask box starts at the corner, clipped to the image.
+        oy, ox = corner[0] - by0, corner[1] - bx0
+        py0, px0 = max(0, oy), max(0, ox)
+        py1, px1 = min(img_h, oy + size[1]), min(img_w, ox + size[0])
+        crop = _slices(py0 - oy, px0 - ox, py1 - oy, px1 - ox)
+        placed = _slices(py0, px0, py1, px1)
+
+        # Rectangle of the Poisson solve: the placed crop plus a margin, widened to fast DST sizes.
+        margin = params.blend_margin
+        ry0, rx0 = max(0, py0 - margin), max(0, px0 - margin)
+        ry1 = min(img_h, ry0 + fast_rect_length(min(img_h, py1 + margin) - ry0))
+        rx1 = min(img_w, rx0 + fast_rect_length(min(img_w, px1 + margin) - rx0))
+        rect = _slices(ry0, rx0, ry1, rx1)
+        inner = _slices(py0 - ry0, px0 - rx0, py1 - ry0, px1 - rx0)
+
+        core_mask = mask[crop] > 127
+        target_rect = target[rect]
+        if params.blend == "paste":
+            blended = target_rect.copy()
+            blended[inner][core_mask] = image[crop][core_mask]
+        else:
+            closed = cv2.morphologyEx(mask[crop], cv2.MORPH_CLOSE, self._kernel)
+            grown = cv2.dilate(closed, self._kernel) > 127
+            # Edges touching Omega must lie on real source pixels: keep Omega off the crop's rim.
+            grown[[0, -1], :] = False
+            grown[:, [0, -1]] = False
+            omega = np.zeros(target_rect.shape[:2], bool)
+            omega[inner] = grown
+            source_rect = target_rect.copy()
+            source_rect[inner] = image[crop]
+            solved = poisson_blend(source_rect, target_rect, omega, params.blend)
+            blended = np.clip(np.rint(solved), 0, 255).astype(np.uint8)
+
+        fg_rect = foreground[rect]
+        result = target.copy()
+        keep = fg_rect[..., None] if target.ndim == 3 else fg_rect
+        result[rect] = np.where(keep, blended, target_rect)
+
+        pattern_mask = np.zeros((img_h, img_w), bool)
+        pattern_mask[placed] = core_mask
+        label = self._label(result, target, pattern_mask, (ry0, rx0, ry1, rx1))
+        if int(np.count_nonzero(label)) < params.min_mask_pixels:
+            return "label mask below min_mask_pixels"
+        bh, bw = by1 - by0, bx1 - bx0
+        actual = max(bh, bw) / fg_longest
+        return {
+            "image": result,
+            "mask": label,
+            "method": self.method,
+            "anomaly_class": pattern.anomaly_class,
+            "scale": (scale if params.stm else max(scale_of(actual), Scale.SMALL)).label,
+            "source_target_ratio": pattern.longest_side / fg_longest,
+            "synthesis_scale": actual,
+            "source_record_id": pattern.record_id,
+            "source_domain": pattern.domain,
+            "center": (corner[0] + bh // 2, corner[1] + bw // 2),
+        }
+
+    def _label(
+        self, result: np.ndarray, target: np.ndarray, pattern_mask: np.ndarray, rect: BBox
+    ) -> np.ndarray:
+        """Label mask computed only around the changed rectangle (identical to a full-image pass:
+        outside it the difference is zero, and the pad covers the median filter's reach)."""
+        params = self.params
+        pad = params.median_size // 2 + 1
+        img_h, img_w = target.shape[:2]
+        y0, x0 = max(0, rect[0] - pad), max(0, rect[1] - pad)
+        y1, x1 = min(img_h, rect[2] + pad), min(img_w, rect[3] + pad)
+        window = _slices(y0, x0, y1, x1)
+        label = np.zeros((img_h, img_w), np.uint8)
+        label[window] = label_mask(
+            result[window],
+            target[window],
+            rule=params.label_rule,
+            pattern_mask=pattern_mask[window],
+            threshold=params.diff_threshold,
+            median_size=params.median_size,
+            pattern_dilation=params.pattern_dilation,
+        )
+        return label

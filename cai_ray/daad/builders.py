@@ -1,0 +1,260 @@
+"""Builders that turn dataset layouts into DAAD shards.
+
+Layouts:
+
+* ``folder``: images in one folder, masks matched by name (``mask_name`` template, e.g.
+  ``"{stem}.png"``) in the same or another folder, or read from MATLAB files (``mask_mat``); one
+  anomaly class and domain per entry.
+* ``mvtec``: the MVTec AD layout, ``test/<defect>/<n>.png`` with
+  ``ground_truth/<defect>/<n>_mask.png``, and a defect-to-class mapping.
+
+Nothing here crashes on a bad file: unreadable images or masks, empty masks, size mismatches and
+images without masks are skipped and counted with a reason in the build report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai_ray.daad.classes import AnomalyClass
+from cai_ray.daad.records import DaadRecord, make_record, safe_key_part
+from cai_ray.io import storage
+from cai_ray.io.codecs import DecodeError, decode_mask, decode_mat_mask
+from cai_ray.io.tar import build_tar
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "daad.json"
+
+
+class MatMask(BaseModel):
+    """A mask inside a MATLAB file: ``field`` is a dotted path, ``value`` marks the defect."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: str
+    value: int
+
+
+class _SourceBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    domain: str = Field(description="Where the defects come from; used to exclude leakage.")
+    dataset: str | None = Field(None, description="Source dataset name; defaults to the domain.")
+    license: str = Field(description="License or terms tag, kept on every record.")
+
+
+class FolderSource(_SourceBase):
+    layout: Literal["folder"]
+    anomaly_class: AnomalyClass
+    images: str = Field(description="Folder of images, relative to the data root.")
+    image_glob: str = "*"
+    masks: str | None = Field(None, description="Folder of masks; defaults to the image folder.")
+    mask_name: str = Field("{stem}.png", description="Mask file name from the image's {stem}.")
+    mask_mat: MatMask | None = None
+
+
+class MvtecSource(_SourceBase):
+    layout: Literal["mvtec"]
+    root: str = Field(description="One MVTec AD category folder, relative to the data root.")
+    classes: dict[str, AnomalyClass] = Field(description="Defect folder name -> anomaly class.")
+
+
+Source = Annotated[FolderSource | MvtecSource, Field(discriminator="layout")]
+
+
+class DaadSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    sources: list[Source] = Field(min_length=1)
+    records_per_shard: int = Field(256, ge=1)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DaadSpec:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An image that may become a record; ``load_mask`` is None when it has no mask file."""
+
+    record_id: str
+    image_path: Path
+    relative_path: str
+    anomaly_class: AnomalyClass
+    source: _SourceBase
+    load_mask: Callable[[], np.ndarray] | None
+
+
+@dataclass
+class BuildReport:
+    records: int = 0
+    by_class: Counter[str] = field(default_factory=Counter)
+    by_domain: Counter[str] = field(default_factory=Counter)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def skip(self, path: str, reason: str) -> None:
+        log.info("skipped %s: %s", path, reason)
+        self.skipped.append({"path": path, "reason": reason})
+
+    def to_dict(self) -> dict:
+        reasons = Counter(item["reason"].split(" (")[0] for item in self.skipped)
+        return {
+            "records": self.records,
+            "by_class": dict(sorted(self.by_class.items())),
+            "by_domain": dict(sorted(self.by_domain.items())),
+            "skipped_count": len(self.skipped),
+            "skipped_by_reason": dict(sorted(reasons.items())),
+            "skipped": self.skipped,
+        }
+
+
+def _mask_loader(path: Path, mat: MatMask | None) -> Callable[[], np.ndarray] | None:
+    if not path.is_file():
+        return None
+    if mat is None:
+        return lambda: decode_mask(path.read_bytes())
+    return lambda: decode_mat_mask(path.read_bytes(), field_path=mat.field, foreground_value=mat.value)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in storage.IMAGE_EXTENSIONS
+
+
+def _folder_candidates(source: FolderSource, root: Path) -> Iterator[Candidate]:
+    image_dir = root / source.images
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    mask_dir = root / (source.masks or source.images)
+    for image_path in sorted(p for p in image_dir.glob(source.image_glob) if _is_image(p)):
+        mask_path = mask_dir / source.mask_name.format(stem=image_path.stem, name=image_path.name)
+        relative = image_path.relative_to(root).as_posix()
+        yield Candidate(
+            record_id=safe_key_part(f"{source.domain}-{Path(relative).with_suffix('')}"),
+            image_path=image_path,
+            relative_path=relative,
+            anomaly_class=source.anomaly_class,
+            source=source,
+            load_mask=_mask_loader(mask_path, source.mask_mat),
+        )
+
+
+def _mvtec_candidates(source: MvtecSource, root: Path, report: BuildReport) -> Iterator[Candidate]:
+    category = root / source.root
+    test_dir = category / "test"
+    if not test_dir.is_dir():
+        raise FileNotFoundError(f"not an MVTec AD category (no test/ folder): {category}")
+    for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and p.name != "good"):
+        images = sorted(p for p in defect_dir.iterdir() if _is_image(p))
+        if defect_dir.name not in source.classes:
+            for image_path in images:
+                report.skip(
+                    image_path.relative_to(root).as_posix(),
+                    f"no class mapping for defect {defect_dir.name!r}",
+                )
+            continue
+        for image_path in images:
+            relative = image_path.relative_to(root).as_posix()
+            mask_path = category / "ground_truth" / defect_dir.name / f"{image_path.stem}_mask.png"
+            yield Candidate(
+                record_id=safe_key_part(f"{source.domain}-{Path(relative).with_suffix('')}"),
+                image_path=image_path,
+                relative_path=relative,
+                anomaly_class=source.classes[defect_dir.name],
+                source=source,
+                load_mask=_mask_loader(mask_path, None),
+            )
+
+
+def _to_record(candidate: Candidate) -> DaadRecord:
+    if candidate.load_mask is None:
+        raise ValueError("no mask file")
+    try:
+        image_bytes = candidate.image_path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"unreadable image file ({exc})") from exc
+    try:
+        mask = candidate.load_mask()
+    except DecodeError as exc:
+        raise ValueError(f"bad mask: {exc}") from exc
+    except OSError as exc:
+        raise ValueError(f"unreadable mask file ({exc})") from exc
+    ext = candidate.image_path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
+    source = candidate.source
+    return make_record(
+        record_id=candidate.record_id,
+        image_bytes=image_bytes,
+        image_ext=ext,
+        mask=mask,
+        anomaly_class=candidate.anomaly_class,
+        domain=source.domain,
+        dataset=source.dataset or source.domain,
+        path=candidate.relative_path,
+        license=source.license,
+    )
+
+
+def iter_candidates(spec: DaadSpec, data_root: Path, report: BuildReport) -> Iterator[Candidate]:
+    for source in spec.sources:
+        if isinstance(source, FolderSource):
+            yield from _folder_candidates(source, data_root)
+        else:
+            yield from _mvtec_candidates(source, data_root, report)
+
+
+def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
+    """Build DAAD shards under ``out`` and return the index (which embeds the build report)."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root not found: {root}")
+    report = BuildReport()
+    seen: set[str] = set()
+    shards: list[dict] = []
+    pending: list[tuple[str, dict[str, bytes]]] = []
+
+    def flush() -> None:
+        name = f"daad-{len(shards):06d}.tar"
+        data = build_tar(pending)
+        storage.write_bytes_atomic(storage.join(out, name), data)
+        digest = hashlib.sha256(data).hexdigest()
+        shards.append({"name": name, "records": len(pending), "sha256": digest})
+        pending.clear()
+
+    storage.makedirs(out)
+    for candidate in iter_candidates(spec, root, report):
+        if candidate.record_id in seen:
+            report.skip(candidate.relative_path, f"duplicate record id {candidate.record_id}")
+            continue
+        try:
+            record = _to_record(candidate)
+        except (ValueError, DecodeError) as exc:
+            report.skip(candidate.relative_path, str(exc))
+            continue
+        seen.add(candidate.record_id)
+        report.records += 1
+        report.by_class[str(record.label.anomaly_class)] += 1
+        report.by_domain[record.label.domain] += 1
+        pending.append(record.to_sample())
+        if len(pending) >= spec.records_per_shard:
+            flush()
+    if pending:
+        flush()
+    if report.records == 0:
+        raise ValueError(f"no usable records in {root} for spec {spec.name!r}")
+    index = {
+        "name": spec.name,
+        "spec": spec.model_dump(mode="json"),
+        "shards": shards,
+        "report": report.to_dict(),
+    }
+    storage.write_bytes_atomic(storage.join(out, INDEX_NAME), json.dumps(index, indent=2).encode())
+    return index

@@ -1,0 +1,107 @@
+"""One DAAD record and its form inside a shard.
+
+A record keeps the source image's original bytes (no re-encoding loss), a binary mask PNG and a
+JSON label: class, domain, source dataset and path, license tag and the mask's bounding box.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cai_ray.core.geometry import mask_bbox
+from cai_ray.daad.classes import AnomalyClass
+from cai_ray.io.codecs import decode_image, decode_mask, encode_image
+
+
+def safe_key_part(text: str) -> str:
+    """A key fragment without dots or slashes (WebDataset splits member names at the first dot)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+
+
+@dataclass(frozen=True)
+class RecordLabel:
+    record_id: str
+    anomaly_class: AnomalyClass
+    domain: str
+    dataset: str
+    path: str
+    license: str
+    bbox: tuple[int, int, int, int]
+    height: int
+    width: int
+    image_ext: str
+
+
+@dataclass(frozen=True)
+class DaadRecord:
+    label: RecordLabel
+    image_bytes: bytes
+    mask: np.ndarray
+
+    def to_sample(self) -> tuple[str, dict[str, bytes]]:
+        label = asdict(self.label)
+        label["anomaly_class"] = str(self.label.anomaly_class)
+        files = {
+            self.label.image_ext: self.image_bytes,
+            "mask.png": encode_image(self.mask.astype(np.uint8) * 255, "png"),
+            "json": json.dumps(label, sort_keys=True).encode(),
+        }
+        return self.label.record_id, files
+
+
+def make_record(
+    *,
+    record_id: str,
+    image_bytes: bytes,
+    image_ext: str,
+    mask: np.ndarray,
+    anomaly_class: AnomalyClass,
+    domain: str,
+    dataset: str,
+    path: str,
+    license: str,
+) -> DaadRecord:
+    """Validate a candidate and build its record; ``ValueError`` says why it is unusable."""
+    image = decode_image(image_bytes)
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
+    box = mask_bbox(mask)
+    if box is None:
+        raise ValueError("mask is empty")
+    label = RecordLabel(
+        record_id=record_id,
+        anomaly_class=anomaly_class,
+        domain=domain,
+        dataset=dataset,
+        path=path,
+        license=license,
+        bbox=box,
+        height=int(mask.shape[0]),
+        width=int(mask.shape[1]),
+        image_ext=image_ext,
+    )
+    return DaadRecord(label=label, image_bytes=image_bytes, mask=mask)
+
+
+def parse_sample(key: str, files: dict[str, bytes]) -> tuple[RecordLabel, bytes, np.ndarray]:
+    """Label, original image bytes and mask of a record read back from a shard."""
+    raw = json.loads(files["json"])
+    label = RecordLabel(
+        record_id=raw["record_id"],
+        anomaly_class=AnomalyClass(raw["anomaly_class"]),
+        domain=raw["domain"],
+        dataset=raw["dataset"],
+        path=raw["path"],
+        license=raw["license"],
+        bbox=tuple(raw["bbox"]),  # type: ignore[arg-type]
+        height=raw["height"],
+        width=raw["width"],
+        image_ext=raw["image_ext"],
+    )
+    if label.record_id != key:
+        raise ValueError(f"record key {key!r} does not match its label id {label.record_id!r}")
+    return label, files[label.image_ext], decode_mask(files["mask.png"])

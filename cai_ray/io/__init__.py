@@ -1,0 +1,1 @@
+"""Edges of the system: storage locations, image codecs and shard files."""

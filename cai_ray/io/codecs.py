@@ -1,0 +1,160 @@
+"""Image and mask codecs that turn the odd files real datasets hold into plain uint8 arrays.
+
+Decoding is strict: a truncated or unreadable file raises :class:`DecodeError` with a reason, which
+builders and jobs count as a skip. Every mode Pillow opens is accepted: 16-bit and 32-bit grey are
+scaled to 8 bits, palette images are expanded, alpha is dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from typing import Literal
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+ColorMode = Literal["grey", "rgb"]
+
+
+class DecodeError(ValueError):
+    """A file that is not a readable image or mask; the message says why."""
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise DecodeError("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(f"unreadable image ({exc})") from exc
+    return image
+
+
+def _to_uint8_array(image: Image.Image) -> np.ndarray:
+    """(M, N) or (M, N, 3) uint8 from any Pillow mode."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = values.max() if values.size else 0
+        if peak > 255:
+            values = values * (255.0 / (65535.0 if peak <= 65535 else peak))
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    if mode in ("L", "1"):
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    if mode == "LA":
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def is_grey_content(image: np.ndarray) -> bool:
+    """True for (M, N) images and for RGB images whose three channels are equal."""
+    if image.ndim == 2:
+        return True
+    return bool(np.array_equal(image[..., 0], image[..., 1])) and bool(
+        np.array_equal(image[..., 1], image[..., 2])
+    )
+
+
+def to_mode(image: np.ndarray, mode: ColorMode) -> np.ndarray:
+    if mode == "grey":
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
+
+
+def decode_image(data: bytes, mode: ColorMode | None = None) -> np.ndarray:
+    """Decode to (M, N) grey or (M, N, 3) RGB uint8; ``mode=None`` keeps what the file holds."""
+    array = _to_uint8_array(_open(data))
+    return array if mode is None else to_mode(array, mode)
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """Decode a mask image to (M, N) bool: a pixel is set when any channel is >= 128.
+
+    This is the rule for masks that are not strictly binary (interpolated or JPEG-damaged values),
+    and it also reads palette masks whose defect colour is, e.g., (128, 0, 0).
+    """
+    array = _to_uint8_array(_open(data))
+    return (array >= 128) if array.ndim == 2 else (array >= 128).any(axis=2)
+
+
+def decode_mat_mask(data: bytes, *, field_path: str, foreground_value: int) -> np.ndarray:
+    """A mask stored in a MATLAB file, e.g. CrackForest's ``groundTruth.Segmentation == 2``."""
+    from scipy.io import loadmat
+
+    try:
+        content = loadmat(io.BytesIO(data))
+    except Exception as exc:  # scipy raises several unrelated types for bad files
+        raise DecodeError(f"unreadable MATLAB file ({exc})") from exc
+    value: object = content
+    for name in field_path.split("."):
+        try:
+            value = value[name]  # type: ignore[index]
+            while isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
+                value = value.flat[0]
+            if isinstance(value, np.ndarray) and value.dtype.names and value.size == 1:
+                value = value.flat[0]
+        except (KeyError, ValueError, IndexError) as exc:
+            raise DecodeError(f"MATLAB file has no field {field_path!r}") from exc
+    array = np.asarray(value)
+    if array.ndim != 2:
+        raise DecodeError(f"MATLAB field {field_path!r} is not a 2-D array (shape {array.shape})")
+    return array == foreground_value
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to ``size x size``: area averaging when shrinking, bilinear when growing."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    shrink = image.shape[0] * image.shape[1] > size * size
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(image: np.ndarray, *, level: int = 1) -> bytes:
+    """Lossless 8-bit PNG of an (M, N) grey or (M, N, 3) RGB uint8 image.
+
+    Written directly (PNG filter "Up" and zlib): about twice as fast as ``cv2.imencode`` at a
+    similar size on 256x256 textures, and encoding is the largest cost of a CAI sample.
+    """
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"encode_png needs a grey or RGB uint8 image, got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in (1, 3):
+        raise ValueError(f"encode_png needs 1 or 3 channels, got {channels}")
+    rows = image.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type Up: each row minus the row above, modulo 256
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    colour_type = 0 if channels == 1 else 2
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
+
+
+def encode_image(image: np.ndarray, fmt: Literal["png", "jpg"], *, jpeg_quality: int = 95) -> bytes:
+    """PNG (lossless) or JPEG bytes of a grey or RGB uint8 image."""
+    if fmt == "png":
+        return encode_png(image)
+    if fmt != "jpg":
+        raise ValueError(f"unknown image format {fmt!r}")
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise ValueError(f"could not encode a {image.shape} image as JPEG")
+    return buffer.tobytes()

@@ -1,0 +1,1 @@
+"""Ray Data job graphs and the files a job writes."""

@@ -1,0 +1,56 @@
+"""Names of everything a synthesis job writes, and the per-shard entries that commit shards.
+
+An output folder holds ``job.json`` (the config and a fingerprint of config + inputs),
+``inputs.txt`` (the normal images in order), ``shard-NNNNNN.tar`` with ``shard-NNNNNN.json``
+beside each (written after the tar: its presence commits the shard), ``manifest.json`` and
+``preview.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from cai_ray.io import storage
+
+JOB_FILE = "job.json"
+INPUTS_FILE = "inputs.txt"
+MANIFEST_FILE = "manifest.json"
+PREVIEW_FILE = "preview.png"
+SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.(tar|json)$")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def entry_name(index: int) -> str:
+    return f"shard-{index:06d}.json"
+
+
+def sample_key(prefix: str, target_index: int, sample_index: int) -> str:
+    return f"{prefix}-{target_index:07d}-{sample_index:02d}"
+
+
+def sample_key_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(prefix)}-(\d{{7}})-(\d{{2}})$")
+
+
+def read_json(url: str) -> dict:
+    return json.loads(storage.read_bytes(url))
+
+
+def write_json(url: str, value: dict) -> None:
+    storage.write_bytes_atomic(url, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def committed_shards(out: str) -> dict[int, dict]:
+    """Entries of the shards whose tar and entry are both present, by shard index."""
+    entries: dict[int, dict] = {}
+    names = {storage.local_path(u).name if storage.is_local(u) else u.rsplit("/", 1)[-1]
+             for u in storage.list_files(out, "")}
+    for name in names:
+        match = SHARD_PATTERN.match(name)
+        if match and match.group(2) == "json" and shard_name(int(match.group(1))) in names:
+            entries[int(match.group(1))] = read_json(storage.join(out, name))
+    return entries

@@ -1,0 +1,216 @@
+"""The stages of the synthesis job as plain batch callables: Ray Data runs them in actor pools,
+tests call them on a dict of numpy arrays.
+
+One row is one output shard: ``targets`` (JSON list of {index, key, path}) in; then the decoded,
+resized targets with their foregrounds; then the shard's tar bytes and its entry; then the entry
+once the shard is committed. Keeping a shard in one row keeps shard boundaries (and so the bytes
+of every shard) independent of how Ray splits or schedules the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from cai_ray import __version__
+from cai_ray.core.cai import CAIInjector, CAIParams, Failure, Injection
+from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
+from cai_ray.daad.classes import AnomalyClass
+from cai_ray.daad.shards import load_patterns
+from cai_ray.io import storage
+from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, encode_image, resize
+from cai_ray.io.tar import Sample, build_tar
+from cai_ray.pipeline.layout import entry_name, sample_key, shard_name, write_json
+
+Batch = dict[str, np.ndarray]
+
+
+def load_target(path: str, size: int, mode: ColorMode) -> np.ndarray:
+    """A normal image as the job sees it: decoded in ``mode`` and resized to ``size``."""
+    return resize(decode_image(storage.read_bytes(path), mode), size)
+
+
+class ForegroundStage:
+    """Reads a shard's normal images and extracts their foregrounds (model loaded once)."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        mode: ColorMode,
+        method: ForegroundMethod,
+        model_path: str | None,
+        min_fraction: float,
+    ) -> None:
+        self.image_size = image_size
+        self.mode: ColorMode = mode
+        self.min_fraction = min_fraction
+        self.extract = make_foreground_extractor(method, model_path=model_path)
+
+    def process_shard(self, targets: list[dict]) -> dict[str, Any]:
+        kept: list[dict] = []
+        images: list[np.ndarray] = []
+        foregrounds: list[np.ndarray] = []
+        skipped: list[dict[str, str]] = []
+        for target in targets:
+            try:
+                image = load_target(target["path"], self.image_size, self.mode)
+            except (OSError, DecodeError) as exc:
+                skipped.append({"path": target["path"], "reason": f"unreadable: {exc}"})
+                continue
+            foreground = self.extract(image)
+            if foreground.mean() < self.min_fraction or not foreground.any():
+                reason = f"foreground below {self.min_fraction:.0%} of the image"
+                skipped.append({"path": target["path"], "reason": reason})
+                continue
+            kept.append(target)
+            images.append(image)
+            foregrounds.append(foreground)
+        return {
+            "targets": json.dumps(kept),
+            "images": np.stack(images).tobytes() if images else b"",
+            "foregrounds": np.packbits(np.stack(foregrounds)).tobytes() if foregrounds else b"",
+            "skipped": json.dumps(skipped),
+        }
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = [self.process_shard(json.loads(t)) for t in batch["targets"]]
+        out: Batch = {"shard": np.asarray(batch["shard"])}
+        for column in ("targets", "images", "foregrounds", "skipped"):
+            out[column] = np.array([row[column] for row in rows], dtype=object)
+        return out
+
+
+class InjectionStage:
+    """Runs CAI on a shard's targets and packs the shard (DAAD loaded once per actor)."""
+
+    def __init__(
+        self,
+        *,
+        daad: str,
+        exclude_domains: list[str],
+        include_classes: list[AnomalyClass] | None,
+        params: CAIParams,
+        image_size: int,
+        mode: ColorMode,
+        seed: int,
+        key_prefix: str,
+        image_format: str,
+        include_normal: bool,
+    ) -> None:
+        patterns = load_patterns(
+            daad, mode=mode, exclude_domains=exclude_domains, include_classes=include_classes
+        )
+        self.injector = CAIInjector(patterns, params)
+        self.image_size = image_size
+        self.mode: ColorMode = mode
+        self.seed = seed
+        self.key_prefix = key_prefix
+        self.image_format = image_format
+        self.include_normal = include_normal
+        self.anomalies_per_target = len(params.quotas.schedule())
+
+    def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Sample:
+        fmt = "png" if self.image_format == "png" else "jpg"
+        return key, {
+            fmt: encode_image(image, fmt),  # type: ignore[arg-type]
+            "mask.png": encode_image(mask, "png"),
+            "json": json.dumps(meta, sort_keys=True).encode(),
+        }
+
+    def process_shard(
+        self, index: int, targets: list[dict], images: bytes, foregrounds: bytes, skipped: list
+    ) -> dict[str, Any]:
+        size = self.image_size
+        shape: tuple[int, ...] = (len(targets), size, size) + ((3,) if self.mode == "rgb" else ())
+        pixels = np.frombuffer(images, np.uint8).reshape(shape) if targets else None
+        masks = (
+            np.unpackbits(np.frombuffer(foregrounds, np.uint8), count=len(targets) * size * size)
+            .reshape(len(targets), size, size)
+            .astype(bool)
+            if targets
+            else None
+        )
+        samples: list[Sample] = []
+        failed: list[dict[str, str]] = []
+        counts: dict[str, Counter[str]] = {k: Counter() for k in ("method", "anomaly_class", "scale", "label")}
+        for position, target in enumerate(targets):
+            assert pixels is not None and masks is not None
+            image, foreground = pixels[position], masks[position]
+            base = {"target": target["path"], "target_key": target["key"], "seed": self.seed,
+                    "version": __version__}
+            results = self.injector.synthesize(
+                image, foreground, seed=self.seed, target_key=target["key"]
+            )
+            for k, result in enumerate(results):
+                key = sample_key(self.key_prefix, target["index"], k)
+                if isinstance(result, Failure):
+                    failed.append({"key": key, "reason": result.reason})
+                    continue
+                meta = {**base, **_injection_meta(result), "sample_index": k, "label": 1}
+                samples.append(self._encode(key, result.image, result.mask, meta))
+                counts["method"][result.method] += 1
+                counts["anomaly_class"][result.anomaly_class] += 1
+                counts["scale"][result.scale] += 1
+                counts["label"]["1"] += 1
+            if self.include_normal:
+                k = self.anomalies_per_target
+                meta = {**base, "method": "none", "label": 0, "sample_index": k}
+                empty = np.zeros(image.shape[:2], np.uint8)
+                samples.append(self._encode(sample_key(self.key_prefix, target["index"], k),
+                                            image, empty, meta))
+                counts["method"]["none"] += 1
+                counts["label"]["0"] += 1
+        tar = build_tar(samples)
+        entry = {
+            "shard": shard_name(index),
+            "index": index,
+            "targets": len(targets) + len(skipped),
+            "samples": len(samples),
+            "bytes": len(tar),
+            "sha256": hashlib.sha256(tar).hexdigest(),
+            "counts": {name: dict(sorted(c.items())) for name, c in counts.items()},
+            "skipped_inputs": skipped,
+            "failed_samples": failed,
+        }
+        return {"tar": tar, "entry": json.dumps(entry)}
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = [
+            self.process_shard(int(index), json.loads(targets), images, fgs, json.loads(skipped))
+            for index, targets, images, fgs, skipped in zip(
+                batch["shard"], batch["targets"], batch["images"], batch["foregrounds"],
+                batch["skipped"], strict=True,
+            )
+        ]
+        return {
+            "shard": np.asarray(batch["shard"]),
+            "tar": np.array([row["tar"] for row in rows], dtype=object),
+            "entry": np.array([row["entry"] for row in rows], dtype=object),
+        }
+
+
+def _injection_meta(result: Injection) -> dict:
+    return {
+        "method": result.method,
+        "anomaly_class": result.anomaly_class,
+        "scale": result.scale,
+        "source_target_ratio": round(result.source_target_ratio, 6),
+        "synthesis_scale": round(result.synthesis_scale, 6),
+        "source_record_id": result.source_record_id,
+        "source_domain": result.source_domain,
+        "center": list(result.center),
+        "attempts": result.attempts,
+    }
+
+
+def commit_shards(batch: Batch, *, out: str) -> Batch:
+    """Write each shard's tar, then its entry: a shard counts as done only once both exist."""
+    for index, tar, entry in zip(batch["shard"], batch["tar"], batch["entry"], strict=True):
+        storage.write_bytes_atomic(storage.join(out, shard_name(int(index))), bytes(tar))
+        write_json(storage.join(out, entry_name(int(index))), json.loads(entry))
+    return {"shard": np.asarray(batch["shard"]), "entry": np.asarray(batch["entry"], dtype=object)}

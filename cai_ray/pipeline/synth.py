@@ -1,0 +1,244 @@
+"""The synthesis job: normal images -> foreground actor pool -> CAI injection actor pool ->
+committed WebDataset shards, then the manifest and a preview sheet.
+
+Resumable: a shard is done once its entry file exists next to it, and a re-run over the same
+output skips done shards. Deterministic: shard contents depend only on the config and the inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from cai_ray import __version__
+from cai_ray.config import SynthConfig
+from cai_ray.core.foreground import make_foreground_extractor
+from cai_ray.daad.builders import INDEX_NAME, DaadSpec, build_daad
+from cai_ray.daad.shards import read_index
+from cai_ray.io import storage
+from cai_ray.io.codecs import ColorMode, decode_image, is_grey_content
+from cai_ray.pipeline import layout
+from cai_ray.pipeline.resources import StagePlan, plan_stages
+from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, commit_shards
+
+log = logging.getLogger(__name__)
+
+
+class OutputMismatchError(RuntimeError):
+    """The output folder holds a different job: resuming into it would mix two datasets."""
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    targets: list[dict]
+    mode: ColorMode
+    fingerprint: str
+    targets_per_shard: int
+
+    @property
+    def num_shards(self) -> int:
+        return -(-len(self.targets) // self.targets_per_shard)
+
+    def shard_targets(self, index: int) -> list[dict]:
+        start = index * self.targets_per_shard
+        return self.targets[start : start + self.targets_per_shard]
+
+
+def _resolve_mode(config: SynthConfig, first_image: str) -> ColorMode:
+    if config.color != "auto":
+        return config.color
+    return "grey" if is_grey_content(decode_image(storage.read_bytes(first_image))) else "rgb"
+
+
+def plan_job(config: SynthConfig) -> JobPlan:
+    """List the inputs, give each a stable key and index, and fingerprint config + inputs.
+
+    A target's key (which seeds its samples) is its path relative to the inputs' common folder,
+    so moving the dataset elsewhere does not change the samples.
+    """
+    paths = sorted(dict.fromkeys(storage.expand_image_sources(config.inputs.paths)))
+    if config.inputs.limit is not None:
+        paths = paths[: config.inputs.limit]
+    common = os.path.commonpath([os.path.abspath(p) for p in paths]) if len(paths) > 1 else None
+    targets = []
+    for index, path in enumerate(paths):
+        key = os.path.relpath(os.path.abspath(path), common) if common else Path(path).name
+        targets.append({"index": index, "key": key, "path": path})
+    identity = config.model_dump(mode="json", exclude={"output": {"path", "preview_samples"},
+                                                       "resources": True})
+    digest = hashlib.sha256(
+        json.dumps({"config": identity, "targets": [t["key"] for t in targets],
+                    "version": __version__}, sort_keys=True).encode()
+    ).hexdigest()
+    return JobPlan(targets, _resolve_mode(config, paths[0]), digest, config.output.targets_per_shard)
+
+
+def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
+    """Write the job file, or check an existing one matches; return already committed shards."""
+    out = config.output.path
+    job_url = storage.join(out, layout.JOB_FILE)
+    if storage.exists(job_url):
+        previous = layout.read_json(job_url)
+        if previous.get("fingerprint") != plan.fingerprint:
+            raise OutputMismatchError(
+                f"{out} holds the output of a different job (config, inputs or version differ); "
+                "choose another output path or delete that folder"
+            )
+        return layout.committed_shards(out)
+    storage.makedirs(out)
+    inputs = "".join(f"{t['path']}\n" for t in plan.targets).encode()
+    storage.write_bytes_atomic(storage.join(out, layout.INPUTS_FILE), inputs)
+    layout.write_json(job_url, {
+        "fingerprint": plan.fingerprint,
+        "version": __version__,
+        "mode": plan.mode,
+        "targets": len(plan.targets),
+        "targets_per_shard": plan.targets_per_shard,
+        "shards": plan.num_shards,
+        "samples_per_target": len(config.cai.quotas.schedule()) + int(config.output.include_normal),
+        "key_prefix": config.output.samples_key_prefix,
+        "config": config.model_dump(mode="json"),
+    })
+    return {}
+
+
+def _init_ray(config: SynthConfig) -> float:
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=config.resources.num_cpus, include_dashboard=False,
+                     logging_level=logging.WARNING)
+    return float(ray.cluster_resources().get("CPU", 0))
+
+
+def _run_pipeline(config: SynthConfig, plan: JobPlan, todo: list[int], stages: StagePlan,
+                  show_progress: bool) -> None:
+    import ray
+    from tqdm import tqdm
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    per_target = len(config.cai.quotas.schedule()) + int(config.output.include_normal)
+    rows = [{"shard": i, "targets": json.dumps(plan.shard_targets(i))} for i in todo]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    dataset = dataset.map_batches(
+        ForegroundStage,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=stages.foreground_actors),
+        num_cpus=stages.foreground_cpus,
+        fn_constructor_kwargs={
+            "image_size": config.image_size,
+            "mode": plan.mode,
+            "method": config.foreground.method,
+            "model_path": config.foreground.model_path,
+            "min_fraction": config.foreground.min_fraction,
+        },
+    )
+    dataset = dataset.map_batches(
+        InjectionStage,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=stages.injection_actors),
+        num_cpus=stages.injection_cpus,
+        fn_constructor_kwargs={
+            "daad": config.daad.path,
+            "exclude_domains": config.daad.exclude_domains,
+            "include_classes": config.daad.include_classes,
+            "params": config.cai,
+            "image_size": config.image_size,
+            "mode": plan.mode,
+            "seed": config.seed,
+            "key_prefix": config.output.samples_key_prefix,
+            "image_format": config.output.image_format,
+            "include_normal": config.output.include_normal,
+        },
+    )
+    dataset = dataset.map_batches(
+        commit_shards, batch_size=1, num_cpus=stages.writer_cpus,
+        fn_kwargs={"out": config.output.path},
+    )
+    started = time.monotonic()
+    samples = 0
+    with tqdm(total=len(todo), unit="shard", disable=not show_progress, desc="synth") as bar:
+        for row in dataset.iter_rows():
+            samples += json.loads(row["entry"])["samples"]
+            rate = samples / max(time.monotonic() - started, 1e-9)
+            bar.set_postfix(samples=samples, per_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+    log.info("wrote %d shards, %d samples (up to %d per target)", len(todo), samples, per_target)
+
+
+def summarize(out: str, job: dict, entries: dict[int, dict]) -> dict:
+    """The manifest: totals and counts over every committed shard, skips and failures listed."""
+    totals: dict[str, Counter[str]] = {}
+    skipped: list[dict] = []
+    failed: list[dict] = []
+    for index in sorted(entries):
+        entry = entries[index]
+        for name, counts in entry["counts"].items():
+            totals.setdefault(name, Counter()).update(counts)
+        skipped.extend(entry["skipped_inputs"])
+        failed.extend(entry["failed_samples"])
+    return {
+        "version": __version__,
+        "fingerprint": job["fingerprint"],
+        "targets": job["targets"],
+        "shards": [entries[i]["shard"] for i in sorted(entries)],
+        "complete": len(entries) == job["shards"],
+        "samples": sum(e["samples"] for e in entries.values()),
+        "bytes": sum(e["bytes"] for e in entries.values()),
+        "counts": {name: dict(sorted(c.items())) for name, c in sorted(totals.items()) if c},
+        "skipped_inputs": skipped,
+        "failed_samples": failed,
+    }
+
+
+def _prepare_daad(config: SynthConfig) -> None:
+    """Build the DAAD if the config says how and it is missing; check the leakage filter leaves
+    sources, before any Ray worker starts (a clear error here beats a failed actor later)."""
+    daad = config.daad
+    if daad.build is not None and not storage.exists(storage.join(daad.path, INDEX_NAME)):
+        log.info("building DAAD %s from %s", daad.path, daad.build.spec)
+        build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
+    domains = read_index(daad.path)["report"]["by_domain"]
+    usable = set(domains) - set(daad.exclude_domains)
+    if not usable:
+        raise ValueError(
+            f"DAAD {daad.path} has only domains {sorted(domains)}, all excluded by "
+            f"daad.exclude_domains: no source patterns are left"
+        )
+    if config.foreground.method == "rembg":
+        make_foreground_extractor("rembg", model_path=config.foreground.model_path)
+
+
+def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
+    """Run (or resume) the job and return its manifest."""
+    from cai_ray.pipeline.preview import write_preview
+
+    _prepare_daad(config)
+    plan = plan_job(config)
+    out = config.output.path
+    done = _claim_output(config, plan)
+    todo = [i for i in range(plan.num_shards) if i not in done]
+    log.info("%d targets in %d shards; %d already committed, %d to make",
+             len(plan.targets), plan.num_shards, len(done), len(todo))
+    if todo:
+        cluster_cpus = _init_ray(config)
+        stages = plan_stages(config.resources, cluster_cpus, len(todo))
+        log.info("cluster CPUs %g; %s", cluster_cpus, stages)
+        _run_pipeline(config, plan, todo, stages, show_progress)
+    job = layout.read_json(storage.join(out, layout.JOB_FILE))
+    entries = layout.committed_shards(out)
+    manifest = summarize(out, job, entries)
+    layout.write_json(storage.join(out, layout.MANIFEST_FILE), manifest)
+    if config.output.preview_samples and manifest["samples"]:
+        write_preview(out, config.image_size, plan.mode, config.output.preview_samples)
+    return manifest
