@@ -14,7 +14,8 @@ def _daad_build(args: argparse.Namespace) -> int:
 
     index = build_daad(DaadSpec.from_yaml(args.spec), args.data_root, args.out)
     report = index["report"]
-    print(f"DAAD {index['name']!r}: {report['records']} records in {len(index['shards'])} shard(s) -> {args.out}")
+    shards = len(index["shards"])
+    print(f"DAAD {index['name']!r}: {report['records']} records in {shards} shard(s) -> {args.out}")
     print(f"  by class:  {report['by_class']}")
     print(f"  by domain: {report['by_domain']}")
     print(f"  skipped:   {report['skipped_count']} {report['skipped_by_reason']}")
@@ -41,8 +42,10 @@ def _synth(args: argparse.Namespace) -> int:
     out = config.output.path
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shard(s) -> {out}")
     print(f"  counts: {json.dumps(manifest['counts'])}")
-    print(f"  skipped inputs: {len(manifest['skipped_inputs'])}, "
-          f"failed samples: {len(manifest['failed_samples'])} (reasons in manifest.json)")
+    print(
+        f"  skipped inputs: {len(manifest['skipped_inputs'])}, "
+        f"failed samples: {len(manifest['failed_samples'])} (reasons in manifest.json)"
+    )
     print(f"  preview: {out}/preview.png; check with: cai-ray verify {out}")
     return 0
 
@@ -56,8 +59,10 @@ def _verify(args: argparse.Namespace) -> int:
     if len(report.problems) > args.show:
         print(f"... and {len(report.problems) - args.show} more")
     status = "OK" if report.ok else "FAILED"
-    print(f"{status}: {report.shards} shard(s), {report.samples} samples, "
-          f"{len(report.problems)} problem(s)")
+    print(
+        f"{status}: {report.shards} shard(s), {report.samples} samples, "
+        f"{len(report.problems)} problem(s)"
+    )
     return 0 if report.ok else 1
 
 
@@ -70,15 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
         dest="daad_command", required=True
     )
     build = daad.add_parser("build", help="turn dataset layouts into DAAD shards")
-    build.add_argument("--spec", required=True, help="YAML spec, e.g. configs/daad/shared_data.yaml")
+    build.add_argument(
+        "--spec", required=True, help="YAML spec, e.g. configs/daad/shared_data.yaml"
+    )
     build.add_argument("--data-root", required=True, help="folder the spec's paths are relative to")
     build.add_argument("--out", required=True, help="output folder for the DAAD")
     build.add_argument("--show-skipped", type=int, default=10, help="skips to print")
     build.set_defaults(handler=_daad_build)
     stats = daad.add_parser("stats", help="counts per class, domain and source scale")
     stats.add_argument("daad", help="a DAAD folder")
-    stats.add_argument("--reference-size", type=int, default=256,
-                       help="target side that source scales are measured against")
+    stats.add_argument(
+        "--reference-size",
+        type=int,
+        default=256,
+        help="target side that source scales are measured against",
+    )
     stats.set_defaults(handler=_daad_stats)
 
     synth = commands.add_parser("synth", help="run the CAI synthesis job on Ray")

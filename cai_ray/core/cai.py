@@ -31,6 +31,8 @@ from cai_ray.core.geometry import (
 from cai_ray.core.labels import LabelRule, label_mask
 from cai_ray.core.poisson import fast_rect_length, poisson_blend
 
+_ERODE_3X3 = np.ones((3, 3), np.uint8)
+
 BlendMethod = Literal["normal", "mixed", "paste"]
 METHOD_NAMES: dict[str, str] = {"normal": "cai-normal", "mixed": "cai-mixed", "paste": "paste"}
 
@@ -266,7 +268,9 @@ class CAIInjector:
             blended[inner][core_mask] = image[crop][core_mask]
         else:
             closed = cv2.morphologyEx(mask[crop], cv2.MORPH_CLOSE, self._kernel)
-            grown = cv2.dilate(closed, self._kernel) > 127
+            # cv2.seamlessClone, which the CAI reference calls, erodes its mask by three 3x3
+            # steps before solving; the same here keeps our Omega the reference's.
+            grown = cv2.erode(cv2.dilate(closed, self._kernel), _ERODE_3X3, iterations=3) > 127
             # Edges touching Omega must lie on real source pixels: keep Omega off the crop's rim.
             grown[[0, -1], :] = False
             grown[:, [0, -1]] = False

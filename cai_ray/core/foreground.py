@@ -7,6 +7,7 @@ where every pixel is the object.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,8 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 def _largest_component_filled(mask: np.ndarray) -> np.ndarray:
     """Keep the largest connected region and fill its holes: objects are one solid piece."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    binary = np.ascontiguousarray(mask, dtype=np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if count <= 1:
         return np.zeros(mask.shape, dtype=bool)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
@@ -49,7 +51,9 @@ def otsu_foreground(image: np.ndarray) -> np.ndarray:
     return _largest_component_filled(foreground)
 
 
-def grabcut_foreground(image: np.ndarray, *, iterations: int = 3, margin: float = 0.05) -> np.ndarray:
+def grabcut_foreground(
+    image: np.ndarray, *, iterations: int = 3, margin: float = 0.05
+) -> np.ndarray:
     """GrabCut initialised with the image minus a ``margin`` frame as the probable object."""
     colour = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     height, width = colour.shape[:2]
@@ -88,7 +92,17 @@ class RembgForeground:
                 "foreground method 'rembg' needs the rembg extra: pip install 'cai-ray[rembg]'"
             ) from exc
         self.threshold = threshold
-        self._session: Any = new_session("u2net_custom", model_path=str(path))
+        # rembg >= 2.0.80 accepts model files only under its home folder, read from REMBG_HOME
+        # while the session is created: point it at the model's folder for that moment only.
+        previous = os.environ.get("REMBG_HOME")
+        os.environ["REMBG_HOME"] = str(path.resolve().parent)
+        try:
+            self._session: Any = new_session("u2net_custom", model_path=str(path.resolve()))
+        finally:
+            if previous is None:
+                del os.environ["REMBG_HOME"]
+            else:
+                os.environ["REMBG_HOME"] = previous
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         from PIL import Image

@@ -68,7 +68,7 @@ def scale_of(ratio: float) -> Scale:
 
 
 def quota_schedule(quotas: dict[Scale, int]) -> list[Scale]:
-    """The scale of each sample index for one target: larger scales first (they are filled first)."""
+    """The scale of each sample index of one target, larger scales first (filled first)."""
     schedule: list[Scale] = []
     for scale in (Scale.LARGE, Scale.MEDIUM, Scale.SMALL):
         count = quotas.get(scale, 0)

@@ -57,7 +57,7 @@ def label_mask(
     visible = (grey_difference(result, target) > threshold).astype(np.uint8) * 255
     if rule == "published":
         if median_size > 1:
-            visible = cv2.medianBlur(visible, median_size)
+            return np.asarray(cv2.medianBlur(visible, median_size), dtype=np.uint8)
         return visible
     if rule == "pattern":
         if pattern_mask is None:

@@ -1,15 +1,19 @@
 """Poisson image editing on a rectangle, solved exactly with the type-I discrete sine transform.
 
-The problem (the formulation ``cv2.seamlessClone`` and the CAI reference code use): on a rectangle
-R, find f with f = target on the border of R and, at every interior pixel p,
+The problem (the discretisation ``cv2.seamlessClone`` uses, which the CAI reference code calls):
+on a rectangle R, find f with f = target on the border of R and, at every interior pixel p,
 
     4 f_p - sum_{q ~ p} f_q = sum_{q ~ p} v_pq
 
-with the guidance v_pq = s_p - s_q on every edge (p, q) that touches the region Omega (the mask),
-and v_pq = t_p - t_q elsewhere (mixed mode: the larger in magnitude of the source and target
-differences on edges touching Omega). Writing f = t + u, u vanishes on the border and solves a
-5-point Poisson equation with zero Dirichlet boundary whose right-hand side is non-zero only next
-to Omega; the DST-I diagonalises that operator, so two transforms give the exact discrete solution.
+where each edge from a pixel p to its right or lower neighbour q carries the guidance
+s_q - s_p when p is in the region Omega (the mask) and t_q - t_p otherwise. In mixed mode an edge
+from Omega takes whichever of the source and target differences is larger in magnitude, per edge
+and channel, as Perez et al. define it (cv2's MIXED_CLONE instead compares |gx - gy| of source
+and target and picks both directions together; we keep the paper's rule).
+
+Writing f = t + u, u vanishes on the border and solves a 5-point Poisson equation with zero
+Dirichlet boundary whose right-hand side is non-zero only next to Omega; the DST-I diagonalises
+that operator, so two transforms give the exact discrete solution.
 """
 
 from __future__ import annotations
@@ -78,9 +82,9 @@ def poisson_blend(
     src = source.astype(np.float32, copy=False)
     omega = mask.astype(bool, copy=False)
 
-    # Edge (p, q) takes the source guidance when it touches Omega.
-    horizontal = omega[:, 1:] | omega[:, :-1]
-    vertical = omega[1:, :] | omega[:-1, :]
+    # The edge from p to its right (lower) neighbour takes the source guidance when p is in Omega.
+    horizontal = omega[:, :-1]
+    vertical = omega[:-1, :]
     dh = _edge_terms(src, tgt, horizontal, axis=1, mode=mode)
     dv = _edge_terms(src, tgt, vertical, axis=0, mode=mode)
 

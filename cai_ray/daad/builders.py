@@ -123,7 +123,9 @@ def _mask_loader(path: Path, mat: MatMask | None) -> Callable[[], np.ndarray] | 
         return None
     if mat is None:
         return lambda: decode_mask(path.read_bytes())
-    return lambda: decode_mat_mask(path.read_bytes(), field_path=mat.field, foreground_value=mat.value)
+    return lambda: decode_mat_mask(
+        path.read_bytes(), field_path=mat.field, foreground_value=mat.value
+    )
 
 
 def _is_image(path: Path) -> bool:

@@ -97,7 +97,7 @@ def parse_sample(key: str, files: dict[str, bytes]) -> tuple[RecordLabel, bytes,
         dataset=raw["dataset"],
         path=raw["path"],
         license=raw["license"],
-        bbox=tuple(raw["bbox"]),  # type: ignore[arg-type]
+        bbox=(int(raw["bbox"][0]), int(raw["bbox"][1]), int(raw["bbox"][2]), int(raw["bbox"][3])),
         height=raw["height"],
         width=raw["width"],
         image_ext=raw["image_ext"],

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from cai_ray.core.cai import SourcePattern
-from cai_ray.core.geometry import bbox_longest_side, scale_classes, Scale
+from cai_ray.core.geometry import Scale, bbox_longest_side, scale_classes
 from cai_ray.daad.builders import INDEX_NAME
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import RecordLabel, parse_sample
@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 def read_index(daad: str) -> dict:
     url = storage.join(daad, INDEX_NAME)
     if not storage.exists(url):
-        raise FileNotFoundError(f"not a DAAD (no {INDEX_NAME}): {daad}; build one with 'cai-ray daad build'")
+        raise FileNotFoundError(
+            f"not a DAAD (no {INDEX_NAME}): {daad}; build one with 'cai-ray daad build'"
+        )
     return json.loads(storage.read_bytes(url))
 
 

@@ -78,7 +78,7 @@ def decode_mask(data: bytes) -> np.ndarray:
     and it also reads palette masks whose defect colour is, e.g., (128, 0, 0).
     """
     array = _to_uint8_array(_open(data))
-    return (array >= 128) if array.ndim == 2 else (array >= 128).any(axis=2)
+    return np.asarray(array >= 128) if array.ndim == 2 else np.asarray((array >= 128).any(axis=2))
 
 
 def decode_mat_mask(data: bytes, *, field_path: str, foreground_value: int) -> np.ndarray:
@@ -125,7 +125,9 @@ def encode_png(image: np.ndarray, *, level: int = 1) -> bytes:
     similar size on 256x256 textures, and encoding is the largest cost of a CAI sample.
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"encode_png needs a grey or RGB uint8 image, got {image.dtype} {image.shape}")
+        raise ValueError(
+            f"encode_png needs a grey or RGB uint8 image, got {image.dtype} {image.shape}"
+        )
     height, width = image.shape[:2]
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels not in (1, 3):

@@ -57,8 +57,8 @@ def makedirs(url: str) -> None:
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write ``data`` so that ``url`` holds either its old content or all of ``data``."""
     if not is_local(url):
-        fs, path = filesystem(url)
-        fs.pipe_file(path, data)
+        fs, remote = filesystem(url)
+        fs.pipe_file(remote, data)
         return
     path = local_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,8 @@ def expand_image_sources(sources: list[str]) -> list[str]:
         path = local_path(source)
         if path.is_dir():
             matches = [
-                str(p) for p in sorted(path.rglob("*"))
+                str(p)
+                for p in sorted(path.rglob("*"))
                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
             ]
         elif path.is_file() and path.suffix.lower() == ".txt":
@@ -111,7 +112,9 @@ def expand_image_sources(sources: list[str]) -> list[str]:
         elif path.is_file():
             matches = [str(path)]
         else:
-            matches = sorted(p for p in globlib.glob(str(path), recursive=True) if Path(p).is_file())
+            matches = sorted(
+                p for p in globlib.glob(str(path), recursive=True) if Path(p).is_file()
+            )
         if not matches:
             missing.append(source)
         found.extend(matches)

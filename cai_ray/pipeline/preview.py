@@ -44,5 +44,6 @@ def write_preview(out: str, image_size: int, mode: ColorMode, count: int) -> Non
         if len(rows) >= count:
             break
     if rows:
-        storage.write_bytes_atomic(storage.join(out, layout.PREVIEW_FILE),
-                                   encode_png(np.concatenate(rows, axis=0)))
+        storage.write_bytes_atomic(
+            storage.join(out, layout.PREVIEW_FILE), encode_png(np.concatenate(rows, axis=0))
+        )

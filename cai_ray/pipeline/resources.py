@@ -46,7 +46,8 @@ def plan_stages(config: ResourcesConfig, cluster_cpus: float, shards: int) -> St
     if plan.reserved_cpus > cluster_cpus + 1e-9:
         raise ValueError(
             f"resources ask for {plan.reserved_cpus:g} CPUs ({foreground} foreground actors x "
-            f"{fg_cpus:g}, {injection} injection actors x {inj_cpus:g}, writer {plan.writer_cpus:g})"
-            f" but the cluster has {cluster_cpus:g}: lower the actor counts or CPUs per actor"
+            f"{fg_cpus:g}, {injection} injection actors x {inj_cpus:g}, "
+            f"writer {plan.writer_cpus:g}) but the cluster has {cluster_cpus:g}: "
+            "lower the actor counts or CPUs per actor"
         )
     return plan

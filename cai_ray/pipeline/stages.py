@@ -137,12 +137,18 @@ class InjectionStage:
         )
         samples: list[Sample] = []
         failed: list[dict[str, str]] = []
-        counts: dict[str, Counter[str]] = {k: Counter() for k in ("method", "anomaly_class", "scale", "label")}
+        counts: dict[str, Counter[str]] = {
+            k: Counter() for k in ("method", "anomaly_class", "scale", "label")
+        }
         for position, target in enumerate(targets):
             assert pixels is not None and masks is not None
             image, foreground = pixels[position], masks[position]
-            base = {"target": target["path"], "target_key": target["key"], "seed": self.seed,
-                    "version": __version__}
+            base = {
+                "target": target["path"],
+                "target_key": target["key"],
+                "seed": self.seed,
+                "version": __version__,
+            }
             results = self.injector.synthesize(
                 image, foreground, seed=self.seed, target_key=target["key"]
             )
@@ -161,8 +167,11 @@ class InjectionStage:
                 k = self.anomalies_per_target
                 meta = {**base, "method": "none", "label": 0, "sample_index": k}
                 empty = np.zeros(image.shape[:2], np.uint8)
-                samples.append(self._encode(sample_key(self.key_prefix, target["index"], k),
-                                            image, empty, meta))
+                samples.append(
+                    self._encode(
+                        sample_key(self.key_prefix, target["index"], k), image, empty, meta
+                    )
+                )
                 counts["method"]["none"] += 1
                 counts["label"]["0"] += 1
         tar = build_tar(samples)
@@ -183,8 +192,12 @@ class InjectionStage:
         rows = [
             self.process_shard(int(index), json.loads(targets), images, fgs, json.loads(skipped))
             for index, targets, images, fgs, skipped in zip(
-                batch["shard"], batch["targets"], batch["images"], batch["foregrounds"],
-                batch["skipped"], strict=True,
+                batch["shard"],
+                batch["targets"],
+                batch["images"],
+                batch["foregrounds"],
+                batch["skipped"],
+                strict=True,
             )
         ]
         return {

@@ -7,6 +7,7 @@ output skips done shards. Deterministic: shard contents depend only on the confi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from cai_ray.core.foreground import make_foreground_extractor
 from cai_ray.daad.builders import INDEX_NAME, DaadSpec, build_daad
 from cai_ray.daad.shards import read_index
 from cai_ray.io import storage
-from cai_ray.io.codecs import ColorMode, decode_image, is_grey_content
+from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.pipeline import layout
 from cai_ray.pipeline.resources import StagePlan, plan_stages
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, commit_shards
@@ -50,10 +51,17 @@ class JobPlan:
         return self.targets[start : start + self.targets_per_shard]
 
 
-def _resolve_mode(config: SynthConfig, first_image: str) -> ColorMode:
+def _resolve_mode(config: SynthConfig, paths: list[str], probes: int = 20) -> ColorMode:
+    """The configured colour mode, or for ``auto`` that of the first readable input."""
     if config.color != "auto":
         return config.color
-    return "grey" if is_grey_content(decode_image(storage.read_bytes(first_image))) else "rgb"
+    for path in paths[:probes]:
+        try:
+            image = decode_image(storage.read_bytes(path))
+        except (OSError, DecodeError):
+            continue
+        return "grey" if is_grey_content(image) else "rgb"
+    raise ValueError(f"none of the first {probes} inputs is a readable image; set color explicitly")
 
 
 def plan_job(config: SynthConfig) -> JobPlan:
@@ -70,13 +78,16 @@ def plan_job(config: SynthConfig) -> JobPlan:
     for index, path in enumerate(paths):
         key = os.path.relpath(os.path.abspath(path), common) if common else Path(path).name
         targets.append({"index": index, "key": key, "path": path})
-    identity = config.model_dump(mode="json", exclude={"output": {"path", "preview_samples"},
-                                                       "resources": True})
+    identity = config.model_dump(
+        mode="json", exclude={"output": {"path", "preview_samples"}, "resources": True}
+    )
     digest = hashlib.sha256(
-        json.dumps({"config": identity, "targets": [t["key"] for t in targets],
-                    "version": __version__}, sort_keys=True).encode()
+        json.dumps(
+            {"config": identity, "targets": [t["key"] for t in targets], "version": __version__},
+            sort_keys=True,
+        ).encode()
     ).hexdigest()
-    return JobPlan(targets, _resolve_mode(config, paths[0]), digest, config.output.targets_per_shard)
+    return JobPlan(targets, _resolve_mode(config, paths), digest, config.output.targets_per_shard)
 
 
 def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
@@ -94,17 +105,21 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
     storage.makedirs(out)
     inputs = "".join(f"{t['path']}\n" for t in plan.targets).encode()
     storage.write_bytes_atomic(storage.join(out, layout.INPUTS_FILE), inputs)
-    layout.write_json(job_url, {
-        "fingerprint": plan.fingerprint,
-        "version": __version__,
-        "mode": plan.mode,
-        "targets": len(plan.targets),
-        "targets_per_shard": plan.targets_per_shard,
-        "shards": plan.num_shards,
-        "samples_per_target": len(config.cai.quotas.schedule()) + int(config.output.include_normal),
-        "key_prefix": config.output.samples_key_prefix,
-        "config": config.model_dump(mode="json"),
-    })
+    layout.write_json(
+        job_url,
+        {
+            "fingerprint": plan.fingerprint,
+            "version": __version__,
+            "mode": plan.mode,
+            "targets": len(plan.targets),
+            "targets_per_shard": plan.targets_per_shard,
+            "shards": plan.num_shards,
+            "samples_per_target": len(config.cai.quotas.schedule())
+            + int(config.output.include_normal),
+            "key_prefix": config.output.samples_key_prefix,
+            "config": config.model_dump(mode="json"),
+        },
+    )
     return {}
 
 
@@ -115,13 +130,17 @@ def _init_ray(config: SynthConfig) -> float:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=config.resources.num_cpus, include_dashboard=False,
-                     logging_level=logging.WARNING)
+            ray.init(
+                num_cpus=config.resources.num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+            )
     return float(ray.cluster_resources().get("CPU", 0))
 
 
-def _run_pipeline(config: SynthConfig, plan: JobPlan, todo: list[int], stages: StagePlan,
-                  show_progress: bool) -> None:
+def _run_pipeline(
+    config: SynthConfig, plan: JobPlan, todo: list[int], stages: StagePlan, show_progress: bool
+) -> None:
     import ray
     from tqdm import tqdm
 
@@ -129,7 +148,7 @@ def _run_pipeline(config: SynthConfig, plan: JobPlan, todo: list[int], stages: S
     context.enable_progress_bars = False
     per_target = len(config.cai.quotas.schedule()) + int(config.output.include_normal)
     rows = [{"shard": i, "targets": json.dumps(plan.shard_targets(i))} for i in todo]
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     dataset = dataset.map_batches(
         ForegroundStage,
         batch_size=1,
@@ -162,8 +181,9 @@ def _run_pipeline(config: SynthConfig, plan: JobPlan, todo: list[int], stages: S
         },
     )
     dataset = dataset.map_batches(
-        commit_shards, batch_size=1, num_cpus=stages.writer_cpus,
-        fn_kwargs={"out": config.output.path},
+        functools.partial(commit_shards, out=config.output.path),
+        batch_size=1,
+        num_cpus=stages.writer_cpus,
     )
     started = time.monotonic()
     samples = 0
@@ -228,8 +248,13 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
     out = config.output.path
     done = _claim_output(config, plan)
     todo = [i for i in range(plan.num_shards) if i not in done]
-    log.info("%d targets in %d shards; %d already committed, %d to make",
-             len(plan.targets), plan.num_shards, len(done), len(todo))
+    log.info(
+        "%d targets in %d shards; %d already committed, %d to make",
+        len(plan.targets),
+        plan.num_shards,
+        len(done),
+        len(todo),
+    )
     if todo:
         cluster_cpus = _init_ray(config)
         stages = plan_stages(config.resources, cluster_cpus, len(todo))

@@ -47,7 +47,9 @@ def _check_sample(key: str, files: dict[str, bytes], problems: list[str]) -> dic
         problems.append(f"{key}: unreadable member ({exc})")
         return None
     if raw_mask.shape != image.shape[:2]:
-        problems.append(f"{key}: mask {raw_mask.shape} is not the size of its image {image.shape[:2]}")
+        problems.append(
+            f"{key}: mask {raw_mask.shape} is not the size of its image {image.shape[:2]}"
+        )
     if not np.isin(raw_mask, (0, 255)).all():
         problems.append(f"{key}: mask is not binary (values other than 0 and 255)")
     has_defect = bool(decode_mask(files["mask.png"]).any())
@@ -72,7 +74,9 @@ def verify_output(out: str) -> VerifyReport:
     planned = set(range(job["shards"]))
     gaps = sorted(planned - set(entries))
     if gaps:
-        problems.append(f"{len(gaps)} shard(s) missing, e.g. {[layout.shard_name(i) for i in gaps[:5]]}")
+        problems.append(
+            f"{len(gaps)} shard(s) missing, e.g. {[layout.shard_name(i) for i in gaps[:5]]}"
+        )
     stray = sorted(set(entries) - planned)
     if stray:
         problems.append(f"shards outside the plan: {[layout.shard_name(i) for i in stray[:5]]}")
@@ -124,7 +128,9 @@ def verify_output(out: str) -> VerifyReport:
         report.samples += count
     if manifest is not None:
         if manifest["samples"] != report.samples:
-            problems.append(f"manifest says {manifest['samples']} samples, shards hold {report.samples}")
+            problems.append(
+                f"manifest says {manifest['samples']} samples, shards hold {report.samples}"
+            )
         if manifest["counts"] != {k: dict(sorted(v.items())) for k, v in sorted(totals.items())}:
             problems.append("manifest counts do not match the shards")
     return report

@@ -1,0 +1,66 @@
+"""Shared fixtures: real data (../shared/data and the bundled demo sample) and a local Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cai_ray.core.cai import SourcePattern
+from cai_ray.io.codecs import decode_image, decode_mask, resize
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+SHARED_DATA = Path(os.environ.get("CAI_RAY_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real defect datasets. Absent on a user's clone: skipped there, but CI must have them."""
+    if not (SHARED_DATA / "magnetic_tile").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the real datasets at {SHARED_DATA}")
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (set CAI_RAY_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tile_targets() -> list[np.ndarray]:
+    """Real defect-free magnetic tiles from the bundled sample, grey, 256x256."""
+    files = sorted((DEMO / "normal").glob("*.jpg"))
+    return [resize(decode_image(f.read_bytes(), "grey"), 256) for f in files]
+
+
+@pytest.fixture(scope="session")
+def crack_patterns(shared_data: Path) -> list[SourcePattern]:
+    """Real DeepCrack cracks as grey source patterns."""
+    patterns = []
+    for image_path in sorted((shared_data / "deepcrack" / "train_img").glob("*.jpg"))[:25]:
+        mask = decode_mask(
+            (shared_data / "deepcrack" / "train_lab" / f"{image_path.stem}.png").read_bytes()
+        )
+        if not mask.any():
+            continue
+        patterns.append(
+            SourcePattern.from_full_image(
+                decode_image(image_path.read_bytes(), "grey"),
+                mask,
+                anomaly_class="crack",
+                domain="deepcrack",
+                record_id=f"deepcrack-{image_path.stem}",
+            )
+        )
+    return patterns
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session, with fewer CPUs than a 2-core machine has threads."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

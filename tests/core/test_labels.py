@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from cai_ray.core.labels import grey_difference, label_mask
+
+
+def _pair():
+    target = np.full((40, 40), 100, np.uint8)
+    result = target.copy()
+    result[10:30, 10:30] = 110  # a 20x20 visible change
+    result[2, 2] = 200  # an isolated speck
+    result[35, 5:35] = 105  # below the threshold
+    return result, target
+
+
+def test_published_rule_thresholds_then_median_filters():
+    result, target = _pair()
+    mask = label_mask(result, target, rule="published")
+    assert set(np.unique(mask)) == {0, 255}
+    assert mask[2, 2] == 0  # the median removed the speck
+    assert not mask[35].any()  # difference 5 <= 7
+    assert mask[12:28, 12:28].all()
+
+
+def test_pattern_rule_keeps_only_pixels_near_the_pattern():
+    result, target = _pair()
+    pattern = np.zeros((40, 40), bool)
+    pattern[15:20, 15:20] = True
+    mask = label_mask(result, target, rule="pattern", pattern_mask=pattern, pattern_dilation=5)
+    ys, xs = np.nonzero(mask)
+    assert ys.min() == 13 and ys.max() == 21 and xs.min() == 13 and xs.max() == 21
+    with pytest.raises(ValueError):
+        label_mask(result, target, rule="pattern")
+
+
+def test_grey_difference_of_rgb_uses_luminance():
+    target = np.zeros((4, 4, 3), np.uint8)
+    result = target.copy()
+    result[..., 1] = 100
+    assert grey_difference(result, target).max() == 59  # 0.587 * 100
+    with pytest.raises(ValueError):
+        grey_difference(result, target[:3])

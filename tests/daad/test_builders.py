@@ -1,0 +1,164 @@
+"""Builders on real layouts, including the broken inputs real datasets contain."""
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from cai_ray.daad.builders import DaadSpec, build_daad
+from cai_ray.daad.shards import daad_stats, iter_records, load_patterns
+from tests.conftest import DEMO, REPO
+
+CRACKS = DEMO / "defects" / "MT_Crack" / "Imgs"
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def messy_folder(tmp_path) -> Path:
+    """Real magnetic-tile cracks plus one file of each kind of trouble."""
+    folder = tmp_path / "data" / "cracks"
+    folder.mkdir(parents=True)
+    originals = sorted(CRACKS.glob("*.jpg"))
+    for jpg in originals[:3]:
+        shutil.copy(jpg, folder)
+        shutil.copy(jpg.with_suffix(".png"), folder)
+    image = np.asarray(Image.open(originals[0]).convert("L"))
+    mask = np.asarray(Image.open(originals[0].with_suffix(".png")).convert("L"))
+    data = originals[0].read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "truncated.png").write_bytes(_png(mask))
+    shutil.copy(originals[0], folder / "empty.jpg")
+    (folder / "empty.png").write_bytes(_png(np.zeros_like(mask)))
+    shutil.copy(originals[0], folder / "mismatch.jpg")
+    (folder / "mismatch.png").write_bytes(_png(mask[:-5]))
+    shutil.copy(originals[0], folder / "nomask.jpg")
+    (folder / "wide.png").write_bytes(_png(image))  # an image that is itself a PNG ...
+    Path(folder / "wide.png").rename(folder / "wide.bmp.png")
+    Image.fromarray(image).save(folder / "sixteen.jpg")
+    (folder / "sixteen.png").write_bytes(_png(mask.astype(np.uint16) * 257))
+    Image.fromarray(image).convert("RGBA").save(folder / "rgba.tif")
+    (folder / "rgba.png").write_bytes(_png(mask, "P"))
+    return tmp_path / "data"
+
+
+def _spec(**source) -> DaadSpec:
+    base = {
+        "layout": "folder",
+        "domain": "tile",
+        "license": "cite",
+        "anomaly_class": "crack",
+        "images": "cracks",
+    }
+    return DaadSpec.model_validate({"name": "t", "sources": [{**base, **source}]})
+
+
+def test_folder_layout_counts_every_skip_with_a_reason(messy_folder, tmp_path):
+    index = build_daad(_spec(image_glob="*.[jt]*"), messy_folder, str(tmp_path / "daad"))
+    report = index["report"]
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert "unreadable" in reasons["truncated.jpg"]
+    assert reasons["empty.jpg"] == "mask is empty"
+    assert "differ in size" in reasons["mismatch.jpg"]
+    assert reasons["nomask.jpg"] == "no mask file"
+    assert report["records"] == 5  # three real, the 16-bit mask, the RGBA TIFF with a palette mask
+    records = list(iter_records(str(tmp_path / "daad")))
+    assert len(records) == 5
+    for label, _, mask in records:
+        assert mask.dtype == bool and mask.any()
+        y0, x0, y1, x1 = label.bbox
+        assert mask[y0:y1, x0:x1].any() and not mask[:y0].any() and not mask[y1:].any()
+        assert label.license == "cite" and label.domain == "tile"
+
+
+def test_the_build_is_reproducible(messy_folder, tmp_path):
+    first = build_daad(_spec(image_glob="*.jpg"), messy_folder, str(tmp_path / "a"))
+    second = build_daad(_spec(image_glob="*.jpg"), messy_folder, str(tmp_path / "b"))
+    assert first["shards"] == second["shards"]
+
+
+def test_bad_specs_and_roots_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data root"):
+        build_daad(_spec(), tmp_path / "missing", str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        build_daad(_spec(images="nowhere"), tmp_path, str(tmp_path / "out"))
+    with pytest.raises(ValueError):
+        DaadSpec.model_validate(
+            {"name": "t", "sources": [{"layout": "folder", "anomaly_class": "dent"}]}
+        )
+
+
+def test_mvtec_layout(tmp_path):
+    category = tmp_path / "tile"
+    for defect, folder in (("crack", "MT_Crack"), ("blowhole", "MT_Blowhole"), ("glue", "MT_Fray")):
+        (category / "test" / defect).mkdir(parents=True)
+        (category / "ground_truth" / defect).mkdir(parents=True)
+        for n, jpg in enumerate(sorted((DEMO / "defects" / folder / "Imgs").glob("*.jpg"))[:2]):
+            Image.open(jpg).save(category / "test" / defect / f"{n:03d}.png")
+            shutil.copy(
+                jpg.with_suffix(".png"), category / "ground_truth" / defect / f"{n:03d}_mask.png"
+            )
+    (category / "test" / "good").mkdir()
+    Image.open(sorted((DEMO / "normal").glob("*.jpg"))[0]).save(
+        category / "test" / "good" / "000.png"
+    )
+    spec = DaadSpec.model_validate(
+        {
+            "name": "m",
+            "sources": [
+                {
+                    "layout": "mvtec",
+                    "root": "tile",
+                    "domain": "mvtec_tile",
+                    "license": "cc-by-nc-sa",
+                    "classes": {"crack": "crack", "blowhole": "hole"},
+                }
+            ],
+        }
+    )
+    index = build_daad(spec, tmp_path, str(tmp_path / "daad"))
+    assert index["report"]["by_class"] == {"crack": 2, "hole": 2}
+    assert [s["reason"] for s in index["report"]["skipped"]] == [
+        "no class mapping for defect 'glue'"
+    ] * 2
+
+
+def test_shared_data_spec_builds_all_three_datasets(shared_data, tmp_path):
+    spec = DaadSpec.from_yaml(REPO / "configs" / "daad" / "shared_data.yaml")
+    index = build_daad(spec, shared_data, str(tmp_path / "daad"))
+    report = index["report"]
+    assert set(report["by_domain"]) == {"magnetic_tile", "deepcrack", "crackforest"}
+    assert report["by_domain"]["deepcrack"] == 537
+    assert report["by_domain"]["crackforest"] == 118  # 155 images, 118 with ground truth
+    assert report["skipped_by_reason"]["no mask file"] == 37
+    assert sum(report["by_class"].values()) == report["records"]
+    stats = daad_stats(str(tmp_path / "daad"))
+    assert stats["records"] == report["records"]
+    assert sum(stats["by_source_scale"].values()) == report["records"]
+    patterns = load_patterns(str(tmp_path / "daad"), mode="grey", exclude_domains=["magnetic_tile"])
+    assert len(patterns) == 537 + 118 and {p.domain for p in patterns} == {
+        "deepcrack",
+        "crackforest",
+    }
+    with pytest.raises(ValueError, match="no source patterns"):
+        load_patterns(
+            str(tmp_path / "daad"),
+            mode="grey",
+            exclude_domains=["magnetic_tile", "deepcrack", "crackforest"],
+        )
+
+
+def test_shipped_specs_are_valid():
+    for path in (REPO / "configs" / "daad").glob("*.yaml"):
+        DaadSpec.model_validate(yaml.safe_load(path.read_text()))

@@ -1,0 +1,81 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cai_ray.io.codecs import (
+    DecodeError,
+    decode_image,
+    decode_mask,
+    decode_mat_mask,
+    encode_image,
+    encode_png,
+    is_grey_content,
+)
+from tests.conftest import DEMO
+
+TILE = next(iter(sorted((DEMO / "normal").glob("*.jpg"))))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_truncated_and_garbage_files_raise_decode_errors():
+    data = TILE.read_bytes()
+    with pytest.raises(DecodeError, match="unreadable"):
+        decode_image(data[: len(data) // 2])
+    with pytest.raises(DecodeError):
+        decode_image(b"not an image")
+    with pytest.raises(DecodeError, match="empty"):
+        decode_image(b"")
+
+
+def test_modes_decode_to_plain_uint8():
+    grey = decode_image(TILE.read_bytes())
+    assert grey.dtype == np.uint8 and is_grey_content(grey)
+    rgba = Image.fromarray(np.stack([grey] * 3 + [np.full_like(grey, 7)], axis=2), "RGBA")
+    assert decode_image(_png(rgba)).shape == grey.shape + (3,)
+    assert decode_image(_png(rgba), "grey").shape == grey.shape
+    wide = Image.fromarray(grey.astype(np.uint16) * 257)
+    assert np.array_equal(decode_image(_png(wide)), grey)
+    palette = Image.fromarray(grey).convert("P")
+    assert decode_image(_png(palette), "grey").shape == grey.shape
+    assert decode_image(_png(Image.fromarray(grey).convert("LA"))).shape == grey.shape
+
+
+def test_masks_threshold_any_channel_at_128():
+    values = np.array([[0, 127, 128, 255]], np.uint8)
+    assert decode_mask(_png(Image.fromarray(values))).tolist() == [[False, False, True, True]]
+    red = np.zeros((1, 2, 3), np.uint8)
+    red[0, 1, 0] = 128  # a VOC-style palette colour
+    palette = Image.fromarray(red).convert("P", palette=Image.Palette.ADAPTIVE)
+    assert decode_mask(_png(palette)).tolist() == [[False, True]]
+    sixteen = Image.fromarray(values.astype(np.uint16) * 257)
+    assert decode_mask(_png(sixteen)).tolist() == [[False, False, True, True]]
+
+
+def test_crackforest_mat_masks(shared_data):
+    data = (shared_data / "crackforest" / "groundTruth" / "001.mat").read_bytes()
+    mask = decode_mat_mask(data, field_path="groundTruth.Segmentation", foreground_value=2)
+    assert mask.shape == (320, 480) and 0 < mask.sum() < mask.size
+    with pytest.raises(DecodeError, match="no field"):
+        decode_mat_mask(data, field_path="groundTruth.Missing", foreground_value=2)
+    with pytest.raises(DecodeError):
+        decode_mat_mask(b"junk", field_path="x", foreground_value=1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (17, 33), (20, 9, 3)])
+def test_png_round_trips_exactly(shape):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    assert np.array_equal(decode_image(encode_png(image)), image)
+    with pytest.raises(ValueError):
+        encode_png(image.astype(np.uint16))
+
+
+def test_jpeg_encoding_is_close():
+    grey = decode_image(TILE.read_bytes())
+    assert np.abs(decode_image(encode_image(grey, "jpg")).astype(int) - grey).mean() < 3

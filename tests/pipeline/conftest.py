@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from cai_ray.config import SynthConfig
+from cai_ray.daad.builders import DaadSpec, build_daad
+from tests.conftest import DEMO, REPO
+
+
+@pytest.fixture(scope="session")
+def demo_daad(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("daad") / "demo"
+    build_daad(
+        DaadSpec.from_yaml(REPO / "configs" / "daad" / "demo.yaml"), DEMO / "defects", str(out)
+    )
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def normals_with_a_corrupt_file(tmp_path_factory) -> Path:
+    """The 12 bundled tiles plus a truncated JPEG, as a user's input folder might be."""
+    folder = tmp_path_factory.mktemp("normals")
+    for image in sorted((DEMO / "normal").glob("*.jpg")):
+        (folder / image.name).write_bytes(image.read_bytes())
+    data = sorted((DEMO / "normal").glob("*.jpg"))[0].read_bytes()
+    (folder / "broken.jpg").write_bytes(data[:500])
+    return folder
+
+
+@pytest.fixture
+def make_config(demo_daad, normals_with_a_corrupt_file, tmp_path):
+    def make(out: str = "out", **overrides) -> SynthConfig:
+        raw = {
+            "name": "test",
+            "seed": 7,
+            "inputs": {"paths": [str(normals_with_a_corrupt_file)]},
+            "daad": {"path": demo_daad},
+            "cai": {"quotas": {"large": 2, "medium": 2, "small": 2}},
+            "output": {"path": str(tmp_path / out), "targets_per_shard": 3, "preview_samples": 3},
+            "resources": {"cpus_per_injection_actor": 0.5},
+        }
+        for section, values in overrides.items():
+            raw[section] = (
+                {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+            )
+        return SynthConfig.model_validate(raw)
+
+    return make

@@ -1,0 +1,20 @@
+import pytest
+
+from cai_ray.config import ResourcesConfig
+from cai_ray.pipeline.resources import plan_stages
+
+
+def test_two_cores_leave_room_for_the_writer():
+    plan = plan_stages(ResourcesConfig(), cluster_cpus=2, shards=100)
+    assert plan.injection_actors == 2 and plan.foreground_actors == 1
+    assert plan.reserved_cpus <= 2
+
+
+def test_pools_scale_with_the_cluster_but_not_past_the_work():
+    assert plan_stages(ResourcesConfig(), cluster_cpus=16, shards=100).injection_actors == 16
+    assert plan_stages(ResourcesConfig(), cluster_cpus=16, shards=3).injection_actors == 3
+
+
+def test_asking_for_more_than_the_cluster_has_is_an_error_not_a_hang():
+    with pytest.raises(ValueError, match="cluster has 2"):
+        plan_stages(ResourcesConfig(injection_actors=4, cpus_per_injection_actor=1), 2, 10)

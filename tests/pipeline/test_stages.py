@@ -1,0 +1,50 @@
+"""The stages are plain callables: run them on dicts of numpy arrays, without Ray."""
+
+import json
+
+import numpy as np
+
+from cai_ray.io.tar import iter_tar
+from cai_ray.pipeline.layout import committed_shards
+from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, commit_shards
+from cai_ray.pipeline.synth import plan_job
+
+
+def test_stages_chain_without_ray(make_config, tmp_path):
+    config = make_config()
+    plan = plan_job(config)
+    assert [t["index"] for t in plan.targets] == list(range(13))
+    assert plan.mode == "grey"
+    broken = [t for t in plan.targets if t["key"] == "broken.jpg"]
+    readable = [t for t in plan.targets if t["key"] != "broken.jpg"][:2]
+    batch = {"shard": np.array([0]), "targets": np.array([json.dumps(readable + broken)])}
+
+    foreground = ForegroundStage(
+        image_size=256, mode="grey", method="full", model_path=None, min_fraction=0.01
+    )
+    prepared = foreground(batch)
+    assert [s["path"] for s in json.loads(prepared["skipped"][0])] == [broken[0]["path"]]
+
+    injection = InjectionStage(
+        daad=config.daad.path,
+        exclude_domains=[],
+        include_classes=None,
+        params=config.cai,
+        image_size=256,
+        mode="grey",
+        seed=7,
+        key_prefix="s",
+        image_format="png",
+        include_normal=True,
+    )
+    packed = injection(prepared)
+    entry = json.loads(packed["entry"][0])
+    assert entry["targets"] == 3 and entry["samples"] + len(entry["failed_samples"]) == 2 * 7
+    samples = list(iter_tar(packed["tar"][0]))
+    assert len(samples) == entry["samples"]
+    normal = [json.loads(f["json"]) for _, f in samples if json.loads(f["json"])["label"] == 0]
+    assert len(normal) == 2 and entry["counts"]["label"]["0"] == 2
+
+    committed = commit_shards(packed, out=str(tmp_path / "o"))
+    assert json.loads(committed["entry"][0])["sha256"] == entry["sha256"]
+    assert committed_shards(str(tmp_path / "o"))[0]["samples"] == entry["samples"]

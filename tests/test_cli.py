@@ -1,0 +1,53 @@
+import json
+
+from cai_ray.cli import main
+from tests.conftest import DEMO, REPO
+
+
+def test_daad_build_and_stats(tmp_path, capsys):
+    out = tmp_path / "daad"
+    spec = REPO / "configs" / "daad" / "demo.yaml"
+    assert (
+        main(
+            [
+                "daad",
+                "build",
+                "--spec",
+                str(spec),
+                "--data-root",
+                str(DEMO / "defects"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "20 records" in capsys.readouterr().out
+    assert main(["daad", "stats", str(out)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["records"] == 20 and stats["by_domain"] == {"magnetic_tile": 20}
+
+
+def test_bad_config_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inputs: {paths: []}\ncai: {blend: glue}\n")
+    assert main(["synth", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid config" in err and "blend" in err
+    assert main(["synth", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_missing_daad_is_a_clear_error(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "inputs": {"paths": [str(DEMO / "normal")]},
+                "daad": {"path": str(tmp_path / "nodaad")},
+                "output": {"path": str(tmp_path / "o")},
+            }
+        )
+    )
+    assert main(["synth", "--config", str(config)]) == 2
+    assert "not a DAAD" in capsys.readouterr().err
