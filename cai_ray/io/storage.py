@@ -74,6 +74,16 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(url: str) -> int:
+    """Delete temporary files that an interrupted local atomic write left in a folder."""
+    if not is_local(url) or not local_path(url).is_dir():
+        return 0
+    stale = [p for p in local_path(url).glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def list_files(url: str, suffix: str) -> list[str]:
     """Files directly under a directory URL whose names end with ``suffix``, sorted."""
     if is_local(url):

@@ -47,10 +47,7 @@ def write_json(url: str, value: dict) -> None:
 def committed_shards(out: str) -> dict[int, dict]:
     """Entries of the shards whose tar and entry are both present, by shard index."""
     entries: dict[int, dict] = {}
-    names = {
-        storage.local_path(u).name if storage.is_local(u) else u.rsplit("/", 1)[-1]
-        for u in storage.list_files(out, "")
-    }
+    names = {url.rsplit("/", 1)[-1] for url in storage.list_files(out, "")}
     for name in names:
         match = SHARD_PATTERN.match(name)
         if match and match.group(2) == "json" and shard_name(int(match.group(1))) in names:

@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from typing import Any
 
+import cv2
 import numpy as np
 
 from cai_ray import __version__
@@ -62,7 +63,11 @@ class ForegroundStage:
             except (OSError, DecodeError) as exc:
                 skipped.append({"path": target["path"], "reason": f"unreadable: {exc}"})
                 continue
-            foreground = self.extract(image)
+            try:
+                foreground = self.extract(image)
+            except cv2.error as exc:  # e.g. GrabCut on a flat image
+                skipped.append({"path": target["path"], "reason": f"foreground failed: {exc}"})
+                continue
             if foreground.mean() < self.min_fraction or not foreground.any():
                 reason = f"foreground below {self.min_fraction:.0%} of the image"
                 skipped.append({"path": target["path"], "reason": reason})
@@ -221,9 +226,18 @@ def _injection_meta(result: Injection) -> dict:
     }
 
 
-def commit_shards(batch: Batch, *, out: str) -> Batch:
-    """Write each shard's tar, then its entry: a shard counts as done only once both exist."""
-    for index, tar, entry in zip(batch["shard"], batch["tar"], batch["entry"], strict=True):
-        storage.write_bytes_atomic(storage.join(out, shard_name(int(index))), bytes(tar))
-        write_json(storage.join(out, entry_name(int(index))), json.loads(entry))
-    return {"shard": np.asarray(batch["shard"]), "entry": np.asarray(batch["entry"], dtype=object)}
+class ShardWriter:
+    """Commits shards: the tar first, then its entry, so a shard counts as done only once both
+    exist. An actor, not tasks: a long-lived process avoids starting workers per shard."""
+
+    def __init__(self, *, out: str) -> None:
+        self.out = out
+
+    def __call__(self, batch: Batch) -> Batch:
+        for index, tar, entry in zip(batch["shard"], batch["tar"], batch["entry"], strict=True):
+            storage.write_bytes_atomic(storage.join(self.out, shard_name(int(index))), bytes(tar))
+            write_json(storage.join(self.out, entry_name(int(index))), json.loads(entry))
+        return {
+            "shard": np.asarray(batch["shard"]),
+            "entry": np.asarray(batch["entry"], dtype=object),
+        }

@@ -7,7 +7,6 @@ output skips done shards. Deterministic: shard contents depend only on the confi
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.pipeline import layout
 from cai_ray.pipeline.resources import StagePlan, plan_stages
-from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, commit_shards
+from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +100,9 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
                 f"{out} holds the output of a different job (config, inputs or version differ); "
                 "choose another output path or delete that folder"
             )
+        removed = storage.remove_stale_temporaries(out)
+        if removed:
+            log.info("removed %d partial file(s) an interrupted run left in %s", removed, out)
         return layout.committed_shards(out)
     storage.makedirs(out)
     inputs = "".join(f"{t['path']}\n" for t in plan.targets).encode()
@@ -181,9 +183,11 @@ def _run_pipeline(
         },
     )
     dataset = dataset.map_batches(
-        functools.partial(commit_shards, out=config.output.path),
+        ShardWriter,
         batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=stages.writer_cpus,
+        fn_constructor_kwargs={"out": config.output.path},
     )
     started = time.monotonic()
     samples = 0

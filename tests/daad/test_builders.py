@@ -44,8 +44,6 @@ def messy_folder(tmp_path) -> Path:
     shutil.copy(originals[0], folder / "mismatch.jpg")
     (folder / "mismatch.png").write_bytes(_png(mask[:-5]))
     shutil.copy(originals[0], folder / "nomask.jpg")
-    (folder / "wide.png").write_bytes(_png(image))  # an image that is itself a PNG ...
-    Path(folder / "wide.png").rename(folder / "wide.bmp.png")
     Image.fromarray(image).save(folder / "sixteen.jpg")
     (folder / "sixteen.png").write_bytes(_png(mask.astype(np.uint16) * 257))
     Image.fromarray(image).convert("RGBA").save(folder / "rgba.tif")

@@ -6,7 +6,7 @@ import numpy as np
 
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.layout import committed_shards
-from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, commit_shards
+from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, ShardWriter
 from cai_ray.pipeline.synth import plan_job
 
 
@@ -45,6 +45,6 @@ def test_stages_chain_without_ray(make_config, tmp_path):
     normal = [json.loads(f["json"]) for _, f in samples if json.loads(f["json"])["label"] == 0]
     assert len(normal) == 2 and entry["counts"]["label"]["0"] == 2
 
-    committed = commit_shards(packed, out=str(tmp_path / "o"))
+    committed = ShardWriter(out=str(tmp_path / "o"))(packed)
     assert json.loads(committed["entry"][0])["sha256"] == entry["sha256"]
     assert committed_shards(str(tmp_path / "o"))[0]["samples"] == entry["samples"]

@@ -77,11 +77,13 @@ def test_resume_after_a_crash_rebuilds_only_the_missing_shard(reference_run, mak
     (out / "shard-000003.tar").unlink()  # a crash before the tar
     (out / "shard-000003.json").unlink()
     (out / "manifest.json").unlink()
+    (out / ".shard-000003.tar.x1y2.tmp").write_bytes(b"half a shard")  # killed mid-write
     untouched = (out / "shard-000001.tar").stat().st_mtime_ns
     manifest = run_synth(copy, show_progress=False)
     assert manifest["complete"]
     assert (out / "shard-000001.tar").stat().st_mtime_ns == untouched
     assert _digests(str(out)) == _digests(config.output.path)
+    assert not list(out.glob(".*.tmp"))
     assert verify_output(str(out)).ok
 
 

@@ -1,0 +1,69 @@
+"""Single-process CAI rate: samples/s per core at 256x256 with 4:3:3 quotas, magnetic-tile targets,
+DeepCrack sources, PNG encoding and tar packing included (the injection actor's own code), and the
+peak memory of that process. ``*_job_work_*`` adds reading and decoding the targets: all the work
+of the Ray job, done serially, the figure to compare the job's rate with.
+
+    python bench/bench_cai.py [--targets 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from common import TILES, peak_rss_mb, report, shared_daad
+
+from cai_ray.core.cai import CAIParams
+from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--targets", type=int, default=64)
+    args = parser.parse_args()
+    daad = shared_daad()
+    paths = sorted(TILES.glob("*.jpg"))[: args.targets]
+    targets = [{"index": i, "key": p.name, "path": str(p)} for i, p in enumerate(paths)]
+    foreground = ForegroundStage(
+        image_size=256, mode="grey", method="full", model_path=None, min_fraction=0.01
+    )
+    start = time.perf_counter()
+    prepared = foreground.process_shard(targets)
+    decode_s = time.perf_counter() - start
+    figures: dict[str, float | int | str] = {"targets": len(targets)}
+    for blend in ("normal", "mixed"):
+        stage = InjectionStage(
+            daad=daad,
+            exclude_domains=["magnetic_tile", "crackforest"],
+            include_classes=None,
+            params=CAIParams(blend=blend),
+            image_size=256,
+            mode="grey",
+            seed=0,
+            key_prefix="b",
+            image_format="png",
+            include_normal=False,
+        )
+        timings = []
+        for _ in range(3):
+            start = time.perf_counter()
+            out = stage.process_shard(
+                0, json.loads(prepared["targets"]), prepared["images"], prepared["foregrounds"], []
+            )
+            timings.append(time.perf_counter() - start)
+        samples = json.loads(out["entry"])["samples"]
+        rate = samples / float(np.median(timings))
+        name = "cai_n" if blend == "normal" else "cai_m"
+        figures[f"{name}_samples_per_s"] = rate
+        figures[f"{name}_ms_per_sample"] = 1000 / rate
+        # the whole job's work for these targets in one process: read, decode, resize,
+        # foreground, inject, encode, pack (what the Ray job spreads over its actors)
+        figures[f"{name}_job_work_samples_per_s"] = samples / (float(np.median(timings)) + decode_s)
+    figures["peak_rss_mb"] = peak_rss_mb()
+    report(figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Shared set-up for the benchmarks: real magnetic-tile targets, a DAAD of the shared datasets."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+from cai_ray.daad.builders import INDEX_NAME, DaadSpec, build_daad
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+TILES = SHARED / "magnetic_tile" / "MT_Free" / "Imgs"
+BENCH_DAAD = REPO / "out" / "bench-daad"
+
+
+def shared_daad() -> str:
+    """The DAAD of ../shared/data, built once into out/bench-daad."""
+    if not (BENCH_DAAD / INDEX_NAME).exists():
+        spec = DaadSpec.from_yaml(REPO / "configs" / "daad" / "shared_data.yaml")
+        build_daad(spec, SHARED, str(BENCH_DAAD))
+    return str(BENCH_DAAD)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def report(figures: dict[str, float | int | str]) -> None:
+    """Figures last, one ``name=value`` per line, so they can be collected."""
+    for name, value in figures.items():
+        print(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
