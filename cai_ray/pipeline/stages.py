@@ -132,22 +132,16 @@ class InjectionStage:
     ) -> dict[str, Any]:
         size = self.image_size
         shape: tuple[int, ...] = (len(targets), size, size) + ((3,) if self.mode == "rgb" else ())
-        pixels = np.frombuffer(images, np.uint8).reshape(shape) if targets else None
-        masks = (
-            np.unpackbits(np.frombuffer(foregrounds, np.uint8), count=len(targets) * size * size)
-            .reshape(len(targets), size, size)
-            .astype(bool)
-            if targets
-            else None
-        )
+        pixels = np.frombuffer(images, np.uint8).reshape(shape)
+        packed = np.frombuffer(foregrounds, np.uint8)
+        bits = np.unpackbits(packed, count=len(targets) * size * size)
+        masks = bits.astype(bool).reshape(len(targets), size, size)
         samples: list[Sample] = []
         failed: list[dict[str, str]] = []
         counts: dict[str, Counter[str]] = {
             k: Counter() for k in ("method", "anomaly_class", "scale", "label")
         }
-        for position, target in enumerate(targets):
-            assert pixels is not None and masks is not None
-            image, foreground = pixels[position], masks[position]
+        for target, image, foreground in zip(targets, pixels, masks, strict=True):
             base = {
                 "target": target["path"],
                 "target_key": target["key"],
