@@ -2,7 +2,7 @@
 
 Runs the real job (configs/magnetic_tile.yaml settings) on a local Ray with --cpus CPUs into a
 fresh folder and reports the end-to-end rate (Ray start and actor start-up included) and the
-steady rate (between the first and the last shard commit).
+steady rate (shards committed after each actor's first one, over the time they took).
 
     python bench/bench_job.py --cpus 2 --targets 952 [--single-rate 258]
 """
@@ -10,6 +10,7 @@ steady rate (between the first and the last shard commit).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import threading
 import time
@@ -69,9 +70,14 @@ def main() -> None:
     manifest = run_synth(config, show_progress=False)
     total = time.perf_counter() - start
     memory.stop.set()
-    commits = sorted(p.stat().st_mtime for p in Path(out).glob("shard-*.json"))
-    first_shard = (manifest["samples"] / len(commits)) if commits else 0
-    steady = (manifest["samples"] - first_shard) / max(commits[-1] - commits[0], 1e-9)
+    # Steady rate: after every actor has committed its first shard (start-up excluded).
+    commits = sorted(
+        (p.stat().st_mtime, json.loads(p.read_text())["samples"])
+        for p in Path(out).glob("shard-*.json")
+    )
+    actors = args.injection_actors or args.cpus
+    warm = commits[actors - 1][0]
+    steady = sum(n for _, n in commits[actors:]) / max(commits[-1][0] - warm, 1e-9)
     figures: dict[str, float | int | str] = {
         "cpus": args.cpus,
         "injection_actors": args.injection_actors or args.cpus,

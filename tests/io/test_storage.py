@@ -21,5 +21,6 @@ def test_atomic_writes_leave_no_partial_file(tmp_path):
     write_bytes_atomic(str(target), b"second")
     assert target.read_bytes() == b"second"
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.bin"]
+    assert target.stat().st_mode & 0o777 == 0o644
     (target.parent / ".a.bin.abc.tmp").write_bytes(b"x")
     assert remove_stale_temporaries(str(target.parent)) == 1

@@ -40,7 +40,7 @@ def test_stages_chain_without_ray(make_config, tmp_path):
     packed = injection(prepared)
     entry = json.loads(packed["entry"][0])
     assert entry["targets"] == 3 and entry["samples"] + len(entry["failed_samples"]) == 2 * 7
-    samples = list(iter_tar(packed["tar"][0]))
+    samples = list(iter_tar(packed["tar"][0].tobytes()))
     assert len(samples) == entry["samples"]
     normal = [json.loads(f["json"]) for _, f in samples if json.loads(f["json"])["label"] == 0]
     assert len(normal) == 2 and entry["counts"]["label"]["0"] == 2
