@@ -298,7 +298,7 @@ class CAIInjector:
             "mask": label,
             "method": self.method,
             "anomaly_class": pattern.anomaly_class,
-            "scale": (scale if params.stm else max(scale_of(actual), Scale.SMALL)).label,
+            "scale": (scale if params.stm else scale_of(actual)).label,
             "source_target_ratio": pattern.longest_side / fg_longest,
             "synthesis_scale": actual,
             "source_record_id": pattern.record_id,

@@ -151,44 +151,47 @@ def _run_pipeline(
     per_target = len(config.cai.quotas.schedule()) + int(config.output.include_normal)
     rows = [{"shard": i, "targets": json.dumps(plan.shard_targets(i))} for i in todo]
     dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    dataset = dataset.map_batches(
-        ForegroundStage,
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=stages.foreground_actors),
-        num_cpus=stages.foreground_cpus,
-        fn_constructor_kwargs={
-            "image_size": config.image_size,
-            "mode": plan.mode,
-            "method": config.foreground.method,
-            "model_path": config.foreground.model_path,
-            "min_fraction": config.foreground.min_fraction,
-        },
-    )
-    dataset = dataset.map_batches(
-        InjectionStage,
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=stages.injection_actors),
-        num_cpus=stages.injection_cpus,
-        fn_constructor_kwargs={
-            "daad": config.daad.path,
-            "exclude_domains": config.daad.exclude_domains,
-            "include_classes": config.daad.include_classes,
-            "params": config.cai,
-            "image_size": config.image_size,
-            "mode": plan.mode,
-            "seed": config.seed,
-            "key_prefix": config.output.samples_key_prefix,
-            "image_format": config.output.image_format,
-            "include_normal": config.output.include_normal,
-        },
-    )
-    dataset = dataset.map_batches(
-        ShardWriter,
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=stages.writer_cpus,
-        fn_constructor_kwargs={"out": config.output.path},
-    )
+    # Each stage is an actor pool taking one shard per batch: (class, actors, CPUs each, kwargs).
+    graph: list[tuple[type, int, float, dict]] = [
+        (
+            ForegroundStage,
+            stages.foreground_actors,
+            stages.foreground_cpus,
+            {
+                "image_size": config.image_size,
+                "mode": plan.mode,
+                "method": config.foreground.method,
+                "model_path": config.foreground.model_path,
+                "min_fraction": config.foreground.min_fraction,
+            },
+        ),
+        (
+            InjectionStage,
+            stages.injection_actors,
+            stages.injection_cpus,
+            {
+                "daad": config.daad.path,
+                "exclude_domains": config.daad.exclude_domains,
+                "include_classes": config.daad.include_classes,
+                "params": config.cai,
+                "image_size": config.image_size,
+                "mode": plan.mode,
+                "seed": config.seed,
+                "key_prefix": config.output.samples_key_prefix,
+                "image_format": config.output.image_format,
+                "include_normal": config.output.include_normal,
+            },
+        ),
+        (ShardWriter, 1, stages.writer_cpus, {"out": config.output.path}),
+    ]
+    for stage, actors, cpus, kwargs in graph:
+        dataset = dataset.map_batches(
+            stage,
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus,
+            fn_constructor_kwargs=kwargs,
+        )
     started = time.monotonic()
     samples = 0
     with tqdm(total=len(todo), unit="shard", disable=not show_progress, desc="synth") as bar:
@@ -200,7 +203,7 @@ def _run_pipeline(
     log.info("wrote %d shards, %d samples (up to %d per target)", len(todo), samples, per_target)
 
 
-def summarize(out: str, job: dict, entries: dict[int, dict]) -> dict:
+def summarize(job: dict, entries: dict[int, dict]) -> dict:
     """The manifest: totals and counts over every committed shard, skips and failures listed."""
     totals: dict[str, Counter[str]] = {}
     skipped: list[dict] = []
@@ -266,7 +269,7 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
         _run_pipeline(config, plan, todo, stages, show_progress)
     job = layout.read_json(storage.join(out, layout.JOB_FILE))
     entries = layout.committed_shards(out)
-    manifest = summarize(out, job, entries)
+    manifest = summarize(job, entries)
     layout.write_json(storage.join(out, layout.MANIFEST_FILE), manifest)
     if config.output.preview_samples and manifest["samples"]:
         write_preview(out, config.image_size, plan.mode, config.output.preview_samples)
