@@ -8,6 +8,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from cai_ray.io import storage
+from cai_ray.pipeline.layout import OutputMismatchError
+
 
 def _daad_build(args: argparse.Namespace) -> int:
     from cai_ray.daad.builders import DaadSpec, build_daad
@@ -38,6 +41,8 @@ def _synth(args: argparse.Namespace) -> int:
     from cai_ray.pipeline.synth import run_synth
 
     config = load_config(args.config, out=args.out)
+    if config.storage.endpoint_url is None:
+        config.storage.endpoint_url = args.s3_endpoint_url
     manifest = run_synth(config, show_progress=not args.no_progress)
     out = config.output.path
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shard(s) -> {out}")
@@ -69,6 +74,10 @@ def _verify(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cai-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument(
+        "--s3-endpoint-url",
+        help="S3-compatible endpoint for s3:// paths (default: AWS_ENDPOINT_URL or the profile's)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     daad = commands.add_parser("daad", help="build and inspect a DAAD").add_subparsers(
@@ -111,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    storage.configure(endpoint_url=args.s3_endpoint_url)
     try:
         return int(args.handler(args))
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+    except (OSError, ValueError, OutputMismatchError, ImportError) as exc:
         print(f"cai-ray: error: {exc}", file=sys.stderr)
         return 2
 

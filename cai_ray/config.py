@@ -71,6 +71,14 @@ class ResourcesConfig(_Section):
     cpus_per_writer: float = Field(0.1, gt=0)
 
 
+class StorageConfig(_Section):
+    endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint (e.g. http://127.0.0.1:8333); None: the AWS chain's "
+        "(AWS_ENDPOINT_URL or the profile). Credentials always come from the AWS chain.",
+    )
+
+
 class SynthConfig(_Section):
     name: str = "cai"
     seed: int = Field(0, ge=0)
@@ -84,6 +92,7 @@ class SynthConfig(_Section):
     cai: CAIParams = CAIParams()
     output: OutputConfig
     resources: ResourcesConfig = ResourcesConfig()
+    storage: StorageConfig = StorageConfig()
 
 
 class ConfigError(ValueError):

@@ -10,6 +10,14 @@ import pytest
 
 from cai_ray.core.cai import SourcePattern
 from cai_ray.io.codecs import decode_image, decode_mask, resize
+from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
+
+# Test credentials for the SeaweedFS fixture, set before any Ray worker starts so that workers
+# inherit them; only that local server accepts them.
+os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
+os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
@@ -64,3 +72,33 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server on 127.0.0.1 (SeaweedFS) with the test credentials; stopped at the end."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the test server, with cai-ray's storage pointed at the server."""
+    import re
+
+    import s3fs
+
+    from cai_ray.io import storage
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    fs = s3fs.S3FileSystem(
+        skip_instance_cache=True, client_kwargs={"endpoint_url": s3_server.endpoint}
+    )
+    fs.mkdir(name)
+    storage.configure(endpoint_url=s3_server.endpoint)
+    yield f"s3://{name}"
+    storage.configure(endpoint_url=None)

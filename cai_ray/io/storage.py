@@ -1,8 +1,13 @@
-"""Storage locations: local paths now, any fsspec URL (``s3://`` with the ``s3`` extra) alike.
+"""Storage locations: a local path or an object-store URL (``s3://bucket/prefix``), alike.
+
+Credentials come from the standard AWS chain (``AWS_*`` variables, a profile, an instance role);
+an S3-compatible store is reached through ``AWS_ENDPOINT_URL`` or :func:`configure`. Nothing here
+ever takes or prints a secret. Object-store calls retry with backoff (botocore's standard mode),
+then fail with :class:`StorageError` or ``FileNotFoundError`` naming the object.
 
 Writes are atomic: a reader sees the old object or the whole new one, never a part. Locally the
-bytes go to a temporary sibling that is fsynced and renamed over the target; on object stores a
-single PUT is already atomic.
+bytes go to a temporary sibling that is fsynced and renamed over the target; on object stores an
+upload becomes visible only once it is complete.
 """
 
 from __future__ import annotations
@@ -10,10 +15,29 @@ from __future__ import annotations
 import glob as globlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+_settings: dict[str, str | None] = {"endpoint_url": None}
+_filesystems: dict[tuple[str, str | None], Any] = {}
+
+
+class StorageError(OSError):
+    """An object-store operation that failed after retries; the message names the object."""
+
+
+def configure(*, endpoint_url: str | None = None) -> None:
+    """Set the S3 endpoint for this process (``None``: the AWS chain's, e.g. AWS_ENDPOINT_URL)
+    and drop cached connections, so changed credentials take effect.
+
+    Ray workers are separate processes: each stage calls this with the job's settings.
+    """
+    _settings["endpoint_url"] = endpoint_url
+    _filesystems.clear()  # credentials are read when a filesystem is made: re-read them too
 
 
 def is_local(url: str) -> bool:
@@ -24,11 +48,53 @@ def local_path(url: str) -> Path:
     return Path(url.removeprefix("file://")).expanduser()
 
 
+def _s3_filesystem(endpoint_url: str | None) -> Any:
+    try:
+        import s3fs
+    except ImportError as exc:
+        raise ImportError("s3:// locations need the s3 extra: pip install 'cai-ray[s3]'") from exc
+    client_kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    return s3fs.S3FileSystem(
+        client_kwargs=client_kwargs,
+        config_kwargs={
+            "retries": {"max_attempts": 8, "mode": "standard"},
+            "connect_timeout": 10,
+            "read_timeout": 60,
+        },
+        use_listings_cache=False,  # other workers add objects: never trust a cached listing
+        skip_instance_cache=True,
+    )
+
+
 def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for ``url`` and the path within it."""
+    protocol, _, rest = url.partition("://")
+    if protocol in ("s3", "s3a"):
+        key = (protocol, _settings["endpoint_url"])
+        if key not in _filesystems:
+            _filesystems[key] = _s3_filesystem(_settings["endpoint_url"])
+        return _filesystems[key], rest
     import fsspec
 
     return fsspec.core.url_to_fs(url)
+
+
+@contextmanager
+def _remote(action: str, url: str) -> Iterator[None]:
+    """Turn an object-store failure into an error that names the object and what to check."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"cannot {action} {url}: not found ({exc})") from exc
+    except PermissionError as exc:
+        raise StorageError(
+            f"cannot {action} {url}: access denied ({exc}); check the credentials "
+            "(AWS_* variables, profile or instance role) and the endpoint"
+        ) from exc
+    except ImportError:
+        raise
+    except Exception as exc:  # botocore, aiohttp and s3fs raise many unrelated types
+        raise StorageError(f"cannot {action} {url}: {type(exc).__name__}: {exc}") from exc
 
 
 def join(base: str, *parts: str) -> str:
@@ -38,15 +104,17 @@ def join(base: str, *parts: str) -> str:
 def read_bytes(url: str) -> bytes:
     if is_local(url):
         return local_path(url).read_bytes()
-    fs, path = filesystem(url)
-    return bytes(fs.cat_file(path))
+    with _remote("read", url):
+        fs, path = filesystem(url)
+        return bytes(fs.cat_file(path))
 
 
 def exists(url: str) -> bool:
     if is_local(url):
         return local_path(url).exists()
-    fs, path = filesystem(url)
-    return bool(fs.exists(path))
+    with _remote("look up", url):
+        fs, path = filesystem(url)
+        return bool(fs.exists(path))
 
 
 def makedirs(url: str) -> None:
@@ -57,8 +125,9 @@ def makedirs(url: str) -> None:
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write ``data`` so that ``url`` holds either its old content or all of ``data``."""
     if not is_local(url):
-        fs, remote = filesystem(url)
-        fs.pipe_file(remote, data)
+        with _remote("write", url):
+            fs, remote = filesystem(url)
+            fs.pipe_file(remote, data)
         return
     path = local_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,40 +161,65 @@ def list_files(url: str, suffix: str) -> list[str]:
         if not directory.is_dir():
             return []
         return sorted(str(p) for p in directory.iterdir() if p.name.endswith(suffix))
-    fs, path = filesystem(url)
-    if not fs.exists(path):
-        return []
     protocol = url.split("://", 1)[0]
-    names = [p for p in fs.ls(path, detail=False) if p.endswith(suffix)]
-    return sorted(f"{protocol}://{p}" for p in names)
+    with _remote("list", url):
+        fs, path = filesystem(url)
+        try:
+            names = fs.ls(path.rstrip("/"), detail=False)
+        except FileNotFoundError:
+            if not fs.exists(path.split("/", 1)[0]):
+                raise  # a missing bucket is an error, an empty prefix is not
+            return []
+    return sorted(f"{protocol}://{p}" for p in names if p.endswith(suffix))
+
+
+def _expand_local(source: str) -> list[str]:
+    path = local_path(source)
+    if path.is_dir():
+        return [
+            str(p)
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        ]
+    if path.is_file() and path.suffix.lower() == ".txt":
+        return _listed(path.read_text())
+    if path.is_file():
+        return [str(path)]
+    return sorted(p for p in globlib.glob(str(path), recursive=True) if Path(p).is_file())
+
+
+def _expand_remote(source: str) -> list[str]:
+    protocol = source.split("://", 1)[0]
+    with _remote("list", source):
+        fs, path = filesystem(source)
+        if path.lower().endswith(".txt"):
+            return _listed(bytes(fs.cat_file(path)).decode())
+        if globlib.has_magic(path):
+            names = fs.glob(path)
+        elif fs.isdir(path):
+            names = fs.find(path)
+        elif fs.isfile(path):
+            return [source]
+        else:
+            return []
+    return sorted(f"{protocol}://{n}" for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _listed(text: str) -> list[str]:
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def expand_image_sources(sources: list[str]) -> list[str]:
-    """Image files named by each entry: a directory (searched recursively), a glob pattern, a
-    ``.txt`` file listing one path per line, or a single image file. Local paths only for now.
+    """Image files named by each entry: a directory or prefix (searched recursively), a glob
+    pattern, a ``.txt`` file listing one path or URL per line, or a single image file.
 
     Raises ``FileNotFoundError`` naming every entry that matches nothing.
     """
     found: list[str] = []
     missing: list[str] = []
     for source in sources:
-        matches: list[str]
-        path = local_path(source)
-        if path.is_dir():
-            matches = [
-                str(p)
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            ]
-        elif path.is_file() and path.suffix.lower() == ".txt":
-            lines = path.read_text().splitlines()
-            matches = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-        elif path.is_file():
-            matches = [str(path)]
-        else:
-            matches = sorted(
-                p for p in globlib.glob(str(path), recursive=True) if Path(p).is_file()
-            )
+        matches = _expand_local(source) if is_local(source) else _expand_remote(source)
         if not matches:
             missing.append(source)
         found.extend(matches)

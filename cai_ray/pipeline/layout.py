@@ -20,6 +20,10 @@ PREVIEW_FILE = "preview.png"
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.(tar|json)$")
 
 
+class OutputMismatchError(RuntimeError):
+    """The output folder holds a different job: resuming into it would mix two datasets."""
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 

@@ -56,7 +56,9 @@ class ForegroundStage:
         method: ForegroundMethod,
         model_path: str | None,
         min_fraction: float,
+        endpoint_url: str | None = None,
     ) -> None:
+        storage.configure(endpoint_url=endpoint_url)
         self.image_size = image_size
         self.mode: ColorMode = mode
         self.min_fraction = min_fraction
@@ -121,7 +123,9 @@ class InjectionStage:
         key_prefix: str,
         image_format: str,
         include_normal: bool,
+        endpoint_url: str | None = None,
     ) -> None:
+        storage.configure(endpoint_url=endpoint_url)
         patterns = load_patterns(
             daad, mode=mode, exclude_domains=exclude_domains, include_classes=include_classes
         )
@@ -240,7 +244,8 @@ class ShardWriter:
     """Commits shards: the tar first, then its entry, so a shard counts as done only once both
     exist. An actor, not tasks: a long-lived process avoids starting workers per shard."""
 
-    def __init__(self, *, out: str) -> None:
+    def __init__(self, *, out: str, endpoint_url: str | None = None) -> None:
+        storage.configure(endpoint_url=endpoint_url)
         self.out = out
 
     def __call__(self, batch: Batch) -> Batch:

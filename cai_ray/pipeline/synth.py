@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,14 +25,11 @@ from cai_ray.daad.shards import read_index
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.pipeline import layout
+from cai_ray.pipeline.layout import OutputMismatchError
 from cai_ray.pipeline.resources import StagePlan, plan_stages
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, ShardWriter
 
 log = logging.getLogger(__name__)
-
-
-class OutputMismatchError(RuntimeError):
-    """The output folder holds a different job: resuming into it would mix two datasets."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,13 @@ def _resolve_mode(config: SynthConfig, paths: list[str], probes: int = 20) -> Co
     raise ValueError(f"none of the first {probes} inputs is a readable image; set color explicitly")
 
 
+def _location(path: str) -> str:
+    """An absolute POSIX path for a local file, ``/bucket/key`` for an object URL."""
+    if storage.is_local(path):
+        return Path(os.path.abspath(storage.local_path(path))).as_posix()
+    return "/" + path.split("://", 1)[1]
+
+
 def plan_job(config: SynthConfig) -> JobPlan:
     """List the inputs, give each a stable key and index, and fingerprint config + inputs.
 
@@ -72,13 +77,15 @@ def plan_job(config: SynthConfig) -> JobPlan:
     paths = sorted(dict.fromkeys(storage.expand_image_sources(config.inputs.paths)))
     if config.inputs.limit is not None:
         paths = paths[: config.inputs.limit]
-    common = os.path.commonpath([os.path.abspath(p) for p in paths]) if len(paths) > 1 else None
-    targets = []
-    for index, path in enumerate(paths):
-        key = os.path.relpath(os.path.abspath(path), common) if common else Path(path).name
-        targets.append({"index": index, "key": key, "path": path})
+    locations = [_location(p) for p in paths]
+    common = posixpath.commonpath(locations) if len(paths) > 1 else posixpath.dirname(locations[0])
+    targets = [
+        {"index": index, "key": posixpath.relpath(location, common), "path": path}
+        for index, (path, location) in enumerate(zip(paths, locations, strict=True))
+    ]
     identity = config.model_dump(
-        mode="json", exclude={"output": {"path", "preview_samples"}, "resources": True}
+        mode="json",
+        exclude={"output": {"path", "preview_samples"}, "resources": True, "storage": True},
     )
     digest = hashlib.sha256(
         json.dumps(
@@ -190,7 +197,7 @@ def _run_pipeline(
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus,
-            fn_constructor_kwargs=kwargs,
+            fn_constructor_kwargs={**kwargs, "endpoint_url": config.storage.endpoint_url},
         )
     started = time.monotonic()
     samples = 0
@@ -250,6 +257,7 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
     """Run (or resume) the job and return its manifest."""
     from cai_ray.pipeline.preview import write_preview
 
+    storage.configure(endpoint_url=config.storage.endpoint_url)
     _prepare_daad(config)
     plan = plan_job(config)
     out = config.output.path

@@ -10,6 +10,7 @@ import webdataset as wds
 
 from cai_ray.cli import main
 from cai_ray.io.codecs import decode_image
+from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.synth import OutputMismatchError, run_synth
 from cai_ray.pipeline.verify import verify_output
 
@@ -119,4 +120,53 @@ def test_cli_synth_reports_and_verifies(make_config, tmp_path, capsys):
     path.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
     assert main(["synth", "--config", str(path), "--no-progress"]) == 0
     assert main(["verify", config.output.path]) == 0
+    assert "OK:" in capsys.readouterr().out
+
+
+def test_the_job_reads_and_writes_s3(
+    reference_run, s3_bucket, s3_server, normals_with_a_corrupt_file, demo_daad, capsys
+):
+    """Inputs, DAAD and output on a real S3 server: the same shards as the local run, a resumed
+    run on S3 completes, and verify accepts the result."""
+    import s3fs
+
+    from cai_ray.daad.builders import DaadSpec, build_daad
+    from cai_ray.io import storage
+    from tests.conftest import DEMO, REPO
+
+    config, _ = reference_run
+    for image in sorted(normals_with_a_corrupt_file.iterdir()):
+        storage.write_bytes_atomic(f"{s3_bucket}/normals/{image.name}", image.read_bytes())
+    spec = DaadSpec.from_yaml(REPO / "configs" / "daad" / "demo.yaml")
+    build_daad(spec, DEMO / "defects", f"{s3_bucket}/daad")
+    remote = config.model_copy(deep=True)
+    remote.inputs.paths = [f"{s3_bucket}/normals/"]
+    remote.daad.path = f"{s3_bucket}/daad"
+    remote.output.path = f"{s3_bucket}/out"
+    remote.storage.endpoint_url = s3_server.endpoint
+    remote.resources.injection_actors = 1
+    manifest = run_synth(remote, show_progress=False)
+    assert manifest["complete"] and manifest["samples"] > 0
+
+    fs = s3fs.S3FileSystem(
+        skip_instance_cache=True, client_kwargs={"endpoint_url": s3_server.endpoint}
+    )
+    bucket = s3_bucket.removeprefix("s3://")
+
+    def contents(read) -> list:
+        """Every sample's key, image and mask bytes, and label without the target's location."""
+        samples = []
+        for index in range(5):
+            for key, files in iter_tar(read(f"shard-{index:06d}.tar")):
+                label = {k: v for k, v in json.loads(files["json"]).items() if k != "target"}
+                samples.append((key, files["png"], files["mask.png"], label))
+        return samples
+
+    local = contents(lambda name: (Path(config.output.path) / name).read_bytes())
+    assert contents(lambda name: fs.cat_file(f"{bucket}/out/{name}")) == local
+
+    fs.rm(f"{bucket}/out/shard-000002.json")  # as if the job died before committing shard 2
+    fs.rm(f"{bucket}/out/manifest.json")
+    assert run_synth(remote, show_progress=False)["complete"]
+    assert main(["--s3-endpoint-url", s3_server.endpoint, "verify", f"{s3_bucket}/out"]) == 0
     assert "OK:" in capsys.readouterr().out

