@@ -1,0 +1,94 @@
+"""Faults during the job: every sample still exactly once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cai_ray.io.tar import iter_tar
+from cai_ray.pipeline.synth import run_synth
+from cai_ray.pipeline.verify import verify_output
+
+pytestmark = [pytest.mark.timeout(400), pytest.mark.usefixtures("ray_local")]
+
+
+def _injection_actor_pids() -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"InjectionStage" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _samples(out: str) -> dict[str, bytes]:
+    return {
+        key: files["png"] + files["mask.png"]
+        for tar in sorted(Path(out).glob("shard-*.tar"))
+        for key, files in iter_tar(tar.read_bytes())
+    }
+
+
+@pytest.fixture
+def undisturbed(make_config):
+    config = make_config(out="undisturbed", output={"targets_per_shard": 1})
+    run_synth(config, show_progress=False)
+    return config
+
+
+def test_a_killed_injection_actor_loses_and_duplicates_nothing(make_config, undisturbed):
+    config = make_config(out="killed", output={"targets_per_shard": 1})
+    out = Path(config.output.path)
+    killed: list[int] = []
+
+    def kill_one_actor_after_the_first_commit() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(out.glob("shard-*.json")):
+            time.sleep(0.05)
+        pids = _injection_actor_pids()
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    killer = threading.Thread(target=kill_one_actor_after_the_first_commit)
+    killer.start()
+    manifest = run_synth(config, show_progress=False)
+    killer.join()
+    assert killed, "no injection actor was running to kill"
+    assert manifest["complete"]
+    assert verify_output(str(out)).ok
+    assert _samples(str(out)) == _samples(undisturbed.output.path)
+
+
+def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, tmp_path):
+    config = make_config(out="driver", output={"targets_per_shard": 1})
+    out = Path(config.output.path)
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "cai_ray.cli", "synth", "--config", str(path), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(list(out.glob("shard-*.json"))) < 2:
+        assert driver.poll() is None, "the driver ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait(30)
+    committed = len(list(out.glob("shard-*.json")))
+    assert 2 <= committed < 13
+
+    manifest = run_synth(config, show_progress=False)
+    assert manifest["complete"]
+    assert verify_output(str(out)).ok
+    assert _samples(str(out)) == _samples(undisturbed.output.path)
