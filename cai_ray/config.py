@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod
 from cai_ray.daad.classes import AnomalyClass
+from cai_ray.io.codecs import ImageFormat
 
 
 class _Section(BaseModel):
@@ -57,7 +58,7 @@ class OutputConfig(_Section):
     path: str
     samples_key_prefix: str = Field("s", pattern=r"^[A-Za-z0-9_-]+$")
     targets_per_shard: int = Field(32, ge=1)
-    image_format: Literal["png", "jpg"] = "png"
+    image_format: ImageFormat = "png"
     include_normal: bool = Field(False, description="Also write each normal image, label 0.")
     preview_samples: int = Field(8, ge=0)
 
@@ -93,6 +94,11 @@ class SynthConfig(_Section):
     output: OutputConfig
     resources: ResourcesConfig = ResourcesConfig()
     storage: StorageConfig = StorageConfig()
+
+    @property
+    def samples_per_target(self) -> int:
+        """Pseudo-anomalies per normal image, plus the normal image itself if it is written."""
+        return self.cai.quotas.total + int(self.output.include_normal)
 
 
 class ConfigError(ValueError):

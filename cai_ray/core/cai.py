@@ -45,6 +45,10 @@ class Quotas(BaseModel):
     medium: int = Field(3, ge=0)
     small: int = Field(3, ge=0)
 
+    @property
+    def total(self) -> int:
+        return self.large + self.medium + self.small
+
     def schedule(self) -> list[Scale]:
         return quota_schedule(
             {Scale.LARGE: self.large, Scale.MEDIUM: self.medium, Scale.SMALL: self.small}

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 ColorMode = Literal["grey", "rgb"]
+ImageFormat = Literal["png", "jpg"]
 
 
 class DecodeError(ValueError):
@@ -149,7 +150,7 @@ def encode_png(image: np.ndarray, *, level: int = 1) -> bytes:
     )
 
 
-def encode_image(image: np.ndarray, fmt: Literal["png", "jpg"], *, jpeg_quality: int = 95) -> bytes:
+def encode_image(image: np.ndarray, fmt: ImageFormat, *, jpeg_quality: int = 95) -> bytes:
     """PNG (lossless) or JPEG bytes of a grey or RGB uint8 image."""
     if fmt == "png":
         return encode_png(image)

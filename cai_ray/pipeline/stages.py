@@ -25,7 +25,14 @@ from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.shards import load_patterns
 from cai_ray.io import storage
-from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, encode_image, resize
+from cai_ray.io.codecs import (
+    ColorMode,
+    DecodeError,
+    ImageFormat,
+    decode_image,
+    encode_image,
+    resize,
+)
 from cai_ray.io.tar import Sample, build_tar
 from cai_ray.pipeline.layout import entry_name, sample_key, shard_name, write_json
 
@@ -121,7 +128,7 @@ class InjectionStage:
         mode: ColorMode,
         seed: int,
         key_prefix: str,
-        image_format: str,
+        image_format: ImageFormat,
         include_normal: bool,
         endpoint_url: str | None = None,
     ) -> None:
@@ -134,14 +141,13 @@ class InjectionStage:
         self.mode: ColorMode = mode
         self.seed = seed
         self.key_prefix = key_prefix
-        self.image_format = image_format
+        self.image_format: ImageFormat = image_format
         self.include_normal = include_normal
-        self.anomalies_per_target = len(params.quotas.schedule())
+        self.anomalies_per_target = params.quotas.total
 
     def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Sample:
-        fmt = "png" if self.image_format == "png" else "jpg"
         return key, {
-            fmt: encode_image(image, fmt),  # type: ignore[arg-type]
+            self.image_format: encode_image(image, self.image_format),
             "mask.png": encode_image(mask, "png"),
             "json": json.dumps(meta, sort_keys=True).encode(),
         }

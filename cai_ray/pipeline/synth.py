@@ -123,8 +123,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
             "targets": len(plan.targets),
             "targets_per_shard": plan.targets_per_shard,
             "shards": plan.num_shards,
-            "samples_per_target": len(config.cai.quotas.schedule())
-            + int(config.output.include_normal),
+            "samples_per_target": config.samples_per_target,
             "key_prefix": config.output.samples_key_prefix,
             "config": config.model_dump(mode="json"),
         },
@@ -155,7 +154,6 @@ def _run_pipeline(
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    per_target = len(config.cai.quotas.schedule()) + int(config.output.include_normal)
     rows = [{"shard": i, "targets": json.dumps(plan.shard_targets(i))} for i in todo]
     dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     # Each stage is an actor pool taking one shard per batch: (class, actors, CPUs each, kwargs).
@@ -207,7 +205,12 @@ def _run_pipeline(
             rate = samples / max(time.monotonic() - started, 1e-9)
             bar.set_postfix(samples=samples, per_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
-    log.info("wrote %d shards, %d samples (up to %d per target)", len(todo), samples, per_target)
+    log.info(
+        "wrote %d shards, %d samples (up to %d per target)",
+        len(todo),
+        samples,
+        config.samples_per_target,
+    )
 
 
 def summarize(job: dict, entries: dict[int, dict]) -> dict:
