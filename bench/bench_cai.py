@@ -38,6 +38,7 @@ def main() -> None:
             daad=daad,
             exclude_domains=["magnetic_tile", "crackforest"],
             include_classes=None,
+            cache_mb=512,
             params=CAIParams(blend=blend),
             image_size=256,
             mode="grey",

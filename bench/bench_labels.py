@@ -16,7 +16,7 @@ import numpy as np
 from common import TILES, report, shared_daad
 
 from cai_ray.core.cai import CAIInjector, CAIParams, Injection
-from cai_ray.daad.shards import load_patterns
+from cai_ray.daad.shards import PatternBank
 from cai_ray.io.codecs import decode_image, resize
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--targets", type=int, default=32)
     args = parser.parse_args()
-    patterns = load_patterns(
+    patterns = PatternBank(
         shared_daad(), mode="grey", exclude_domains=["magnetic_tile", "crackforest"]
     )
     paths = sorted(TILES.glob("*.jpg"))[: args.targets]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
-from cai_ray.daad.builders import INDEX_NAME, DaadSpec, build_daad
+from cai_ray.daad.builders import RECORDS_NAME, DaadSpec, build_daad
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -15,7 +15,7 @@ BENCH_DAAD = REPO / "out" / "bench-daad"
 
 def shared_daad() -> str:
     """The DAAD of ../shared/data, built once into out/bench-daad."""
-    if not (BENCH_DAAD / INDEX_NAME).exists():
+    if not (BENCH_DAAD / RECORDS_NAME).exists():  # absent, or built before records tables
         spec = DaadSpec.from_yaml(REPO / "configs" / "daad" / "shared_data.yaml")
         build_daad(spec, SHARED, str(BENCH_DAAD))
     return str(BENCH_DAAD)
@@ -30,3 +30,13 @@ def report(figures: dict[str, float | int | str]) -> None:
     """Figures last, one ``name=value`` per line, so they can be collected."""
     for name, value in figures.items():
         print(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
+
+
+def spilled_mib() -> float:
+    """Object-store bytes Ray spilled to disk so far in this cluster (0 when nothing was)."""
+    import re
+
+    from ray._private.internal_api import memory_summary
+
+    found = re.search(r"Spilled (\d+) MiB", memory_summary(stats_only=True))
+    return float(found.group(1)) if found else 0.0

@@ -71,19 +71,39 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cai-ray", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument(
+def _global_options(*, top_level: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the subcommand (jobs/ scripts put them after)."""
+    options = argparse.ArgumentParser(add_help=False)
+    # after the subcommand, an option left out must not reset one given before it
+    default: dict = {} if top_level else {"default": argparse.SUPPRESS}
+    options.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress details", **default
+    )
+    options.add_argument(
         "--s3-endpoint-url",
         help="S3-compatible endpoint for s3:// paths (default: AWS_ENDPOINT_URL or the profile's)",
+        **default,
     )
+    return options
+
+
+def _copy(args: argparse.Namespace) -> int:
+    written = storage.copy_folder(args.source, args.destination)
+    print(f"copied {written} new file(s) from {args.source} to {args.destination}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cai-ray", description=__doc__, parents=[_global_options(top_level=True)]
+    )
+    late = [_global_options(top_level=False)]
     commands = parser.add_subparsers(dest="command", required=True)
 
     daad = commands.add_parser("daad", help="build and inspect a DAAD").add_subparsers(
         dest="daad_command", required=True
     )
-    build = daad.add_parser("build", help="turn dataset layouts into DAAD shards")
+    build = daad.add_parser("build", help="turn dataset layouts into DAAD shards", parents=late)
     build.add_argument(
         "--spec", required=True, help="YAML spec, e.g. configs/daad/shared_data.yaml"
     )
@@ -91,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True, help="output folder for the DAAD")
     build.add_argument("--show-skipped", type=int, default=10, help="skips to print")
     build.set_defaults(handler=_daad_build)
-    stats = daad.add_parser("stats", help="counts per class, domain and source scale")
+    stats = daad.add_parser("stats", help="counts per class, domain and source scale", parents=late)
     stats.add_argument("daad", help="a DAAD folder")
     stats.add_argument(
         "--reference-size",
@@ -101,13 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.set_defaults(handler=_daad_stats)
 
-    synth = commands.add_parser("synth", help="run the CAI synthesis job on Ray")
+    synth = commands.add_parser("synth", help="run the CAI synthesis job on Ray", parents=late)
     synth.add_argument("--config", required=True, help="YAML job config, e.g. configs/demo.yaml")
     synth.add_argument("--out", help="output folder (overrides output.path)")
-    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.add_argument(
+        "--no-progress", action="store_true", help="no progress bar or progress lines"
+    )
     synth.set_defaults(handler=_synth)
 
-    verify = commands.add_parser("verify", help="check a synthesis output; non-zero on problems")
+    copy = commands.add_parser(
+        "copy", help="upload a local folder (e.g. normal images) to s3://", parents=late
+    )
+    copy.add_argument("source", help="local folder")
+    copy.add_argument("destination", help="s3://bucket/prefix or a local folder")
+    copy.set_defaults(handler=_copy)
+
+    verify = commands.add_parser(
+        "verify", help="check a synthesis output; non-zero on problems", parents=late
+    )
     verify.add_argument("out", help="output folder of 'cai-ray synth'")
     verify.add_argument("--show", type=int, default=20, help="problems to print")
     verify.set_defaults(handler=_verify)
@@ -120,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # progress lines (where there is no terminal for a bar) show without -v
+    logging.getLogger("cai_ray.pipeline.progress").setLevel(logging.INFO)
     storage.configure(endpoint_url=args.s3_endpoint_url)
     try:
         return int(args.handler(args))

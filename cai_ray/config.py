@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod
 from cai_ray.daad.classes import AnomalyClass
+from cai_ray.io import storage
 from cai_ray.io.codecs import ImageFormat
+from cai_ray.io.storage import DEFAULT_MAX_ATTEMPTS
 
 
 class _Section(BaseModel):
@@ -44,6 +46,12 @@ class DaadConfig(_Section):
         description="Never use these domains as sources: the dataset being evaluated (leakage).",
     )
     include_classes: list[AnomalyClass] | None = None
+    cache_mb: int = Field(
+        512,
+        ge=1,
+        description="Decoded source patterns each injection actor keeps (LRU); the rest of the "
+        "DAAD is read on demand, so a DAAD larger than memory works.",
+    )
 
 
 class ForegroundConfig(_Section):
@@ -70,6 +78,11 @@ class ResourcesConfig(_Section):
     foreground_actors: int | None = Field(None, ge=1, description="None: one per 8 CPUs.")
     cpus_per_foreground_actor: float = Field(0.25, gt=0)
     cpus_per_writer: float = Field(0.1, gt=0)
+    autoscaling: bool = Field(
+        False,
+        description="The cluster adds nodes on demand (KubeRay, 'ray up'): take the actor "
+        "counts as given even beyond the CPUs up now, and let Ray ask for the nodes.",
+    )
 
 
 class StorageConfig(_Section):
@@ -77,6 +90,13 @@ class StorageConfig(_Section):
         None,
         description="S3-compatible endpoint (e.g. http://127.0.0.1:8333); None: the AWS chain's "
         "(AWS_ENDPOINT_URL or the profile). Credentials always come from the AWS chain.",
+    )
+    max_attempts: int = Field(
+        DEFAULT_MAX_ATTEMPTS,
+        ge=1,
+        description="Attempts per object-store request: throttling, connection resets and "
+        "server errors are retried with exponential backoff (capped at 20 s), then the job "
+        "fails naming the object.",
     )
 
 
@@ -106,12 +126,13 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path, *, out: str | None = None) -> SynthConfig:
-    """Load and validate a synthesis config; ``out`` overrides ``output.path``."""
-    file = Path(path)
-    if not file.is_file():
+    """Load and validate a synthesis config (a local file or an s3:// object, so cluster jobs
+    can keep their configs next to their data); ``out`` overrides ``output.path``."""
+    file = str(path)
+    if not storage.exists(file) or (storage.is_local(file) and not Path(file).is_file()):
         raise ConfigError(f"config file not found: {file}")
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.safe_load(storage.read_bytes(file))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

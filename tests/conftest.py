@@ -64,12 +64,24 @@ def crack_patterns(shared_data: Path) -> list[SourcePattern]:
 
 
 @pytest.fixture(scope="session")
+def demo_daad(tmp_path_factory) -> str:
+    """A DAAD built from the bundled defects (real magnetic-tile defects with masks)."""
+    from cai_ray.daad.builders import DaadSpec, build_daad
+
+    out = tmp_path_factory.mktemp("daad") / "demo"
+    build_daad(
+        DaadSpec.from_yaml(REPO / "configs" / "daad" / "demo.yaml"), DEMO / "defects", str(out)
+    )
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole session, with fewer CPUs than a 2-core machine has threads."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

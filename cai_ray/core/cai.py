@@ -9,8 +9,9 @@ a sample never depends on which worker made it or in what order.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -158,22 +159,56 @@ def _slices(y0: int, x0: int, y1: int, x1: int) -> tuple[slice, slice]:
     return slice(y0, y1), slice(x0, x1)
 
 
+@runtime_checkable
+class PatternLibrary(Protocol):
+    """Source patterns by position, with every pattern's longest side known without loading it
+    (what source-target matching needs), e.g. a lazily read DAAD."""
+
+    longest_sides: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> SourcePattern: ...
+
+
+@dataclass(frozen=True)
+class PatternList:
+    """Patterns held in memory, as a :class:`PatternLibrary`."""
+
+    patterns: Sequence[SourcePattern]
+
+    @property
+    def longest_sides(self) -> np.ndarray:
+        return np.array([p.longest_side for p in self.patterns], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.patterns)
+
+    def __getitem__(self, index: int) -> SourcePattern:
+        return self.patterns[index]
+
+
 class CAIInjector:
     """Injects source patterns into target images.
 
     Parameters
     ----------
-    patterns : sequence of SourcePattern
-        Already in the targets' channel layout ((M, N) grey or (M, N, 3) RGB, uint8).
+    patterns : sequence of SourcePattern, or a PatternLibrary
+        Already in the targets' channel layout ((M, N) grey or (M, N, 3) RGB, uint8). Only the
+        patterns drawn are ever accessed.
     params : CAIParams
     """
 
-    def __init__(self, patterns: list[SourcePattern], params: CAIParams | None = None) -> None:
-        if not patterns:
+    def __init__(
+        self,
+        patterns: Sequence[SourcePattern] | PatternLibrary,
+        params: CAIParams | None = None,
+    ) -> None:
+        if not len(patterns):
             raise ValueError("CAI needs at least one source pattern (is the DAAD empty?)")
-        self.patterns = patterns
+        self.patterns = patterns if isinstance(patterns, PatternLibrary) else PatternList(patterns)
         self.params = params or CAIParams()
-        self._longest = np.array([p.longest_side for p in patterns], dtype=np.float64)
+        self._longest = np.asarray(self.patterns.longest_sides, dtype=np.float64)
         kernel = self.params.mask_kernel
         self._kernel = np.ones((kernel, kernel), np.uint8)
         self.method = METHOD_NAMES[self.params.blend]

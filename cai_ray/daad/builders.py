@@ -31,11 +31,35 @@ from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import DaadRecord, make_record, safe_key_part
 from cai_ray.io import storage
 from cai_ray.io.codecs import DecodeError, decode_mask, decode_mat_mask
-from cai_ray.io.tar import build_tar
+from cai_ray.io.tar import build_tar, sample_spans
 
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "daad.json"
+RECORDS_NAME = "records.parquet"
+FORMAT_VERSION = 2  # 2: a records table with each record's byte range, for lazy reads
+
+
+def _records_table(rows: list[dict]) -> bytes:
+    """One row per record: what sampling needs without opening a shard (class, domain, mask
+    box) and where the record lies (shard number, byte range). About 40 bytes a record in
+    memory, so an actor can index millions of records."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {
+        "record_id": pa.array([r["record_id"] for r in rows], pa.string()),
+        "anomaly_class": pa.array([r["anomaly_class"] for r in rows], pa.string()),
+        "domain": pa.array([r["domain"] for r in rows], pa.string()),
+        "shard": pa.array([r["shard"] for r in rows], pa.int32()),
+        "start": pa.array([r["start"] for r in rows], pa.int64()),
+        "end": pa.array([r["end"] for r in rows], pa.int64()),
+    }
+    for axis, name in enumerate(("y0", "x0", "y1", "x1")):
+        columns[name] = pa.array([r["bbox"][axis] for r in rows], pa.int32())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
 class MatMask(BaseModel):
@@ -221,11 +245,25 @@ def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
     report = BuildReport()
     seen: set[str] = set()
     shards: list[dict] = []
-    pending: list[tuple[str, dict[str, bytes]]] = []
+    pending: list[DaadRecord] = []
+    rows: list[dict] = []
 
     def flush() -> None:
         name = f"daad-{len(shards):06d}.tar"
-        data = build_tar(pending)
+        data = build_tar(record.to_sample() for record in pending)
+        for record, (key, start, end) in zip(pending, sample_spans(data), strict=True):
+            assert key == record.label.record_id
+            rows.append(
+                {
+                    "record_id": key,
+                    "anomaly_class": str(record.label.anomaly_class),
+                    "domain": record.label.domain,
+                    "shard": len(shards),
+                    "start": start,
+                    "end": end,
+                    "bbox": record.label.bbox,
+                }
+            )
         storage.write_bytes_atomic(storage.join(out, name), data)
         digest = hashlib.sha256(data).hexdigest()
         shards.append({"name": name, "records": len(pending), "sha256": digest})
@@ -245,14 +283,17 @@ def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
         report.records += 1
         report.by_class[str(record.label.anomaly_class)] += 1
         report.by_domain[record.label.domain] += 1
-        pending.append(record.to_sample())
+        pending.append(record)
         if len(pending) >= spec.records_per_shard:
             flush()
     if pending:
         flush()
     if report.records == 0:
         raise ValueError(f"no usable records in {root} for spec {spec.name!r}")
+    storage.write_bytes_atomic(storage.join(out, RECORDS_NAME), _records_table(rows))
     index = {
+        "format_version": FORMAT_VERSION,
+        "records_table": RECORDS_NAME,
         "name": spec.name,
         "spec": spec.model_dump(mode="json"),
         "shards": shards,

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from cai_ray.core.cai import SourcePattern
-from cai_ray.core.geometry import Scale, bbox_longest_side, scale_classes
-from cai_ray.daad.builders import INDEX_NAME
+from cai_ray.core.geometry import Scale, scale_classes
+from cai_ray.daad.builders import FORMAT_VERSION, INDEX_NAME, RECORDS_NAME
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import RecordLabel, parse_sample
 from cai_ray.io import storage
@@ -31,51 +33,114 @@ def read_index(daad: str) -> dict:
 
 
 def iter_records(daad: str) -> Iterator[tuple[RecordLabel, bytes, np.ndarray]]:
+    """Every record, shard by shard (a full scan: for statistics and checks, not sampling)."""
     for shard in read_index(daad)["shards"]:
         for key, files in iter_tar(storage.read_bytes(storage.join(daad, shard["name"]))):
             yield parse_sample(key, files)
 
 
-def load_patterns(
-    daad: str,
-    *,
-    mode: ColorMode,
-    exclude_domains: list[str] = [],  # noqa: B006 - read only
-    include_classes: list[AnomalyClass] | None = None,
-) -> list[SourcePattern]:
-    """Every usable source pattern of a DAAD, decoded in the targets' colour mode.
+def read_records_table(daad: str, index: dict | None = None) -> pa.Table:
+    """The DAAD's per-record table (class, domain, mask box, shard and byte range)."""
+    import pyarrow.parquet as pq
 
-    Records from ``exclude_domains`` are never used: the dataset being evaluated must not be a
-    source (leakage).
-    """
-    excluded = set(exclude_domains)
-    wanted = set(include_classes) if include_classes else None
-    patterns: list[SourcePattern] = []
-    dropped: Counter[str] = Counter()
-    for label, image_bytes, mask in iter_records(daad):
-        if label.domain in excluded:
-            dropped[label.domain] += 1
-            continue
-        if wanted is not None and label.anomaly_class not in wanted:
-            continue
-        image = decode_image(image_bytes, mode)
-        patterns.append(
-            SourcePattern.from_full_image(
-                image,
-                mask,
-                anomaly_class=str(label.anomaly_class),
-                domain=label.domain,
-                record_id=label.record_id,
-            )
-        )
-    if dropped:
-        log.info("excluded DAAD domains (leakage guard): %s", dict(dropped))
-    if not patterns:
+    index = index if index is not None else read_index(daad)
+    if index.get("format_version", 1) < FORMAT_VERSION:
         raise ValueError(
-            f"no source patterns left in {daad} after excluding domains {sorted(excluded)} "
-            f"and keeping classes {sorted(wanted) if wanted else 'all'}"
+            f"DAAD {daad} was built by an older cai-ray without a records table; "
+            "rebuild it with 'cai-ray daad build'"
         )
-    return patterns
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(daad, RECORDS_NAME))))
+
+
+class PatternBank:
+    """The DAAD's usable source patterns, indexed up front and read lazily.
+
+    Only the records table is held for every record (about 40 bytes each); a pattern's pixels
+    are fetched with one ranged read the first time it is drawn and kept in an LRU cache of at
+    most ``cache_bytes`` decoded bytes. So a DAAD far larger than an actor's memory works: every
+    actor samples across all shards, and the cache bounds its memory. The cost is a read per
+    cache miss (local disk: well under a millisecond; S3: a GET, tens of milliseconds).
+
+    Pattern ``i`` is the ``i``-th usable record in DAAD order, whatever is cached, so samples
+    depend only on the seed. Records from ``exclude_domains`` are never used: the dataset being
+    evaluated must not be a source (leakage).
+    """
+
+    def __init__(
+        self,
+        daad: str,
+        *,
+        mode: ColorMode,
+        exclude_domains: list[str] = [],  # noqa: B006 - read only
+        include_classes: list[AnomalyClass] | None = None,
+        cache_bytes: int = 512 * 2**20,
+    ) -> None:
+        import pyarrow.compute as pc
+
+        index = read_index(daad)
+        table = read_records_table(daad, index)
+        keep = pc.invert(pc.is_in(table["domain"], pa.array(list(exclude_domains), pa.string())))
+        if include_classes:
+            wanted = pa.array([str(c) for c in include_classes], pa.string())
+            keep = pc.and_(keep, pc.is_in(table["anomaly_class"], wanted))
+        dropped = Counter(table.filter(pc.invert(keep))["domain"].to_pylist())
+        if dropped:
+            log.info("excluded DAAD records (leakage guard, class filter): %s", dict(dropped))
+        table = table.filter(keep)
+        if table.num_rows == 0:
+            raise ValueError(
+                f"no source patterns left in {daad} after excluding domains "
+                f"{sorted(exclude_domains)} and keeping classes "
+                f"{sorted(map(str, include_classes)) if include_classes else 'all'}"
+            )
+        self.daad = daad
+        self.mode: ColorMode = mode
+        self.cache_bytes = cache_bytes
+        self._shard_urls = [storage.join(daad, shard["name"]) for shard in index["shards"]]
+        self._shard = table["shard"].to_numpy()
+        self._start = table["start"].to_numpy()
+        self._end = table["end"].to_numpy()
+        columns = [table[name].to_numpy() for name in ("y0", "x0", "y1", "x1")]
+        self.longest_sides = np.maximum(columns[2] - columns[0], columns[3] - columns[1])
+        self._cache: OrderedDict[int, SourcePattern] = OrderedDict()
+        self.cached_bytes = 0
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self._shard)
+
+    def __getitem__(self, index: int) -> SourcePattern:
+        pattern = self._cache.get(index)
+        if pattern is not None:
+            self._cache.move_to_end(index)
+            return pattern
+        pattern = self._read(index)
+        size = pattern.image.nbytes + pattern.mask.nbytes
+        self._cache[index] = pattern
+        self.cached_bytes += size
+        while self.cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, evicted = self._cache.popitem(last=False)
+            self.cached_bytes -= evicted.image.nbytes + evicted.mask.nbytes
+        return pattern
+
+    def _read(self, index: int) -> SourcePattern:
+        url = self._shard_urls[int(self._shard[index])]
+        data = storage.read_range(url, int(self._start[index]), int(self._end[index]))
+        self.reads += 1
+        samples = list(iter_tar(data))
+        if len(samples) != 1:
+            raise ValueError(f"{url}: the records table points at {len(samples)} records, not 1")
+        label, image_bytes, mask = parse_sample(*samples[0])
+        pattern = SourcePattern.from_full_image(
+            decode_image(image_bytes, self.mode),
+            mask,
+            anomaly_class=str(label.anomaly_class),
+            domain=label.domain,
+            record_id=label.record_id,
+        )
+        if pattern.longest_side != self.longest_sides[index]:
+            raise ValueError(f"{url}: record {label.record_id} does not match the records table")
+        return pattern
 
 
 def daad_stats(daad: str, *, reference_size: int = 256) -> dict:
@@ -84,24 +149,20 @@ def daad_stats(daad: str, *, reference_size: int = 256) -> dict:
     Source scale is a pattern's class against a ``reference_size`` square target whose whole
     image is foreground: what it can make on a default target (trivial patterns are never used).
     """
-    by_class: Counter[str] = Counter()
-    by_domain: Counter[str] = Counter()
-    by_scale: Counter[str] = Counter()
-    by_class_scale: Counter[str] = Counter()
-    total = 0
-    for label, _, _ in iter_records(daad):
-        total += 1
-        ratio = bbox_longest_side(label.bbox) / reference_size
-        scale = Scale(int(scale_classes(np.array([ratio]))[0])).label
-        by_class[str(label.anomaly_class)] += 1
-        by_domain[label.domain] += 1
-        by_scale[scale] += 1
-        by_class_scale[f"{label.anomaly_class}/{scale}"] += 1
+    table = read_records_table(daad)
+    sides = np.maximum(
+        table["y1"].to_numpy() - table["y0"].to_numpy(),
+        table["x1"].to_numpy() - table["x0"].to_numpy(),
+    )
+    scales = [Scale(int(c)).label for c in scale_classes(sides / reference_size)]
+    classes = table["anomaly_class"].to_pylist()
     return {
-        "records": total,
+        "records": table.num_rows,
         "reference_size": reference_size,
-        "by_class": dict(sorted(by_class.items())),
-        "by_domain": dict(sorted(by_domain.items())),
-        "by_source_scale": dict(sorted(by_scale.items())),
-        "by_class_and_scale": dict(sorted(by_class_scale.items())),
+        "by_class": dict(sorted(Counter(classes).items())),
+        "by_domain": dict(sorted(Counter(table["domain"].to_pylist()).items())),
+        "by_source_scale": dict(sorted(Counter(scales).items())),
+        "by_class_and_scale": dict(
+            sorted(Counter(f"{c}/{s}" for c, s in zip(classes, scales, strict=True)).items())
+        ),
     }

@@ -22,21 +22,27 @@ from typing import Any
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-_settings: dict[str, str | None] = {"endpoint_url": None}
-_filesystems: dict[tuple[str, str | None], Any] = {}
+DEFAULT_MAX_ATTEMPTS = 8
+
+_settings: dict[str, Any] = {"endpoint_url": None, "max_attempts": DEFAULT_MAX_ATTEMPTS}
+_filesystems: dict[tuple[str, str | None, int], Any] = {}
 
 
 class StorageError(OSError):
     """An object-store operation that failed after retries; the message names the object."""
 
 
-def configure(*, endpoint_url: str | None = None) -> None:
+def configure(*, endpoint_url: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
     """Set the S3 endpoint for this process (``None``: the AWS chain's, e.g. AWS_ENDPOINT_URL)
-    and drop cached connections, so changed credentials take effect.
+    and the attempts per request (throttling, resets and 5xx are retried with exponential
+    backoff, capped at 20 s), and drop cached connections so changed credentials take effect.
 
     Ray workers are separate processes: each stage calls this with the job's settings.
     """
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
     _settings["endpoint_url"] = endpoint_url
+    _settings["max_attempts"] = max_attempts
     _filesystems.clear()  # credentials are read when a filesystem is made: re-read them too
 
 
@@ -48,7 +54,14 @@ def local_path(url: str) -> Path:
     return Path(url.removeprefix("file://")).expanduser()
 
 
-def _s3_filesystem(endpoint_url: str | None) -> Any:
+def absolute(url: str) -> str:
+    """``url`` with a local path made absolute. Ray workers run in other directories (each
+    node unpacks the job's working dir for itself), so the driver resolves paths before it
+    hands them out."""
+    return url if not is_local(url) else os.path.abspath(local_path(url))
+
+
+def _s3_filesystem(endpoint_url: str | None, max_attempts: int) -> Any:
     try:
         import s3fs
     except ImportError as exc:
@@ -57,7 +70,7 @@ def _s3_filesystem(endpoint_url: str | None) -> Any:
     return s3fs.S3FileSystem(
         client_kwargs=client_kwargs,
         config_kwargs={
-            "retries": {"max_attempts": 8, "mode": "standard"},
+            "retries": {"max_attempts": max_attempts, "mode": "standard"},
             "connect_timeout": 10,
             "read_timeout": 60,
         },
@@ -70,9 +83,9 @@ def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for ``url`` and the path within it."""
     protocol, _, rest = url.partition("://")
     if protocol in ("s3", "s3a"):
-        key = (protocol, _settings["endpoint_url"])
+        key = (protocol, _settings["endpoint_url"], _settings["max_attempts"])
         if key not in _filesystems:
-            _filesystems[key] = _s3_filesystem(_settings["endpoint_url"])
+            _filesystems[key] = _s3_filesystem(_settings["endpoint_url"], _settings["max_attempts"])
         return _filesystems[key], rest
     import fsspec
 
@@ -94,7 +107,10 @@ def _remote(action: str, url: str) -> Iterator[None]:
     except ImportError:
         raise
     except Exception as exc:  # botocore, aiohttp and s3fs raise many unrelated types
-        raise StorageError(f"cannot {action} {url}: {type(exc).__name__}: {exc}") from exc
+        raise StorageError(
+            f"cannot {action} {url} (gave up after {_settings['max_attempts']} attempts with "
+            f"backoff): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def join(base: str, *parts: str) -> str:
@@ -107,6 +123,21 @@ def read_bytes(url: str) -> bytes:
     with _remote("read", url):
         fs, path = filesystem(url)
         return bytes(fs.cat_file(path))
+
+
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes ``start`` to ``end`` (exclusive) of a file or object: one ranged GET on S3."""
+    if is_local(url):
+        with local_path(url).open("rb") as file:
+            file.seek(start)
+            data = file.read(end - start)
+    else:
+        with _remote("read", url):
+            fs, path = filesystem(url)
+            data = bytes(fs.cat_file(path, start=start, end=end))
+    if len(data) != end - start:
+        raise StorageError(f"{url} is shorter than expected: bytes {start}-{end} are not all there")
+    return data
 
 
 def exists(url: str) -> bool:
@@ -171,6 +202,31 @@ def list_files(url: str, suffix: str) -> list[str]:
                 raise  # a missing bucket is an error, an empty prefix is not
             return []
     return sorted(f"{protocol}://{p}" for p in names if p.endswith(suffix))
+
+
+def copy_folder(source: str, destination: str) -> int:
+    """Copy every file under a local folder to ``destination`` (local or s3://), keeping
+    relative paths; files already there with the same size are left alone (a re-run resumes).
+    Returns the number of files written."""
+    root = local_path(source)
+    if not root.is_dir():
+        raise FileNotFoundError(f"not a folder: {source}")
+    written = 0
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        target = join(destination, *file.relative_to(root).parts)
+        if exists(target) and _size(target) == file.stat().st_size:
+            continue
+        write_bytes_atomic(target, file.read_bytes())
+        written += 1
+    return written
+
+
+def _size(url: str) -> int:
+    if is_local(url):
+        return local_path(url).stat().st_size
+    with _remote("look up", url):
+        fs, path = filesystem(url)
+        return int(fs.size(path))
 
 
 def _expand_local(source: str) -> list[str]:

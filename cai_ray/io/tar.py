@@ -32,6 +32,22 @@ def build_tar(samples: Iterable[Sample]) -> bytes:
     return buffer.getvalue()
 
 
+def sample_spans(data: bytes) -> list[tuple[str, int, int]]:
+    """``(key, start, end)`` of each sample's members (headers included) in a tar: the byte range
+    ``data[start:end]`` is itself a tar that :func:`iter_tar` reads, so one sample can be fetched
+    with one ranged read."""
+    spans: list[tuple[str, int, int]] = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        for member in archive:
+            key = member.name.partition(".")[0]
+            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            if spans and spans[-1][0] == key:
+                spans[-1] = (key, spans[-1][1], end)
+            else:
+                spans.append((key, member.offset, end))
+    return spans
+
+
 def iter_tar(data: bytes) -> Iterator[Sample]:
     """Samples of a tar in order, grouping consecutive members by the key before the first dot."""
     current_key: str | None = None

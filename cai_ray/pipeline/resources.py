@@ -30,9 +30,30 @@ class StagePlan:
 
 
 def plan_stages(config: ResourcesConfig, cluster_cpus: float, shards: int) -> StagePlan:
-    """Pool sizes for ``shards`` units of work on a cluster with ``cluster_cpus`` logical CPUs."""
+    """Pool sizes for ``shards`` units of work on a cluster with ``cluster_cpus`` logical CPUs.
+
+    On an autoscaling cluster the CPUs up now say little (it may have no workers yet), so the
+    config's actor counts are taken as they are and Ray's autoscaler adds nodes for them.
+    """
+    if config.autoscaling:
+        if config.injection_actors is None or config.foreground_actors is None:
+            raise ValueError(
+                "resources.autoscaling needs resources.injection_actors and "
+                "resources.foreground_actors: the cluster's size is not known up front"
+            )
+        work = max(1, shards)
+        return StagePlan(
+            min(config.foreground_actors, work),
+            config.cpus_per_foreground_actor,
+            min(config.injection_actors, work),
+            config.cpus_per_injection_actor,
+            config.cpus_per_writer,
+        )
     if cluster_cpus <= 0:
-        raise ValueError("the Ray cluster reports no CPUs")
+        raise ValueError(
+            "the Ray cluster reports no CPUs; if it autoscales from zero workers, set "
+            "resources.autoscaling with explicit actor counts"
+        )
     work = max(1, shards)
     fg_cpus, inj_cpus = config.cpus_per_foreground_actor, config.cpus_per_injection_actor
     foreground = config.foreground_actors or max(1, math.ceil(cluster_cpus / 8))
@@ -48,6 +69,7 @@ def plan_stages(config: ResourcesConfig, cluster_cpus: float, shards: int) -> St
             f"resources ask for {plan.reserved_cpus:g} CPUs ({foreground} foreground actors x "
             f"{fg_cpus:g}, {injection} injection actors x {inj_cpus:g}, "
             f"writer {plan.writer_cpus:g}) but the cluster has {cluster_cpus:g}: "
-            "lower the actor counts or CPUs per actor"
+            "lower the actor counts or CPUs per actor (or set resources.autoscaling if the "
+            "cluster adds nodes on demand)"
         )
     return plan

@@ -23,7 +23,7 @@ from cai_ray import __version__
 from cai_ray.core.cai import CAIInjector, CAIParams, Failure, Injection
 from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
 from cai_ray.daad.classes import AnomalyClass
-from cai_ray.daad.shards import load_patterns
+from cai_ray.daad.shards import PatternBank
 from cai_ray.io import storage
 from cai_ray.io.codecs import (
     ColorMode,
@@ -63,9 +63,9 @@ class ForegroundStage:
         method: ForegroundMethod,
         model_path: str | None,
         min_fraction: float,
-        endpoint_url: str | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        storage.configure(endpoint_url=endpoint_url)
+        storage.configure(**(storage_options or {}))
         self.image_size = image_size
         self.mode: ColorMode = mode
         self.min_fraction = min_fraction
@@ -123,6 +123,7 @@ class InjectionStage:
         daad: str,
         exclude_domains: list[str],
         include_classes: list[AnomalyClass] | None,
+        cache_mb: int,
         params: CAIParams,
         image_size: int,
         mode: ColorMode,
@@ -130,13 +131,17 @@ class InjectionStage:
         key_prefix: str,
         image_format: ImageFormat,
         include_normal: bool,
-        endpoint_url: str | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        storage.configure(endpoint_url=endpoint_url)
-        patterns = load_patterns(
-            daad, mode=mode, exclude_domains=exclude_domains, include_classes=include_classes
+        storage.configure(**(storage_options or {}))
+        self.patterns = PatternBank(
+            daad,
+            mode=mode,
+            exclude_domains=exclude_domains,
+            include_classes=include_classes,
+            cache_bytes=cache_mb * 2**20,
         )
-        self.injector = CAIInjector(patterns, params)
+        self.injector = CAIInjector(self.patterns, params)
         self.image_size = image_size
         self.mode: ColorMode = mode
         self.seed = seed
@@ -250,8 +255,8 @@ class ShardWriter:
     """Commits shards: the tar first, then its entry, so a shard counts as done only once both
     exist. An actor, not tasks: a long-lived process avoids starting workers per shard."""
 
-    def __init__(self, *, out: str, endpoint_url: str | None = None) -> None:
-        storage.configure(endpoint_url=endpoint_url)
+    def __init__(self, *, out: str, storage_options: dict[str, Any] | None = None) -> None:
+        storage.configure(**(storage_options or {}))
         self.out = out
 
     def __call__(self, batch: Batch) -> Batch:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import posixpath
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.pipeline import layout
 from cai_ray.pipeline.layout import OutputMismatchError
+from cai_ray.pipeline.progress import Progress
 from cai_ray.pipeline.resources import StagePlan, plan_stages
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, ShardWriter
 
@@ -80,7 +80,7 @@ def plan_job(config: SynthConfig) -> JobPlan:
     locations = [_location(p) for p in paths]
     common = posixpath.commonpath(locations) if len(paths) > 1 else posixpath.dirname(locations[0])
     targets = [
-        {"index": index, "key": posixpath.relpath(location, common), "path": path}
+        {"index": index, "key": posixpath.relpath(location, common), "path": storage.absolute(path)}
         for index, (path, location) in enumerate(zip(paths, locations, strict=True))
     ]
     identity = config.model_dump(
@@ -139,10 +139,24 @@ def _init_ray(config: SynthConfig) -> float:
             ray.init(logging_level=logging.WARNING)
         else:
             ray.init(
+                address="local",  # never attach to a cluster an earlier 'ray start' left behind
                 num_cpus=config.resources.num_cpus,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
             )
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    local = [
+        path
+        for path in (*config.inputs.paths, config.daad.path, config.output.path)
+        if storage.is_local(path)
+    ]
+    if nodes > 1 and local:
+        log.warning(
+            "%d nodes, but %s are local paths: every node must see them at the same place "
+            "(a shared filesystem); otherwise use s3:// locations",
+            nodes,
+            ", ".join(local),
+        )
     return float(ray.cluster_resources().get("CPU", 0))
 
 
@@ -150,7 +164,6 @@ def _run_pipeline(
     config: SynthConfig, plan: JobPlan, todo: list[int], stages: StagePlan, show_progress: bool
 ) -> None:
     import ray
-    from tqdm import tqdm
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -178,6 +191,7 @@ def _run_pipeline(
                 "daad": config.daad.path,
                 "exclude_domains": config.daad.exclude_domains,
                 "include_classes": config.daad.include_classes,
+                "cache_mb": config.daad.cache_mb,
                 "params": config.cai,
                 "image_size": config.image_size,
                 "mode": plan.mode,
@@ -195,22 +209,15 @@ def _run_pipeline(
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus,
-            fn_constructor_kwargs={**kwargs, "endpoint_url": config.storage.endpoint_url},
+            fn_constructor_kwargs={**kwargs, "storage_options": config.storage.model_dump()},
         )
-    started = time.monotonic()
-    samples = 0
-    with tqdm(total=len(todo), unit="shard", disable=not show_progress, desc="synth") as bar:
+    progress = Progress(len(todo), enabled=show_progress)
+    try:
         for row in dataset.iter_rows():
-            samples += json.loads(row["entry"])["samples"]
-            rate = samples / max(time.monotonic() - started, 1e-9)
-            bar.set_postfix(samples=samples, per_s=f"{rate:.0f}", refresh=False)
-            bar.update(1)
-    log.info(
-        "wrote %d shards, %d samples (up to %d per target)",
-        len(todo),
-        samples,
-        config.samples_per_target,
-    )
+            progress.update(json.loads(row["entry"])["samples"])
+    finally:
+        progress.close()
+    log.info("done: %s (up to %d samples per target)", progress.status(), config.samples_per_target)
 
 
 def summarize(job: dict, entries: dict[int, dict]) -> dict:
@@ -256,14 +263,25 @@ def _prepare_daad(config: SynthConfig) -> None:
         make_foreground_extractor("rembg", model_path=config.foreground.model_path)
 
 
+def _with_absolute_paths(config: SynthConfig) -> SynthConfig:
+    """The config the workers get: local paths resolved here, in the driver's directory."""
+    resolved = config.model_copy(deep=True)
+    resolved.daad.path = storage.absolute(config.daad.path)
+    resolved.output.path = storage.absolute(config.output.path)
+    if config.foreground.model_path is not None:
+        resolved.foreground.model_path = storage.absolute(config.foreground.model_path)
+    return resolved
+
+
 def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
     """Run (or resume) the job and return its manifest."""
     from cai_ray.pipeline.preview import write_preview
 
-    storage.configure(endpoint_url=config.storage.endpoint_url)
+    storage.configure(**config.storage.model_dump())
     _prepare_daad(config)
     plan = plan_job(config)
-    out = config.output.path
+    workers_config = _with_absolute_paths(config)
+    out = workers_config.output.path
     done = _claim_output(config, plan)
     todo = [i for i in range(plan.num_shards) if i not in done]
     log.info(
@@ -277,7 +295,7 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
         cluster_cpus = _init_ray(config)
         stages = plan_stages(config.resources, cluster_cpus, len(todo))
         log.info("cluster CPUs %g; %s", cluster_cpus, stages)
-        _run_pipeline(config, plan, todo, stages, show_progress)
+        _run_pipeline(workers_config, plan, todo, stages, show_progress)
     job = layout.read_json(storage.join(out, layout.JOB_FILE))
     entries = layout.committed_shards(out)
     manifest = summarize(job, entries)

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from cai_ray.daad.builders import DaadSpec, build_daad
-from cai_ray.daad.shards import daad_stats, iter_records, load_patterns
+from cai_ray.daad.shards import PatternBank, daad_stats, iter_records
 from tests.conftest import DEMO, REPO
 
 CRACKS = DEMO / "defects" / "MT_Crack" / "Imgs"
@@ -144,13 +144,11 @@ def test_shared_data_spec_builds_all_three_datasets(shared_data, tmp_path):
     stats = daad_stats(str(tmp_path / "daad"))
     assert stats["records"] == report["records"]
     assert sum(stats["by_source_scale"].values()) == report["records"]
-    patterns = load_patterns(str(tmp_path / "daad"), mode="grey", exclude_domains=["magnetic_tile"])
-    assert len(patterns) == 537 + 118 and {p.domain for p in patterns} == {
-        "deepcrack",
-        "crackforest",
-    }
+    patterns = PatternBank(str(tmp_path / "daad"), mode="grey", exclude_domains=["magnetic_tile"])
+    assert len(patterns) == 537 + 118
+    assert {patterns[i].domain for i in range(len(patterns))} == {"deepcrack", "crackforest"}
     with pytest.raises(ValueError, match="no source patterns"):
-        load_patterns(
+        PatternBank(
             str(tmp_path / "daad"),
             mode="grey",
             exclude_domains=["magnetic_tile", "deepcrack", "crackforest"],

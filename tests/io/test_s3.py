@@ -3,7 +3,7 @@
 import pytest
 
 from cai_ray.io import storage
-from tests.conftest import DEMO
+from tests.conftest import DEMO, REPO
 from tests.s3server import SECRET_KEY
 
 
@@ -43,3 +43,61 @@ def test_wrong_credentials_fail_clearly_without_leaking_them(s3_bucket, s3_serve
         storage.read_bytes(f"{s3_bucket}/a.bin")
     assert f"{s3_bucket}/a.bin" in str(caught.value)
     assert "not-the-secret" not in str(caught.value) and SECRET_KEY not in str(caught.value)
+
+
+@pytest.fixture
+def faulty_store(s3_server):
+    """Yields a function that puts cai-ray's storage behind a misbehaving proxy."""
+    from tests.faultproxy import FaultProxy
+
+    proxies: list[FaultProxy] = []
+
+    def make(schedule: list[str], max_attempts: int) -> FaultProxy:
+        port = int(s3_server.endpoint.rsplit(":", 1)[1])
+        proxy = FaultProxy(("127.0.0.1", port), schedule)
+        proxies.append(proxy)
+        storage.configure(endpoint_url=proxy.endpoint, max_attempts=max_attempts)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+    storage.configure(endpoint_url=s3_server.endpoint)
+
+
+def test_resets_and_throttling_are_retried(s3_bucket, faulty_store):
+    proxy = faulty_store(["reset", "throttle", "pass"], max_attempts=5)
+    payloads = {f"{s3_bucket}/retried/{i}.bin": bytes([i]) * (1000 + i) for i in range(6)}
+    for url, data in payloads.items():
+        # a fresh client per call opens fresh connections, which the proxy then disrupts
+        storage.configure(endpoint_url=proxy.endpoint, max_attempts=5)
+        storage.write_bytes_atomic(url, data)
+        storage.configure(endpoint_url=proxy.endpoint, max_attempts=5)
+        assert storage.read_bytes(url) == data
+        assert storage.read_range(url, 10, 20) == data[10:20]
+    assert proxy.counts["reset"] >= 6 and proxy.counts["throttle"] >= 6
+    assert storage.list_files(f"{s3_bucket}/retried", ".bin") == sorted(payloads)
+
+
+def test_an_unreachable_store_fails_after_retries_naming_the_object(s3_bucket, faulty_store):
+    proxy = faulty_store(["reset"], max_attempts=3)
+    with pytest.raises(storage.StorageError, match=f"{s3_bucket}/gone.bin"):
+        storage.read_bytes(f"{s3_bucket}/gone.bin")
+    assert proxy.counts["reset"] >= 3
+    faulty_store(["throttle"], max_attempts=2)
+    with pytest.raises(
+        storage.StorageError,
+        match=f"write {s3_bucket}/gone.bin.*2 attempts.*reduce your request rate",
+    ):
+        storage.write_bytes_atomic(f"{s3_bucket}/gone.bin", b"data")
+
+
+def test_a_job_config_can_live_in_the_bucket(s3_bucket):
+    from cai_ray.config import ConfigError, load_config
+
+    text = (REPO / "configs" / "cluster_demo.yaml").read_bytes()
+    storage.write_bytes_atomic(f"{s3_bucket}/configs/job.yaml", text)
+    config = load_config(f"{s3_bucket}/configs/job.yaml", out=f"{s3_bucket}/out")
+    assert config.name == "cluster-demo" and config.output.path == f"{s3_bucket}/out"
+    with pytest.raises(ConfigError, match="not found.*missing.yaml"):
+        load_config(f"{s3_bucket}/configs/missing.yaml")

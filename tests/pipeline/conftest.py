@@ -3,17 +3,7 @@ from pathlib import Path
 import pytest
 
 from cai_ray.config import SynthConfig
-from cai_ray.daad.builders import DaadSpec, build_daad
-from tests.conftest import DEMO, REPO
-
-
-@pytest.fixture(scope="session")
-def demo_daad(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("daad") / "demo"
-    build_daad(
-        DaadSpec.from_yaml(REPO / "configs" / "daad" / "demo.yaml"), DEMO / "defects", str(out)
-    )
-    return str(out)
+from tests.conftest import DEMO
 
 
 @pytest.fixture(scope="session")

@@ -92,3 +92,64 @@ def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, t
     assert manifest["complete"]
     assert verify_output(str(out)).ok
     assert _samples(str(out)) == _samples(undisturbed.output.path)
+
+
+@pytest.fixture
+def restartable_s3(tmp_path):
+    """An S3 server of this test's own, since the test crashes and restarts it."""
+    import s3fs
+
+    from tests.s3server import SeaweedS3
+
+    server = SeaweedS3(tmp_path / "seaweedfs")
+    server.start()
+    s3fs.S3FileSystem(
+        skip_instance_cache=True, client_kwargs={"endpoint_url": server.endpoint}
+    ).mkdir("restart")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_storage_server_restart_mid_job_loses_nothing(make_config, undisturbed, restartable_s3):
+    from cai_ray.io import storage
+
+    config = make_config(out="unused", output={"targets_per_shard": 1})
+    config.output.path = "s3://restart/out"
+    config.storage.endpoint_url = restartable_s3.endpoint
+    outage: list[float] = []
+
+    def crash_and_restart_after_the_first_commit() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if storage.list_files(config.output.path, ".json"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        started = time.monotonic()
+        restartable_s3.crash()
+        time.sleep(3)  # writes and reads fail meanwhile: refused connections
+        restartable_s3.start()
+        outage.append(time.monotonic() - started)
+
+    storage.configure(endpoint_url=restartable_s3.endpoint)
+    restarter = threading.Thread(target=crash_and_restart_after_the_first_commit)
+    restarter.start()
+    manifest = run_synth(config, show_progress=False)
+    restarter.join()
+    assert outage and outage[0] > 3
+    assert manifest["complete"]
+    assert verify_output(config.output.path).ok
+    local = _samples(undisturbed.output.path)
+    remote = {
+        key: files["png"] + files["mask.png"]
+        for index in range(manifest["targets"])
+        for key, files in iter_tar(
+            storage.read_bytes(f"{config.output.path}/shard-{index:06d}.tar")
+        )
+    }
+    assert remote == local
+    storage.configure()

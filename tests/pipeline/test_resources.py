@@ -18,3 +18,14 @@ def test_pools_scale_with_the_cluster_but_not_past_the_work():
 def test_asking_for_more_than_the_cluster_has_is_an_error_not_a_hang():
     with pytest.raises(ValueError, match="cluster has 2"):
         plan_stages(ResourcesConfig(injection_actors=4, cpus_per_injection_actor=1), 2, 10)
+
+
+def test_an_autoscaling_cluster_takes_the_configured_counts():
+    config = ResourcesConfig(autoscaling=True, injection_actors=64, foreground_actors=4)
+    plan = plan_stages(config, cluster_cpus=0, shards=1000)  # no workers up yet
+    assert (plan.injection_actors, plan.foreground_actors) == (64, 4)
+    assert plan_stages(config, cluster_cpus=0, shards=10).injection_actors == 10
+    with pytest.raises(ValueError, match="needs resources.injection_actors"):
+        plan_stages(ResourcesConfig(autoscaling=True), cluster_cpus=0, shards=10)
+    with pytest.raises(ValueError, match="autoscal"):
+        plan_stages(ResourcesConfig(), cluster_cpus=0, shards=10)

@@ -29,6 +29,7 @@ def test_stages_chain_without_ray(make_config, tmp_path):
         daad=config.daad.path,
         exclude_domains=[],
         include_classes=None,
+        cache_mb=64,
         params=config.cai,
         image_size=256,
         mode="grey",

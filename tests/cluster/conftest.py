@@ -1,0 +1,67 @@
+"""A real multi-node Ray cluster on one machine (``ray.cluster_utils.Cluster``): a head and two
+worker nodes of one CPU each, with the dashboard's job server for ``ray job submit``.
+
+Jobs reach it as they would a real cluster: a driver process with RAY_ADDRESS, or a submission.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalCluster:
+    def __init__(self) -> None:
+        from ray.cluster_utils import Cluster
+
+        port = _free_port()
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1,
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": port,
+            },
+        )
+        self.dashboard = f"http://127.0.0.1:{port}"
+        self.workers = [self.cluster.add_node(num_cpus=1) for _ in range(2)]
+        self.cluster.wait_for_nodes()
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+    def replace_worker(self, index: int) -> None:
+        """Kill a worker node's raylet and every process on it, then add a fresh node, as an
+        autoscaler replaces a lost machine."""
+        self.cluster.remove_node(self.workers[index], allow_graceful=False)
+        self.workers[index] = self.cluster.add_node(num_cpus=1)
+
+    def actor_nodes(self, class_name: str) -> set[str]:
+        """Nodes that ran actors of ``class_name`` (live or dead) during this cluster's life."""
+        from ray.util.state import list_actors
+
+        actors = list_actors(
+            address=self.dashboard, limit=10_000, detail=True, raise_on_missing_output=False
+        )
+        return {a.node_id for a in actors if class_name in a.class_name and a.node_id}
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    cluster = LocalCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()

@@ -1,0 +1,91 @@
+"""Lazy DAAD reads: the pattern bank against a full scan, its memory bound, its errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cai_ray.core.cai import CAIInjector, CAIParams, Injection, SourcePattern
+from cai_ray.daad.shards import PatternBank, iter_records
+from cai_ray.io.codecs import decode_image
+
+
+def _full_scan(daad: str) -> list[SourcePattern]:
+    return [
+        SourcePattern.from_full_image(
+            decode_image(image, "grey"),
+            mask,
+            anomaly_class=str(label.anomaly_class),
+            domain=label.domain,
+            record_id=label.record_id,
+        )
+        for label, image, mask in iter_records(daad)
+    ]
+
+
+def test_lazy_reads_give_the_full_scans_patterns_within_the_cache_bound(demo_daad):
+    expected = _full_scan(demo_daad)
+    one_pattern = max(p.image.nbytes + p.mask.nbytes for p in expected)
+    bank = PatternBank(demo_daad, mode="grey", cache_bytes=2 * one_pattern)
+    assert len(bank) == len(expected)
+    np.testing.assert_array_equal(bank.longest_sides, [p.longest_side for p in expected])
+    for _ in range(2):  # the second pass re-reads what the small cache evicted
+        for i, pattern in enumerate(expected):
+            got = bank[i]
+            assert got.record_id == pattern.record_id and got.box == pattern.box
+            np.testing.assert_array_equal(got.image, pattern.image)
+            np.testing.assert_array_equal(got.mask, pattern.mask)
+            assert bank.cached_bytes <= 2 * one_pattern
+    assert bank.reads == 2 * len(expected)
+
+
+def test_samples_do_not_depend_on_the_cache(demo_daad, tile_targets):
+    foreground = np.ones(tile_targets[0].shape, bool)
+    made = []
+    for cache_bytes in (1, 2**30):
+        injector = CAIInjector(PatternBank(demo_daad, mode="grey", cache_bytes=cache_bytes))
+        made.append(
+            [
+                r.image
+                for t, target in enumerate(tile_targets[:3])
+                for r in injector.synthesize(target, foreground, seed=3, target_key=str(t))
+                if isinstance(r, Injection)
+            ]
+        )
+    assert len(made[0]) == len(made[1]) > 20
+    for a, b in zip(*made, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_injector_over_a_list_and_over_the_bank_agree(demo_daad, tile_targets):
+    foreground = np.ones(tile_targets[0].shape, bool)
+    from_list = CAIInjector(_full_scan(demo_daad), CAIParams(blend="mixed"))
+    from_bank = CAIInjector(PatternBank(demo_daad, mode="grey"), CAIParams(blend="mixed"))
+    for a, b in zip(
+        from_list.synthesize(tile_targets[0], foreground, seed=1, target_key="k"),
+        from_bank.synthesize(tile_targets[0], foreground, seed=1, target_key="k"),
+        strict=True,
+    ):
+        assert isinstance(a, Injection) and isinstance(b, Injection)
+        np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_an_old_daad_and_a_damaged_shard_fail_clearly(demo_daad, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    index = json.loads(Path(demo_daad, "daad.json").read_text())
+    del index["format_version"]
+    (old / "daad.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="rebuild it"):
+        PatternBank(str(old), mode="grey")
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for file in Path(demo_daad).iterdir():
+        (damaged / file.name).write_bytes(file.read_bytes())
+    shard = damaged / "daad-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    bank = PatternBank(str(damaged), mode="grey")
+    with pytest.raises(OSError, match="shorter than expected"):
+        bank[len(bank) - 1]
