@@ -77,7 +77,6 @@ class ResourcesConfig(_Section):
     cpus_per_injection_actor: float = Field(0.75, gt=0)
     foreground_actors: int | None = Field(None, ge=1, description="None: one per 8 CPUs.")
     cpus_per_foreground_actor: float = Field(0.25, gt=0)
-    cpus_per_writer: float = Field(0.1, gt=0)
     autoscaling: bool = Field(
         False,
         description="The cluster adds nodes on demand (KubeRay, 'ray up'): take the actor "

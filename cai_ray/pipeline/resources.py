@@ -1,7 +1,8 @@
 """Actor-pool sizes from the config and the cluster's CPUs.
 
-Pools must leave room for the tasks that feed and drain them: a pool that takes every CPU starves
-the write tasks and the job hangs. Sizes the config names are checked against the cluster up front.
+Pools must leave room for the work that feeds them: a pool that takes every CPU starves the
+foreground actors and Ray Data's own tasks, and the job hangs. Sizes the config names are
+checked against the cluster up front.
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ class StagePlan:
     foreground_cpus: float
     injection_actors: int
     injection_cpus: float
-    writer_cpus: float
 
     @property
     def reserved_cpus(self) -> float:
         return (
             self.foreground_actors * self.foreground_cpus
             + self.injection_actors * self.injection_cpus
-            + self.writer_cpus
         )
 
 
@@ -47,7 +46,6 @@ def plan_stages(config: ResourcesConfig, cluster_cpus: float, shards: int) -> St
             config.cpus_per_foreground_actor,
             min(config.injection_actors, work),
             config.cpus_per_injection_actor,
-            config.cpus_per_writer,
         )
     if cluster_cpus <= 0:
         raise ValueError(
@@ -58,17 +56,17 @@ def plan_stages(config: ResourcesConfig, cluster_cpus: float, shards: int) -> St
     fg_cpus, inj_cpus = config.cpus_per_foreground_actor, config.cpus_per_injection_actor
     foreground = config.foreground_actors or max(1, math.ceil(cluster_cpus / 8))
     foreground = min(foreground, work)
-    free = cluster_cpus - foreground * fg_cpus - config.cpus_per_writer
+    free = cluster_cpus - foreground * fg_cpus
     if config.injection_actors is None:
         injection = max(1, min(math.floor(free / inj_cpus), math.floor(cluster_cpus), work))
     else:
         injection = min(config.injection_actors, work)
-    plan = StagePlan(foreground, fg_cpus, injection, inj_cpus, config.cpus_per_writer)
+    plan = StagePlan(foreground, fg_cpus, injection, inj_cpus)
     if plan.reserved_cpus > cluster_cpus + 1e-9:
         raise ValueError(
             f"resources ask for {plan.reserved_cpus:g} CPUs ({foreground} foreground actors x "
-            f"{fg_cpus:g}, {injection} injection actors x {inj_cpus:g}, "
-            f"writer {plan.writer_cpus:g}) but the cluster has {cluster_cpus:g}: "
+            f"{fg_cpus:g}, {injection} injection actors x {inj_cpus:g}) "
+            f"but the cluster has {cluster_cpus:g}: "
             "lower the actor counts or CPUs per actor (or set resources.autoscaling if the "
             "cluster adds nodes on demand)"
         )

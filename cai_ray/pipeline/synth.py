@@ -27,7 +27,7 @@ from cai_ray.pipeline import layout
 from cai_ray.pipeline.layout import OutputMismatchError
 from cai_ray.pipeline.progress import Progress
 from cai_ray.pipeline.resources import StagePlan, plan_stages
-from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, ShardWriter
+from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +199,9 @@ def _run_pipeline(
                 "key_prefix": config.output.samples_key_prefix,
                 "image_format": config.output.image_format,
                 "include_normal": config.output.include_normal,
+                "out": config.output.path,
             },
         ),
-        (ShardWriter, 1, stages.writer_cpus, {"out": config.output.path}),
     ]
     for stage, actors, cpus, kwargs in graph:
         dataset = dataset.map_batches(

@@ -4,7 +4,7 @@ from cai_ray.config import ResourcesConfig
 from cai_ray.pipeline.resources import plan_stages
 
 
-def test_two_cores_leave_room_for_the_writer():
+def test_two_cores_leave_room_for_the_foreground_actor():
     plan = plan_stages(ResourcesConfig(), cluster_cpus=2, shards=100)
     assert plan.injection_actors == 2 and plan.foreground_actors == 1
     assert plan.reserved_cpus <= 2
