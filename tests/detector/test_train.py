@@ -1,0 +1,73 @@
+"""The training loop on real synthesis output (the bundled sample), tiny network, CPU."""
+
+import pytest
+import torch
+
+from cai_ray.detector.train import DetectorConfig, train_detector
+from cai_ray.pipeline.synth import run_synth
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def synth_output(tmp_path_factory, demo_daad):
+    from cai_ray.config import SynthConfig
+    from tests.conftest import DEMO
+
+    out = tmp_path_factory.mktemp("train") / "out"
+    config = SynthConfig.model_validate(
+        {
+            "inputs": {"paths": [str(DEMO / "normal")], "limit": 4},
+            "daad": {"path": demo_daad},
+            "cai": {"quotas": {"large": 2, "medium": 1, "small": 1}},
+            "output": {"path": str(out), "include_normal": True, "preview_samples": 0},
+            "resources": {"cpus_per_injection_actor": 0.5},
+        }
+    )
+    run_synth(config, show_progress=False)
+    return str(out)
+
+
+def _config(synth_output, checkpoints, epochs):
+    return DetectorConfig(
+        data=[synth_output],
+        checkpoint_dir=str(checkpoints),
+        image_size=32,
+        base_width=4,
+        levels=3,
+        epochs=epochs,
+        batch_size=4,
+        learning_rate=1e-2,
+    )
+
+
+def test_training_learns_and_resumes_to_the_same_weights(synth_output, tmp_path, monkeypatch):
+    straight = train_detector(_config(synth_output, tmp_path / "straight", 4))
+    assert len(straight["losses"]) == 4 and straight["losses"][-1] < straight["losses"][0]
+
+    from cai_ray.detector import train
+
+    real_write = train.storage.write_bytes_atomic
+    writes = []
+
+    def crash_after_two_checkpoints(url, data):
+        if len(writes) == 2:
+            raise KeyboardInterrupt("killed")
+        writes.append(url)
+        real_write(url, data)
+
+    monkeypatch.setattr(train.storage, "write_bytes_atomic", crash_after_two_checkpoints)
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(_config(synth_output, tmp_path / "resumed", 4))
+    monkeypatch.undo()
+    resumed = train_detector(_config(synth_output, tmp_path / "resumed", 4))
+    assert resumed["losses"] == pytest.approx(straight["losses"])
+    for name, weights in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], weights)
+
+
+def test_a_checkpoint_of_another_config_is_refused(synth_output, tmp_path):
+    train_detector(_config(synth_output, tmp_path / "c", 1))
+    other = _config(synth_output, tmp_path / "c", 2).model_copy(update={"base_width": 8})
+    with pytest.raises(ValueError, match="another config"):
+        train_detector(other)
