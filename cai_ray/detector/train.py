@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -63,57 +64,81 @@ def load_samples(outputs: list[str], size: int, mode: Literal["grey", "rgb"]) ->
     return pixels, torch.from_numpy((np.stack(masks) > 127).astype(np.int64))
 
 
-def _checkpoint_url(config: DetectorConfig) -> str:
+def checkpoint_url(config: DetectorConfig) -> str:
     return storage.join(config.checkpoint_dir, CHECKPOINT_NAME)
 
 
-def train_detector(config: DetectorConfig, device: str = "cpu") -> dict:
-    """Train (or resume) and return the checkpoint dict: weights, optimiser, epoch, losses."""
+def train_detector(
+    config: DetectorConfig,
+    device: str | torch.device = "cpu",
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda network: network,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train (or resume) and return the checkpoint dict: weights, optimiser, epoch, losses.
+
+    Data-parallel use (the Ray Train wrapper): every rank runs this with its ``rank`` and
+    ``world_size`` and a ``prepare`` that wraps the network for gradient averaging (DDP). Each
+    global batch of ``batch_size`` is split across the ranks; a last batch smaller than
+    ``world_size`` is dropped so no rank waits alone. Rank 0 writes the checkpoints; all ranks
+    read one to resume, so ``checkpoint_dir`` must be shared (s3://, or one machine's disk).
+    Losses are rank 0's.
+    """
     torch.manual_seed(config.seed)
     images, masks = load_samples(config.data, config.image_size, config.color)
-    network = DiscriminativeUNet(images.shape[1], 2, config.base_width, config.levels).to(device)
-    optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    bare = DiscriminativeUNet(images.shape[1], 2, config.base_width, config.levels).to(device)
+    optimiser = torch.optim.Adam(bare.parameters(), lr=config.learning_rate)
     milestones = [int(config.epochs * 0.8), int(config.epochs * 0.9)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones, gamma=0.2)
     order = torch.Generator().manual_seed(config.seed)
     state: dict = {"epoch": 0, "losses": [], "config": config.model_dump(mode="json")}
-    url = _checkpoint_url(config)
+    url = checkpoint_url(config)
     if storage.exists(url):
         state = torch.load(io.BytesIO(storage.read_bytes(url)), weights_only=False)
         if state["config"] != config.model_dump(mode="json") | {
             "epochs": state["config"]["epochs"]
         }:
             raise ValueError(f"{url} was trained with another config; use another checkpoint_dir")
-        network.load_state_dict(state["model"])
+        bare.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         order.set_state(state["order"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resuming %s after epoch %d", url, state["epoch"])
+    network = prepare(bare)
     for epoch in range(state["epoch"], config.epochs):
         network.train()
         permutation = torch.randperm(len(images), generator=order)
-        total = 0.0
+        total, seen = 0.0, 0
         for start in range(0, len(images), config.batch_size):
-            batch = permutation[start : start + config.batch_size]
+            global_batch = permutation[start : start + config.batch_size]
+            if len(global_batch) < world_size:
+                continue
+            batch = global_batch[rank::world_size]
             loss = focal_loss(network(images[batch].to(device)), masks[batch].to(device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * len(batch)
+            seen += len(batch)
         scheduler.step()
         state = {
             "epoch": epoch + 1,
-            "losses": [*state["losses"], total / len(images)],
+            "losses": [*state["losses"], total / max(seen, 1)],
             "config": config.model_dump(mode="json"),
-            "model": network.state_dict(),
+            "model": bare.state_dict(),
             "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(),
             "order": order.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        storage.write_bytes_atomic(url, buffer.getvalue())
-        log.info("epoch %d/%d: loss %.5f", epoch + 1, config.epochs, state["losses"][-1])
+        if rank == 0:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            storage.write_bytes_atomic(url, buffer.getvalue())
+            log.info("epoch %d/%d: loss %.5f", epoch + 1, config.epochs, state["losses"][-1])
+        if on_epoch is not None:
+            on_epoch(epoch + 1, state["losses"][-1])
     return state
