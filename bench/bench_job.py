@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 
 import yaml
-from common import REPO, peak_rss_mb, report, shared_daad, spilled_mib
+from common import (
+    REPO,
+    peak_rss_mb,
+    processes_named,
+    report,
+    shared_daad,
+    spilled_mib,
+    status_kib,
+)
 
 from cai_ray.config import SynthConfig
 from cai_ray.io import storage
@@ -41,17 +49,8 @@ class ProcessMemory(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
-            for status in Path("/proc").glob("[0-9]*/status"):
-                try:
-                    cmdline = (status.parent / "cmdline").read_bytes()
-                    if self.marker not in cmdline:
-                        continue
-                    text = status.read_text()
-                except OSError:
-                    continue
-                for line in text.splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
+            for process in processes_named(self.marker):
+                self.peak_mb = max(self.peak_mb, status_kib(process, "VmHWM") / 1024)
 
 
 class CommitWatch(threading.Thread):

@@ -18,19 +18,12 @@ import time
 from pathlib import Path
 
 import cv2
-from common import REPO, TILES, report, shared_daad, spilled_mib
+from common import REPO, TILES, processes_named, report, shared_daad, spilled_mib, status_kib
 
 from cai_ray.config import SynthConfig
 from cai_ray.pipeline.synth import run_synth
 
 SIZE = 64
-
-
-def _rss_mb(status: Path) -> float:
-    for line in status.read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def make_inputs(count: int) -> Path:
@@ -61,18 +54,13 @@ class Sampler(threading.Thread):
         self.started = time.monotonic()
 
     def run(self) -> None:
-        driver = Path("/proc/self/status")
+        driver = Path("/proc/self")
         while not self.stop.wait(1.0):
-            workers = []
-            for status in Path("/proc").glob("[0-9]*/status"):
-                try:
-                    if b"InjectionStage" in (status.parent / "cmdline").read_bytes():
-                        workers.append(_rss_mb(status))
-                except OSError:
-                    continue
+            workers = [status_kib(p, "VmRSS") / 1024 for p in processes_named(b"InjectionStage")]
             committed = len(list(self.out.glob("shard-*.json"))) * self.per_shard
             elapsed = time.monotonic() - self.started
-            self.rows.append((elapsed, committed, _rss_mb(driver), max(workers, default=0.0)))
+            driver_mb = status_kib(driver, "VmRSS") / 1024
+            self.rows.append((elapsed, committed, driver_mb, max(workers, default=0.0)))
 
 
 def main() -> None:

@@ -32,6 +32,29 @@ def report(figures: dict[str, float | int | str]) -> None:
         print(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
 
 
+def processes_named(marker: bytes) -> list[Path]:
+    """/proc/<pid> folders of the processes whose command line contains ``marker``."""
+    found = []
+    for folder in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (folder / "cmdline").read_bytes():
+                found.append(folder)
+        except OSError:
+            continue
+    return found
+
+
+def status_kib(folder: Path, field: str) -> int:
+    """A ``/proc/<pid>/status`` field in KiB (e.g. VmRSS, VmHWM); 0 if the process is gone."""
+    try:
+        for line in (folder / "status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def spilled_mib() -> float:
     """Object-store bytes Ray spilled to disk so far in this cluster (0 when nothing was)."""
     import re

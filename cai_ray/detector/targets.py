@@ -16,7 +16,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.io import storage
-from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, decode_mask, resize
+from cai_ray.io.codecs import (
+    ColorMode,
+    DecodeError,
+    decode_image,
+    decode_mask,
+    resize,
+    resize_mask,
+)
 
 
 class _Spec(BaseModel):
@@ -157,8 +164,7 @@ def load_test_set(
         if item.mask is not None and not mask.any():
             split.skipped.append({"path": str(item.path), "reason": "mask is empty"})
             continue
-        # resized like the image, then thresholded at half: a mask stays binary and aligned
-        resized = resize(mask.astype(np.uint8) * 255, size) > 127
+        resized = resize_mask(mask, size)
         if item.mask is not None and not resized.any():
             reason = f"defect smaller than a pixel at {size}x{size}"
             split.skipped.append({"path": str(item.path), "reason": reason})

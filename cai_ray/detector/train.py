@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.detector.model import DiscriminativeUNet, focal_loss
 from cai_ray.io import storage
-from cai_ray.io.codecs import decode_image, decode_mask, resize
+from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.layout import committed_shards, shard_name
 
@@ -59,9 +59,9 @@ def load_samples(outputs: list[str], size: int, mode: Literal["grey", "rgb"]) ->
                 ext = "png" if "png" in files else "jpg"
                 image = resize(decode_image(files[ext], mode), size)
                 images.append(image if image.ndim == 3 else image[..., None])
-                masks.append(resize(decode_mask(files["mask.png"]).astype(np.uint8) * 255, size))
+                masks.append(resize_mask(decode_mask(files["mask.png"]), size))
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-    return pixels, torch.from_numpy((np.stack(masks) > 127).astype(np.int64))
+    return pixels, torch.from_numpy(np.stack(masks).astype(np.int64))
 
 
 def checkpoint_url(config: DetectorConfig) -> str:

@@ -115,6 +115,12 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A bool mask resized like its image (:func:`resize`), then thresholded at half, so it
+    stays binary and aligned with the image."""
+    return np.asarray(resize(mask.astype(np.uint8) * 255, size) > 127)
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
