@@ -15,6 +15,7 @@ import time
 import numpy as np
 from common import TILES, peak_rss_mb, report, shared_daad
 
+from cai_ray.config import CAIMethod, DaadConfig
 from cai_ray.core.cai import CAIParams
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 
@@ -35,11 +36,9 @@ def main() -> None:
     figures: dict[str, float | int | str] = {"targets": len(targets)}
     for blend in ("normal", "mixed"):
         stage = InjectionStage(
-            daad=daad,
-            exclude_domains=["magnetic_tile", "crackforest"],
-            include_classes=None,
-            cache_mb=512,
-            params=CAIParams(blend=blend),
+            synthesizer=CAIMethod(),
+            daad=DaadConfig(path=daad, exclude_domains=["magnetic_tile", "crackforest"]),
+            cai=CAIParams(blend=blend),
             image_size=256,
             mode="grey",
             seed=0,

@@ -6,11 +6,14 @@ Relative paths are relative to the directory the command runs in, like any comma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cai_ray.baselines.cutpaste import CutPasteParams
+from cai_ray.baselines.draem import DraemParams
+from cai_ray.baselines.nsa import NSAParams
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod
 from cai_ray.daad.classes import AnomalyClass
@@ -84,6 +87,39 @@ class ResourcesConfig(_Section):
     )
 
 
+class CAIMethod(_Section):
+    """CAI itself (cai-normal, cai-mixed, or paste), set in the ``cai`` section."""
+
+    method: Literal["cai"] = "cai"
+
+
+class CutPasteMethod(CutPasteParams):
+    """CutPaste, normal or scar (:mod:`cai_ray.baselines.cutpaste`)."""
+
+    method: Literal["cutpaste"]
+
+
+class NSAMethod(NSAParams):
+    """NSA, normal or mixed blending (:mod:`cai_ray.baselines.nsa`)."""
+
+    method: Literal["nsa"]
+
+
+class DraemMethod(DraemParams):
+    """DRAEM's Perlin anomalies (:mod:`cai_ray.baselines.draem`)."""
+
+    method: Literal["draem"]
+    textures: list[str] = Field(
+        min_length=1,
+        description="Texture images (folders, globs, .txt lists), e.g. DTD or DAAD images.",
+    )
+
+
+SynthesizerConfig = Annotated[
+    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod, Field(discriminator="method")
+]
+
+
 class StorageConfig(_Section):
     endpoint_url: str | None = Field(
         None,
@@ -107,17 +143,32 @@ class SynthConfig(_Section):
         "auto", description="auto: grey if the first input image has grey content."
     )
     inputs: InputsConfig
-    daad: DaadConfig
+    synthesizer: SynthesizerConfig = Field(
+        CAIMethod(), description="Which synthesizer makes the pseudo-anomalies (default CAI)."
+    )
+    daad: DaadConfig | None = Field(None, description="The anomaly sources; CAI needs one.")
     foreground: ForegroundConfig = ForegroundConfig()
     cai: CAIParams = CAIParams()
     output: OutputConfig
     resources: ResourcesConfig = ResourcesConfig()
     storage: StorageConfig = StorageConfig()
 
+    @model_validator(mode="after")
+    def _cai_has_sources(self) -> SynthConfig:
+        if isinstance(self.synthesizer, CAIMethod) and self.daad is None:
+            raise ValueError("synthesizer 'cai' needs a 'daad' section (its source patterns)")
+        return self
+
+    @property
+    def anomalies_per_target(self) -> int:
+        if isinstance(self.synthesizer, CAIMethod):
+            return self.cai.quotas.total
+        return self.synthesizer.anomalies_per_target
+
     @property
     def samples_per_target(self) -> int:
         """Pseudo-anomalies per normal image, plus the normal image itself if it is written."""
-        return self.cai.quotas.total + int(self.output.include_normal)
+        return self.anomalies_per_target + int(self.output.include_normal)
 
 
 class ConfigError(ValueError):

@@ -2,16 +2,15 @@
 target (source-target matching, multi-scale quotas), placed on its foreground (injection location
 selection) and blended in with Poisson image editing.
 
-Every draw for sample ``k`` of target ``key`` comes from :func:`sample_rng` ``(seed, key, k)``, so
-a sample never depends on which worker made it or in what order.
+Every draw comes from :func:`~cai_ray.core.synthesis.sample_rng`, so a sample never depends on
+which worker made it or in what order.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -31,6 +30,7 @@ from cai_ray.core.geometry import (
 )
 from cai_ray.core.labels import LabelRule, label_mask
 from cai_ray.core.poisson import fast_rect_length, poisson_blend
+from cai_ray.core.synthesis import Donor, Failure, sample_rng
 
 _ERODE_3X3 = np.ones((3, 3), np.uint8)
 
@@ -139,20 +139,16 @@ class Injection:
     center: tuple[int, int]
     attempts: int
 
-
-@dataclass(frozen=True)
-class Failure:
-    """A sample that could not be made; the job reports it instead of losing it silently."""
-
-    reason: str
-    attempts: int
-
-
-def sample_rng(seed: int, target_key: str, index: int) -> np.random.Generator:
-    """The generator for sample ``index`` of ``target_key``: a pure function of its arguments."""
-    digest = hashlib.blake2b(target_key.encode("utf-8"), digest_size=16).digest()
-    words = np.frombuffer(digest, dtype=np.uint32).tolist()
-    return np.random.default_rng(np.random.SeedSequence([seed, *words, index]))
+    def details(self) -> dict[str, Any]:
+        return {
+            "anomaly_class": self.anomaly_class,
+            "scale": self.scale,
+            "source_target_ratio": round(self.source_target_ratio, 6),
+            "synthesis_scale": round(self.synthesis_scale, 6),
+            "source_record_id": self.source_record_id,
+            "source_domain": self.source_domain,
+            "center": list(self.center),
+        }
 
 
 def _slices(y0: int, x0: int, y1: int, x1: int) -> tuple[slice, slice]:
@@ -212,11 +208,19 @@ class CAIInjector:
         kernel = self.params.mask_kernel
         self._kernel = np.ones((kernel, kernel), np.uint8)
         self.method = METHOD_NAMES[self.params.blend]
+        self.anomalies_per_target = self.params.quotas.total
 
     def synthesize(
-        self, target: np.ndarray, foreground: np.ndarray, *, seed: int, target_key: str
+        self,
+        target: np.ndarray,
+        foreground: np.ndarray,
+        *,
+        seed: int,
+        target_key: str,
+        donors: Sequence[Donor] = (),
     ) -> list[Injection | Failure]:
-        """All pseudo-anomalies of one target, in quota order (large, medium, small)."""
+        """All pseudo-anomalies of one target, in quota order (large, medium, small); CAI's
+        sources are DAAD patterns, so ``donors`` are not used."""
         fg_box = mask_bbox(foreground)
         if fg_box is None:
             raise ValueError("the target foreground is empty")

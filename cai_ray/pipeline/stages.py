@@ -21,9 +21,19 @@ import cv2
 import numpy as np
 
 from cai_ray import __version__
-from cai_ray.core.cai import CAIInjector, CAIParams, Failure, Injection
+from cai_ray.baselines.cutpaste import CutPaste
+from cai_ray.baselines.draem import Draem
+from cai_ray.baselines.nsa import NSA
+from cai_ray.config import (
+    CAIMethod,
+    CutPasteMethod,
+    DaadConfig,
+    NSAMethod,
+    SynthesizerConfig,
+)
+from cai_ray.core.cai import CAIInjector, CAIParams
 from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
-from cai_ray.daad.classes import AnomalyClass
+from cai_ray.core.synthesis import Failure, Synthesizer
 from cai_ray.daad.shards import PatternBank
 from cai_ray.io import storage
 from cai_ray.io.codecs import (
@@ -115,17 +125,71 @@ class ForegroundStage:
         }
 
 
+class TextureFolder:
+    """Texture images read on demand from a sorted list of paths, resized to the targets' size
+    and mode (DRAEM's anomaly sources); the last few decoded ones are kept."""
+
+    def __init__(self, paths: list[str], size: int, mode: ColorMode, keep: int = 64) -> None:
+        if not paths:
+            raise ValueError("the texture list is empty")
+        self.paths = paths
+        self.size = size
+        self.mode: ColorMode = mode
+        self.keep = keep
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if index not in self._cache:
+            if len(self._cache) >= self.keep:
+                self._cache.pop(next(iter(self._cache)))
+            path = self.paths[index]
+            try:
+                self._cache[index] = load_target(path, self.size, self.mode)
+            except (OSError, DecodeError) as exc:
+                raise ValueError(f"texture {path} is unreadable: {exc}") from exc
+        return self._cache[index]
+
+
+def make_synthesizer(
+    method: SynthesizerConfig,
+    *,
+    cai: CAIParams,
+    daad: DaadConfig | None,
+    image_size: int,
+    mode: ColorMode,
+) -> Synthesizer:
+    """The configured synthesizer with its sources opened (a DAAD, or a texture folder)."""
+    if isinstance(method, CAIMethod):
+        if daad is None:
+            raise ValueError("synthesizer 'cai' needs a DAAD")
+        patterns = PatternBank(
+            daad.path,
+            mode=mode,
+            exclude_domains=daad.exclude_domains,
+            include_classes=daad.include_classes,
+            cache_bytes=daad.cache_mb * 2**20,
+        )
+        return CAIInjector(patterns, cai)
+    if isinstance(method, CutPasteMethod):
+        return CutPaste(method)
+    if isinstance(method, NSAMethod):
+        return NSA(method)
+    return Draem(TextureFolder(method.textures, image_size, mode), method)
+
+
 class InjectionStage:
-    """Runs CAI on a shard's targets and packs the shard (DAAD loaded once per actor)."""
+    """Runs the synthesizer on a shard's targets and commits the shard (sources opened once
+    per actor)."""
 
     def __init__(
         self,
         *,
-        daad: str,
-        exclude_domains: list[str],
-        include_classes: list[AnomalyClass] | None,
-        cache_mb: int,
-        params: CAIParams,
+        synthesizer: SynthesizerConfig,
+        cai: CAIParams,
+        daad: DaadConfig | None,
         image_size: int,
         mode: ColorMode,
         seed: int,
@@ -137,21 +201,16 @@ class InjectionStage:
     ) -> None:
         storage.configure(**(storage_options or {}))
         self.out = out
-        self.patterns = PatternBank(
-            daad,
-            mode=mode,
-            exclude_domains=exclude_domains,
-            include_classes=include_classes,
-            cache_bytes=cache_mb * 2**20,
+        self.synthesizer = make_synthesizer(
+            synthesizer, cai=cai, daad=daad, image_size=image_size, mode=mode
         )
-        self.injector = CAIInjector(self.patterns, params)
         self.image_size = image_size
         self.mode: ColorMode = mode
         self.seed = seed
         self.key_prefix = key_prefix
         self.image_format: ImageFormat = image_format
         self.include_normal = include_normal
-        self.anomalies_per_target = params.quotas.total
+        self.anomalies_per_target = self.synthesizer.anomalies_per_target
 
     def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Sample:
         return key, {
@@ -178,26 +237,38 @@ class InjectionStage:
         counts: dict[str, Counter[str]] = {
             k: Counter() for k in ("method", "anomaly_class", "scale", "label")
         }
-        for target, image, foreground in zip(targets, pixels, masks, strict=True):
+        for position, (target, image, foreground) in enumerate(
+            zip(targets, pixels, masks, strict=True)
+        ):
+            donors = [(pixels[j], masks[j]) for j in range(len(targets)) if j != position]
             base = {
                 "target": target["path"],
                 "target_key": target["key"],
                 "seed": self.seed,
                 "version": __version__,
             }
-            results = self.injector.synthesize(
-                image, foreground, seed=self.seed, target_key=target["key"]
+            results = self.synthesizer.synthesize(
+                image, foreground, seed=self.seed, target_key=target["key"], donors=donors
             )
             for k, result in enumerate(results):
                 key = sample_key(self.key_prefix, target["index"], k)
                 if isinstance(result, Failure):
                     failed.append({"key": key, "reason": result.reason})
                     continue
-                meta = {**base, **_injection_meta(result), "sample_index": k, "label": 1}
+                details = result.details()
+                meta = {
+                    **base,
+                    **details,
+                    "method": result.method,
+                    "attempts": result.attempts,
+                    "sample_index": k,
+                    "label": 1,
+                }
                 samples.append(self._encode(key, result.image, result.mask, meta))
                 counts["method"][result.method] += 1
-                counts["anomaly_class"][result.anomaly_class] += 1
-                counts["scale"][result.scale] += 1
+                for name in ("anomaly_class", "scale"):
+                    if name in details:
+                        counts[name][details[name]] += 1
                 counts["label"]["1"] += 1
             if self.include_normal:
                 k = self.anomalies_per_target
@@ -242,17 +313,3 @@ class InjectionStage:
         )
         self.commit(index, result["tar"], result["entry"])
         return {"shard": np.array([index]), "entry": np.array([result["entry"]], dtype=object)}
-
-
-def _injection_meta(result: Injection) -> dict:
-    return {
-        "method": result.method,
-        "anomaly_class": result.anomaly_class,
-        "scale": result.scale,
-        "source_target_ratio": round(result.source_target_ratio, 6),
-        "synthesis_scale": round(result.synthesis_scale, 6),
-        "source_record_id": result.source_record_id,
-        "source_domain": result.source_domain,
-        "center": list(result.center),
-        "attempts": result.attempts,
-    }

@@ -1,5 +1,5 @@
-"""The synthesis job: normal images -> foreground actor pool -> CAI injection actor pool ->
-committed WebDataset shards, then the manifest and a preview sheet.
+"""The synthesis job: normal images -> foreground actor pool -> injection actor pool (CAI or a
+baseline) -> committed WebDataset shards, then the manifest and a preview sheet.
 
 Resumable: a shard is done once its entry file exists next to it, and a re-run over the same
 output skips done shards. Deterministic: shard contents depend only on the config and the inputs.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cai_ray import __version__
-from cai_ray.config import SynthConfig
+from cai_ray.config import DraemMethod, SynthConfig
 from cai_ray.core.foreground import make_foreground_extractor
 from cai_ray.daad.builders import INDEX_NAME, DaadSpec, build_daad
 from cai_ray.daad.shards import read_index
@@ -147,7 +147,11 @@ def _init_ray(config: SynthConfig) -> float:
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
     local = [
         path
-        for path in (*config.inputs.paths, config.daad.path, config.output.path)
+        for path in (
+            *config.inputs.paths,
+            *([config.daad.path] if config.daad else []),
+            config.output.path,
+        )
         if storage.is_local(path)
     ]
     if nodes > 1 and local:
@@ -188,11 +192,9 @@ def _run_pipeline(
             stages.injection_actors,
             stages.injection_cpus,
             {
-                "daad": config.daad.path,
-                "exclude_domains": config.daad.exclude_domains,
-                "include_classes": config.daad.include_classes,
-                "cache_mb": config.daad.cache_mb,
-                "params": config.cai,
+                "synthesizer": config.synthesizer,
+                "daad": config.daad,
+                "cai": config.cai,
                 "image_size": config.image_size,
                 "mode": plan.mode,
                 "seed": config.seed,
@@ -249,6 +251,8 @@ def _prepare_daad(config: SynthConfig) -> None:
     """Build the DAAD if the config says how and it is missing; check the leakage filter leaves
     sources, before any Ray worker starts (a clear error here beats a failed actor later)."""
     daad = config.daad
+    if daad is None:
+        return
     if daad.build is not None and not storage.exists(storage.join(daad.path, INDEX_NAME)):
         log.info("building DAAD %s from %s", daad.path, daad.build.spec)
         build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
@@ -259,6 +263,16 @@ def _prepare_daad(config: SynthConfig) -> None:
             f"DAAD {daad.path} has only domains {sorted(domains)}, all excluded by "
             f"daad.exclude_domains: no source patterns are left"
         )
+
+
+def _check_sources(config: SynthConfig) -> None:
+    """Fail before any Ray worker starts when the sources are missing (a clear error here
+    beats a failed actor later)."""
+    _prepare_daad(config)
+    if isinstance(config.synthesizer, DraemMethod):
+        textures = storage.expand_image_sources(config.synthesizer.textures)
+        if not textures:
+            raise ValueError(f"no texture images in {config.synthesizer.textures}")
     if config.foreground.method == "rembg":
         make_foreground_extractor("rembg", model_path=config.foreground.model_path)
 
@@ -266,7 +280,12 @@ def _prepare_daad(config: SynthConfig) -> None:
 def _with_absolute_paths(config: SynthConfig) -> SynthConfig:
     """The config the workers get: local paths resolved here, in the driver's directory."""
     resolved = config.model_copy(deep=True)
-    resolved.daad.path = storage.absolute(config.daad.path)
+    if resolved.daad is not None:
+        resolved.daad.path = storage.absolute(resolved.daad.path)
+    if isinstance(resolved.synthesizer, DraemMethod):
+        found = sorted(dict.fromkeys(storage.expand_image_sources(resolved.synthesizer.textures)))
+        textures = [storage.absolute(path) for path in found]
+        resolved.synthesizer = resolved.synthesizer.model_copy(update={"textures": textures})
     resolved.output.path = storage.absolute(config.output.path)
     if config.foreground.model_path is not None:
         resolved.foreground.model_path = storage.absolute(config.foreground.model_path)
@@ -278,7 +297,7 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
     from cai_ray.pipeline.preview import write_preview
 
     storage.configure(**config.storage.model_dump())
-    _prepare_daad(config)
+    _check_sources(config)
     plan = plan_job(config)
     workers_config = _with_absolute_paths(config)
     out = workers_config.output.path

@@ -27,11 +27,9 @@ def test_stages_chain_without_ray(make_config, tmp_path):
     assert [s["path"] for s in json.loads(prepared["skipped"][0])] == [broken[0]["path"]]
 
     injection = InjectionStage(
-        daad=config.daad.path,
-        exclude_domains=[],
-        include_classes=None,
-        cache_mb=64,
-        params=config.cai,
+        synthesizer=config.synthesizer,
+        daad=config.daad.model_copy(update={"cache_mb": 64}),
+        cai=config.cai,
         image_size=256,
         mode="grey",
         seed=7,

@@ -170,3 +170,27 @@ def test_the_job_reads_and_writes_s3(
     assert run_synth(remote, show_progress=False)["complete"]
     assert main(["--s3-endpoint-url", s3_server.endpoint, "verify", f"{s3_bucket}/out"]) == 0
     assert "OK:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("synthesizer", "methods"),
+    [
+        ({"method": "nsa", "blend": "mixed", "anomalies_per_target": 3}, {"nsa-mixed"}),
+        ({"method": "draem", "anomalies_per_target": 3, "textures": ["TEXTURES"]}, {"draem"}),
+        ({"method": "cutpaste", "variant": "scar", "anomalies_per_target": 3}, {"cutpaste-scar"}),
+    ],
+)
+def test_baselines_run_as_the_synth_job(synthesizer, methods, make_config, shared_data):
+    textures = str(shared_data / "deepcrack" / "train_img" / "1*.jpg")
+    synthesizer = {k: ([textures] if v == ["TEXTURES"] else v) for k, v in synthesizer.items()}
+    config = make_config(out=synthesizer["method"], synthesizer=synthesizer, daad=None)
+    manifest = run_synth(config, show_progress=False)
+    assert manifest["complete"] and manifest["counts"]["method"].keys() == methods
+    assert manifest["samples"] + len(manifest["failed_samples"]) == 12 * 3
+    for failure in manifest["failed_samples"]:  # NSA: a shard with one readable target
+        assert failure["reason"].startswith("NSA needs another normal image")
+    assert manifest["samples"] >= 12 * 3 - 3
+    assert verify_output(config.output.path).ok
+    for _, files in iter_tar(Path(config.output.path, "shard-000000.tar").read_bytes()):
+        meta = json.loads(files["json"])
+        assert meta["method"] in methods and meta["label"] == 1 and meta["attempts"] >= 1

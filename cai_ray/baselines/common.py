@@ -1,0 +1,57 @@
+"""Pieces the baselines share: placing a box on the foreground, colour jitter, rotation."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from cai_ray.core.geometry import choose_location
+
+
+def place_box(
+    foreground: np.ndarray, height: int, width: int, rng: np.random.Generator
+) -> tuple[int, int] | None:
+    """Top-left corner of a ``height x width`` box inside the image whose centre lies on the
+    foreground (the same location rule as CAI's, so every method respects the object)."""
+    return choose_location(foreground, height, width, rng)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return image.astype(np.float32)
+    return cv2.cvtColor(image.astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """torchvision's ColorJitter with brightness, contrast, saturation and hue all at
+    ``strength``, applied in that order: brightness and contrast factors in [1 - s, 1 + s], then
+    on RGB images a saturation factor and a hue shift of up to ``s`` of the colour circle."""
+    out = np.clip(image.astype(np.float32) * rng.uniform(1 - strength, 1 + strength), 0, 255)
+    mean = _grey(out).mean()
+    out = np.clip((out - mean) * rng.uniform(1 - strength, 1 + strength) + mean, 0, 255)
+    if out.ndim == 3:
+        grey = _grey(out)[..., None]
+        out = np.clip((out - grey) * rng.uniform(1 - strength, 1 + strength) + grey, 0, 255)
+        hsv = cv2.cvtColor(out / 255, cv2.COLOR_RGB2HSV)  # float: hue in degrees
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-strength, strength) * 360) % 360
+        out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255
+    return np.rint(out).astype(np.uint8)
+
+
+def rotate_with_mask(
+    image: np.ndarray, mask: np.ndarray, degrees: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate ``image`` and its boolean ``mask`` about the centre, growing the canvas so nothing
+    is cut off; pixels outside the rotated mask are zero."""
+    height, width = mask.shape
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), degrees, 1.0)
+    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+    new_w = int(np.ceil(height * sin + width * cos - 1e-6))
+    new_h = int(np.ceil(height * cos + width * sin - 1e-6))
+    matrix[0, 2] += (new_w - width) / 2  # pixel centres: the centre is ((w - 1) / 2, ...)
+    matrix[1, 2] += (new_h - height) / 2
+    rotated = cv2.warpAffine(image, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR)
+    rotated_mask = cv2.warpAffine(
+        mask.astype(np.uint8), matrix, (new_w, new_h), flags=cv2.INTER_NEAREST
+    ).astype(bool)
+    return rotated, rotated_mask

@@ -1,0 +1,184 @@
+"""DRAEM's simulated anomalies (Zavrtanik et al., ICCV 2021): a Perlin-noise mask filled with an
+augmented texture image, blended with opacity. The label is the Perlin mask.
+
+Published parameters (the defaults): Perlin noise with 2^a x 2^b lattice cells, a and b drawn
+from {0, ..., 5}, rotated by -90..90 degrees and thresholded at 0.5; the texture (DTD in the
+paper; any folder here) is resized to the image and transformed by 3 distinct operations drawn
+from DRAEM's list of 10; the blend is ``(1 - beta) * texture + beta * image`` inside the mask
+with beta uniform in [0, 0.8]. DRAEM also trains on unaltered images half the time: here normal
+samples come from ``output.include_normal`` instead. The mask is limited to the foreground.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai_ray.core.synthesis import Donor, Failure, Patched, retry, sample_rng
+
+
+class TextureLibrary(Protocol):
+    """Texture images by position, already at the targets' size and channel layout."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+
+class DraemParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    anomalies_per_target: int = Field(10, ge=1)
+    max_perlin_exponent: int = Field(6, ge=1, description="Lattice 2^[0, this) cells per axis.")
+    threshold: float = Field(0.5, ge=-1, le=1)
+    max_rotation: float = Field(90, ge=0, le=180)
+    augmentations: int = Field(3, ge=0, le=10)
+    max_beta: float = Field(0.8, ge=0, le=1)
+    min_mask_pixels: int = Field(10, ge=1)
+    max_attempts: int = Field(10, ge=1)
+
+
+def _fade(t: np.ndarray) -> np.ndarray:
+    return t * t * t * (t * (t * 6 - 15) + 10)
+
+
+def perlin_noise(
+    shape: tuple[int, int], cells: tuple[int, int], rng: np.random.Generator
+) -> np.ndarray:
+    """2-D gradient (Perlin) noise over ``cells`` lattice cells, values in about [-1, 1]."""
+    height, width = shape
+    ys = np.arange(height) * cells[0] / height
+    xs = np.arange(width) * cells[1] / width
+    angles = rng.uniform(0, 2 * np.pi, (cells[0] + 1, cells[1] + 1))
+    gradients = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    y0, x0 = ys.astype(int), xs.astype(int)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+
+    def corner(dy: int, dx: int) -> np.ndarray:
+        g = gradients[(y0 + dy)[:, None], (x0 + dx)[None, :]]
+        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
+
+    uy, ux = _fade(fy), _fade(fx)
+    top = corner(0, 0) * (1 - ux) + corner(0, 1) * ux
+    bottom = corner(1, 0) * (1 - ux) + corner(1, 1) * ux
+    return np.sqrt(2) * (top * (1 - uy) + bottom * uy)
+
+
+def _per_channel(image: np.ndarray, op: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    if image.ndim == 2:
+        return op(image)
+    return np.stack([op(image[..., c]) for c in range(image.shape[2])], axis=-1)
+
+
+def _autocontrast(channel: np.ndarray) -> np.ndarray:
+    low, high = int(channel.min()), int(channel.max())
+    if high == low:
+        return channel
+    return np.rint((channel.astype(np.float32) - low) * 255 / (high - low)).astype(np.uint8)
+
+
+def _sharpen(image: np.ndarray, factor: float) -> np.ndarray:
+    smooth = cv2.filter2D(image, -1, np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13)
+    return np.clip(smooth + factor * (image.astype(np.float32) - smooth), 0, 255).astype(np.uint8)
+
+
+def _hue_saturation(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if image.ndim == 2:
+        return image
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.int32)
+    hsv[..., 0] = (hsv[..., 0] + int(rng.integers(-50, 51)) // 2) % 180
+    hsv[..., 1] = np.clip(hsv[..., 1] + int(rng.integers(-50, 51)), 0, 255)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+
+
+def _rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR)
+
+
+def _solarize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() >= 0.5:
+        return image
+    threshold = rng.uniform(32, 128)
+    return np.where(image >= threshold, 255 - image, image).astype(np.uint8)
+
+
+def _posterize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    bits = int(rng.integers(1, 9))
+    return (image & np.uint8((0xFF << (8 - bits)) & 0xFF)).astype(np.uint8)
+
+
+AUGMENTATIONS: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = [
+    lambda im, r: np.clip(255 * (im / 255) ** r.uniform(0.5, 2.0), 0, 255).astype(np.uint8),
+    lambda im, r: np.clip(im * r.uniform(0.8, 1.2) + r.uniform(-30, 30), 0, 255).astype(np.uint8),
+    lambda im, r: _sharpen(im, r.uniform(0, 2)),
+    _hue_saturation,
+    _solarize,
+    _posterize,
+    lambda im, r: 255 - im,
+    lambda im, r: _per_channel(im, _autocontrast),
+    lambda im, r: _per_channel(im, cv2.equalizeHist),
+    lambda im, r: _rotate(im, r.uniform(-45, 45)),
+]
+"""DRAEM's texture augmenters, in its order: gamma contrast 0.5-2, multiply 0.8-1.2 and add
+-30..30, sharpness 0-2, hue and saturation -50..50, solarize (p 0.5, threshold 32-128),
+posterize, invert, autocontrast, equalize, rotation -45..45 degrees."""
+
+
+class Draem:
+    def __init__(self, textures: TextureLibrary, params: DraemParams | None = None) -> None:
+        if not len(textures):
+            raise ValueError("DRAEM needs at least one texture image (is the folder empty?)")
+        self.textures = textures
+        self.params = params or DraemParams()
+        self.method = "draem"
+        self.anomalies_per_target = self.params.anomalies_per_target
+
+    def synthesize(
+        self,
+        target: np.ndarray,
+        foreground: np.ndarray,
+        *,
+        seed: int,
+        target_key: str,
+        donors: Sequence[Donor] = (),
+    ) -> list[Patched | Failure]:
+        """Textures come from the texture library: ``donors`` are not used."""
+        p = self.params
+        return [
+            retry(
+                lambda rng: self._attempt(target, foreground, rng),
+                p.max_attempts,
+                sample_rng(seed, target_key, index),
+                p.min_mask_pixels,
+            )
+            for index in range(self.anomalies_per_target)
+        ]
+
+    def _attempt(
+        self, target: np.ndarray, foreground: np.ndarray, rng: np.random.Generator
+    ) -> Patched | str:
+        p = self.params
+        height, width = target.shape[:2]
+        texture_index = int(rng.integers(len(self.textures)))
+        texture = self.textures[texture_index]
+        if texture.shape != target.shape:
+            return f"texture {texture_index} has shape {texture.shape}, not {target.shape}"
+        chosen = rng.choice(len(AUGMENTATIONS), size=p.augmentations, replace=False)
+        for op in chosen:
+            texture = AUGMENTATIONS[int(op)](texture, rng)
+        cells = tuple(2 ** int(rng.integers(0, p.max_perlin_exponent)) for _ in range(2))
+        noise = perlin_noise((height, width), (cells[0], cells[1]), rng)
+        noise = _rotate(noise.astype(np.float32), rng.uniform(-p.max_rotation, p.max_rotation))
+        region = (noise > p.threshold) & foreground
+        beta = rng.uniform(0, p.max_beta)
+        keep = region[..., None] if target.ndim == 3 else region
+        blended = (1 - beta) * texture.astype(np.float32) + beta * target.astype(np.float32)
+        image = np.where(keep, np.rint(blended), target).astype(np.uint8)
+        mask = (region * 255).astype(np.uint8)
+        info = {"texture": texture_index, "perlin_cells": list(cells), "beta": round(beta, 4)}
+        return Patched(image, mask, self.method, 1, info)

@@ -1,0 +1,105 @@
+"""What every synthesizer (CAI and the baselines) shares: the result types, the per-sample
+random generator, and the interface the synthesis job calls.
+
+Every draw for sample ``k`` of target ``key`` comes from :func:`sample_rng` ``(seed, key, k)``, so
+a sample never depends on which worker made it or in what order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A sample that could not be made; the job reports it instead of losing it silently."""
+
+    reason: str
+    attempts: int
+
+
+class PseudoAnomaly(Protocol):
+    """One synthetic anomaly: the image, its label mask {0, 255}, and how it was made."""
+
+    @property
+    def image(self) -> np.ndarray: ...
+
+    @property
+    def mask(self) -> np.ndarray: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def attempts(self) -> int: ...
+
+    def details(self) -> dict[str, Any]:
+        """JSON-ready provenance written into the sample's metadata."""
+        ...
+
+
+@dataclass(frozen=True)
+class Patched:
+    """A :class:`PseudoAnomaly` of a baseline synthesizer, its provenance in ``info``."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    method: str
+    attempts: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def details(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
+Donor = tuple[np.ndarray, np.ndarray]
+"""Another normal image of the same job with its foreground (NSA takes its patches from these)."""
+
+
+class Synthesizer(Protocol):
+    """Makes ``anomalies_per_target`` pseudo-anomalies of one normal image."""
+
+    method: str
+    anomalies_per_target: int
+
+    def synthesize(
+        self,
+        target: np.ndarray,
+        foreground: np.ndarray,
+        *,
+        seed: int,
+        target_key: str,
+        donors: Sequence[Donor] = (),
+    ) -> Sequence[PseudoAnomaly | Failure]: ...
+
+
+def sample_rng(seed: int, target_key: str, index: int) -> np.random.Generator:
+    """The generator for sample ``index`` of ``target_key``: a pure function of its arguments."""
+    digest = hashlib.blake2b(target_key.encode("utf-8"), digest_size=16).digest()
+    words = np.frombuffer(digest, dtype=np.uint32).tolist()
+    return np.random.default_rng(np.random.SeedSequence([seed, *words, index]))
+
+
+def retry(
+    make: Callable[[np.random.Generator], Patched | str],
+    max_attempts: int,
+    rng: np.random.Generator,
+    min_mask_pixels: int,
+) -> Patched | Failure:
+    """Call ``make(rng)`` until it gives a :class:`Patched` whose mask has at least
+    ``min_mask_pixels`` pixels (a string result names why an attempt failed)."""
+    reason = "unknown"
+    for attempt in range(1, max_attempts + 1):
+        outcome = make(rng)
+        if isinstance(outcome, str):
+            reason = outcome
+        elif np.count_nonzero(outcome.mask) < min_mask_pixels:
+            reason = "label mask below min_mask_pixels"
+        else:
+            return Patched(outcome.image, outcome.mask, outcome.method, attempt, outcome.info)
+    return Failure(f"gave up after {max_attempts} attempts: {reason}", max_attempts)
