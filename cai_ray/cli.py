@@ -7,9 +7,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cai_ray.io import storage
 from cai_ray.pipeline.layout import OutputMismatchError
+
+if TYPE_CHECKING:  # torch is imported only by the commands that need it
+    from cai_ray.detector.train import DetectorConfig
 
 
 def _daad_build(args: argparse.Namespace) -> int:
@@ -69,6 +73,80 @@ def _verify(args: argparse.Namespace) -> int:
         f"{len(report.problems)} problem(s)"
     )
     return 0 if report.ok else 1
+
+
+def _load_detector_config(path: str) -> DetectorConfig:
+    import yaml
+    from pydantic import ValidationError
+
+    from cai_ray.config import ConfigError
+    from cai_ray.detector.train import DetectorConfig
+
+    try:
+        return DetectorConfig.model_validate(yaml.safe_load(storage.read_bytes(path)))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"detector config not found: {path}") from exc
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"invalid detector config {path}:\n{exc}") from exc
+
+
+def _detector_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from cai_ray.detector.train import checkpoint_url, train_detector
+
+    config = _load_detector_config(args.config)
+    if args.workers:
+        from cai_ray.pipeline.detector import train_detector_on_ray
+
+        state = train_detector_on_ray(
+            config,
+            num_workers=args.workers,
+            use_gpu=args.gpu,
+            storage_options={"endpoint_url": args.s3_endpoint_url},
+        )
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        state = train_detector(
+            config,
+            device,
+            on_epoch=lambda s: print(
+                f"epoch {s['epoch']}/{config.epochs}: loss {s['losses'][-1]:.5f}"
+            ),
+        )
+    print(f"trained {state['epoch']} epochs, final loss {state['losses'][-1]:.5f}")
+    print(f"  checkpoint: {checkpoint_url(config)}")
+    return 0
+
+
+def _detector_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint, read_checkpoint
+    from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
+
+    state = read_checkpoint(args.checkpoint)
+    trained = state["config"]
+    split = load_target_split(load_target_spec(args.test), args.data_root)
+    images, masks, kept = load_test_set(split, trained["image_size"], trained["color"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    metrics, _ = evaluate_network(
+        network_from_checkpoint(state, device), images, masks, device=device
+    )
+    print(json.dumps({"epoch": state["epoch"], "test_images": len(kept), **metrics}, indent=2))
+    if split.skipped:
+        print(f"  skipped {len(split.skipped)} test image(s): first {split.skipped[0]}")
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from cai_ray.pipeline.benchmark import load_benchmark_config, run_benchmark
+
+    config = load_benchmark_config(args.config)
+    summary = run_benchmark(config)
+    print(summary["table"])
+    print(f"  report: {config.out}/results.md, results.csv, curves.png, bars_*.png, examples.png")
+    return 0
 
 
 def _global_options(*, top_level: bool) -> argparse.ArgumentParser:
@@ -142,6 +220,34 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("out", help="output folder of 'cai-ray synth'")
     verify.add_argument("--show", type=int, default=20, help="problems to print")
     verify.set_defaults(handler=_verify)
+
+    detector = commands.add_parser(
+        "detector", help="train and score the anomaly detector"
+    ).add_subparsers(dest="detector_command", required=True)
+    train = detector.add_parser(
+        "train", help="train (or resume) the detector on synthesis outputs", parents=late
+    )
+    train.add_argument("--config", required=True, help="YAML, e.g. configs/detector/demo.yaml")
+    train.add_argument(
+        "--workers", type=int, help="train with Ray Train on this many workers (default: here)"
+    )
+    train.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
+    train.set_defaults(handler=_detector_train)
+    evaluate = detector.add_parser(
+        "eval", help="score a checkpoint on a target's real test defects", parents=late
+    )
+    evaluate.add_argument("--checkpoint", required=True, help="last.pt of a training run")
+    evaluate.add_argument("--test", required=True, help="target spec YAML (configs/targets/)")
+    evaluate.add_argument("--data-root", required=True, help="folder the spec is relative to")
+    evaluate.set_defaults(handler=_detector_eval)
+
+    benchmark = commands.add_parser(
+        "benchmark",
+        help="synthesise with each synthesizer, train, score, and report",
+        parents=late,
+    )
+    benchmark.add_argument("--config", required=True, help="e.g. configs/benchmark/demo.yaml")
+    benchmark.set_defaults(handler=_benchmark)
     return parser
 
 

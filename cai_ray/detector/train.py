@@ -6,15 +6,20 @@ focal loss on every pixel. Same config and seed give the same weights, resumed o
 Resuming with more ``epochs`` extends the run (the schedule then follows the new count); any
 other change of config is refused.
 
-Samples are held in memory as float tensors (256x256 grey: 256 kB each, 4 GB per 16,000); a
-streaming loader for larger training sets comes with the Ray Train wrapper.
+Samples stream from the shards (local or s3://), never all in memory: each epoch visits the
+shards in an order drawn from (seed, epoch), data-parallel ranks take every ``world_size``-th
+shard, and a shuffle buffer mixes samples across shards. Memory is the buffer plus two shards
+read ahead.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -41,27 +46,94 @@ class DetectorConfig(BaseModel):
     base_width: int = Field(64, ge=1, description="DRAEM: 64.")
     levels: int = Field(6, ge=2, le=6, description="DRAEM: 6.")
     epochs: int = Field(50, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="Global batch, split evenly across workers.")
     learning_rate: float = Field(1e-4, gt=0)
+    shuffle_buffer: int = Field(1024, ge=1, description="Samples mixed across shards.")
     seed: int = Field(0, ge=0)
 
 
-def load_samples(outputs: list[str], size: int, mode: Literal["grey", "rgb"]) -> tuple:
-    """Every committed sample of the outputs as (images (N, C, S, S) float32 in [0, 1], masks
-    (N, S, S) int64), in shard and key order."""
-    images, masks = [], []
+@dataclass(frozen=True)
+class ShardRef:
+    url: str
+    samples: int
+
+
+def list_shards(outputs: list[str]) -> list[ShardRef]:
+    """Every committed shard of the outputs, with its sample count (from its entry)."""
+    shards = []
     for out in outputs:
         entries = committed_shards(out)
         if not entries:
             raise FileNotFoundError(f"no committed shards in {out}: run 'cai-ray synth' first")
         for index in sorted(entries):
-            for _, files in iter_tar(storage.read_bytes(storage.join(out, shard_name(index)))):
-                ext = "png" if "png" in files else "jpg"
-                image = resize(decode_image(files[ext], mode), size)
-                images.append(image if image.ndim == 3 else image[..., None])
-                masks.append(resize_mask(decode_mask(files["mask.png"]), size))
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-    return pixels, torch.from_numpy(np.stack(masks).astype(np.int64))
+            shards.append(ShardRef(storage.join(out, shard_name(index)), entries[index]["samples"]))
+    return shards
+
+
+def decode_sample(
+    files: dict[str, bytes], size: int, mode: Literal["grey", "rgb"]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One shard sample as the network takes it: image (C, S, S) float32 in [0, 1] and mask
+    (S, S) int64 in {0, 1}."""
+    ext = "png" if "png" in files else "jpg"
+    image = resize(decode_image(files[ext], mode), size)
+    image = image if image.ndim == 3 else image[..., None]
+    mask = resize_mask(decode_mask(files["mask.png"]), size)
+    return np.ascontiguousarray(image.transpose(2, 0, 1), np.float32) / 255, mask.astype(np.int64)
+
+
+def _read_ahead(urls: list[str], depth: int = 2) -> Iterator[bytes]:
+    """Shard bytes in order, the next ``depth`` read by background threads meanwhile."""
+    with ThreadPoolExecutor(max_workers=depth) as pool:
+        pending: deque[Future[bytes]] = deque()
+        remaining = iter(urls)
+        for url in remaining:
+            pending.append(pool.submit(storage.read_bytes, url))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def epoch_batches(
+    shards: list[ShardRef],
+    config: DetectorConfig,
+    epoch: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's batches of one epoch: ``batch_size // world_size`` samples each, and the
+    same number of batches on every rank (the smallest rank's share decides; the rest of an
+    epoch's samples wait for another epoch's shard order), so no data-parallel rank waits."""
+    local_batch = config.batch_size // world_size
+    if local_batch < 1:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than {world_size} workers")
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(shards))
+    shares = [sum(shards[i].samples for i in order[r::world_size]) for r in range(world_size)]
+    steps = min(shares) // local_batch
+    mine = [shards[i].url for i in order[rank::world_size]]
+    rng = np.random.default_rng([config.seed, epoch, rank])
+
+    def shuffled() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        buffer: list[tuple[np.ndarray, np.ndarray]] = []
+        for data in _read_ahead(mine):
+            for _, files in iter_tar(data):
+                sample = decode_sample(files, config.image_size, config.color)
+                if len(buffer) < config.shuffle_buffer:
+                    buffer.append(sample)
+                    continue
+                slot = int(rng.integers(len(buffer)))
+                yield buffer[slot]
+                buffer[slot] = sample
+        for slot in rng.permutation(len(buffer)):
+            yield buffer[slot]
+
+    samples = shuffled()
+    for _ in range(steps):
+        batch = [next(samples) for _ in range(local_batch)]
+        images = torch.from_numpy(np.stack([image for image, _ in batch]))
+        yield images, torch.from_numpy(np.stack([mask for _, mask in batch]))
 
 
 def checkpoint_url(config: DetectorConfig) -> str:
@@ -75,24 +147,23 @@ def train_detector(
     rank: int = 0,
     world_size: int = 1,
     prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda network: network,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train (or resume) and return the checkpoint dict: weights, optimiser, epoch, losses.
 
     Data-parallel use (the Ray Train wrapper): every rank runs this with its ``rank`` and
-    ``world_size`` and a ``prepare`` that wraps the network for gradient averaging (DDP). Each
-    global batch of ``batch_size`` is split across the ranks; a last batch smaller than
-    ``world_size`` is dropped so no rank waits alone. Rank 0 writes the checkpoints; all ranks
-    read one to resume, so ``checkpoint_dir`` must be shared (s3://, or one machine's disk).
-    Losses are rank 0's.
+    ``world_size`` and a ``prepare`` that wraps the network for gradient averaging (DDP); each
+    rank streams its own shards (:func:`epoch_batches`). Rank 0 writes the checkpoints; all
+    ranks read one to resume, so ``checkpoint_dir`` must be shared (s3://, or one machine's
+    disk). Losses are rank 0's. ``on_epoch`` gets the checkpoint dict after every epoch.
     """
     torch.manual_seed(config.seed)
-    images, masks = load_samples(config.data, config.image_size, config.color)
-    bare = DiscriminativeUNet(images.shape[1], 2, config.base_width, config.levels).to(device)
+    shards = list_shards(config.data)
+    channels = 3 if config.color == "rgb" else 1
+    bare = DiscriminativeUNet(channels, 2, config.base_width, config.levels).to(device)
     optimiser = torch.optim.Adam(bare.parameters(), lr=config.learning_rate)
     milestones = [int(config.epochs * 0.8), int(config.epochs * 0.9)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones, gamma=0.2)
-    order = torch.Generator().manual_seed(config.seed)
     state: dict = {"epoch": 0, "losses": [], "config": config.model_dump(mode="json")}
     url = checkpoint_url(config)
     if storage.exists(url):
@@ -104,25 +175,19 @@ def train_detector(
         bare.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
-        order.set_state(state["order"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resuming %s after epoch %d", url, state["epoch"])
     network = prepare(bare)
     for epoch in range(state["epoch"], config.epochs):
         network.train()
-        permutation = torch.randperm(len(images), generator=order)
         total, seen = 0.0, 0
-        for start in range(0, len(images), config.batch_size):
-            global_batch = permutation[start : start + config.batch_size]
-            if len(global_batch) < world_size:
-                continue
-            batch = global_batch[rank::world_size]
-            loss = focal_loss(network(images[batch].to(device)), masks[batch].to(device))
+        for images, masks in epoch_batches(shards, config, epoch, rank=rank, world_size=world_size):
+            loss = focal_loss(network(images.to(device)), masks.to(device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += loss.item() * len(batch)
-            seen += len(batch)
+            total += loss.item() * len(images)
+            seen += len(images)
         scheduler.step()
         state = {
             "epoch": epoch + 1,
@@ -131,7 +196,6 @@ def train_detector(
             "model": bare.state_dict(),
             "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "order": order.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
         if rank == 0:
@@ -140,5 +204,5 @@ def train_detector(
             storage.write_bytes_atomic(url, buffer.getvalue())
             log.info("epoch %d/%d: loss %.5f", epoch + 1, config.epochs, state["losses"][-1])
         if on_epoch is not None:
-            on_epoch(epoch + 1, state["losses"][-1])
+            on_epoch(state)
     return state

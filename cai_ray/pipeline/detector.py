@@ -22,7 +22,9 @@ def _worker_loop(settings: dict[str, Any]) -> None:
         rank=context.get_world_rank(),
         world_size=context.get_world_size(),
         prepare=ray.train.torch.prepare_model,
-        on_epoch=lambda epoch, loss: ray.train.report({"epoch": epoch, "loss": loss}),
+        on_epoch=lambda state: ray.train.report(
+            {"epoch": state["epoch"], "loss": state["losses"][-1]}
+        ),
     )
 
 

@@ -20,7 +20,7 @@ from cai_ray import __version__
 from cai_ray.config import DraemMethod, SynthConfig
 from cai_ray.core.foreground import make_foreground_extractor
 from cai_ray.daad.builders import INDEX_NAME, DaadSpec, build_daad
-from cai_ray.daad.shards import read_index
+from cai_ray.daad.shards import read_index, read_records_table
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.pipeline import layout
@@ -256,7 +256,9 @@ def _prepare_daad(config: SynthConfig) -> None:
     if daad.build is not None and not storage.exists(storage.join(daad.path, INDEX_NAME)):
         log.info("building DAAD %s from %s", daad.path, daad.build.spec)
         build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
-    domains = read_index(daad.path)["report"]["by_domain"]
+    index = read_index(daad.path)
+    read_records_table(daad.path, index)  # an old-format DAAD fails here, with what to do
+    domains = index["report"]["by_domain"]
     usable = set(domains) - set(daad.exclude_domains)
     if not usable:
         raise ValueError(

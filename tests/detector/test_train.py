@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cai_ray.detector.train import DetectorConfig, train_detector
+from cai_ray.detector.train import DetectorConfig, epoch_batches, list_shards, train_detector
 from cai_ray.pipeline.synth import run_synth
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -20,7 +20,12 @@ def synth_output(tmp_path_factory, demo_daad):
             "inputs": {"paths": [str(DEMO / "normal")], "limit": 4},
             "daad": {"path": demo_daad},
             "cai": {"quotas": {"large": 2, "medium": 1, "small": 1}},
-            "output": {"path": str(out), "include_normal": True, "preview_samples": 0},
+            "output": {
+                "path": str(out),
+                "include_normal": True,
+                "preview_samples": 0,
+                "targets_per_shard": 1,
+            },
             "resources": {"cpus_per_injection_actor": 0.5},
         }
     )
@@ -39,6 +44,38 @@ def _config(synth_output, checkpoints, epochs):
         batch_size=4,
         learning_rate=1e-2,
     )
+
+
+def _seen(shards, config, epoch, rank=0, world_size=1):
+    keys = []
+    for images, masks in epoch_batches(shards, config, epoch, rank=rank, world_size=world_size):
+        assert images.dtype == torch.float32 and images.shape[1:] == (1, 32, 32)
+        assert masks.shape == (len(images), 32, 32) and set(masks.unique().tolist()) <= {0, 1}
+        keys += [image.numpy().tobytes() for image in images]
+    return keys
+
+
+def test_streaming_visits_every_sample_once_per_epoch(synth_output, tmp_path):
+    shards = list_shards([synth_output])
+    total = sum(s.samples for s in shards)
+    assert len(shards) == 4 and total > 12
+    for buffer in (1, 3, 1024):
+        config = _config(synth_output, tmp_path, 1).model_copy(
+            update={"batch_size": 1, "shuffle_buffer": buffer}
+        )
+        first = _seen(shards, config, 0)
+        assert len(first) == total and len(set(first)) == total
+        assert _seen(shards, config, 0) == first  # a pure function of (seed, epoch)
+        assert _seen(shards, config, 1) != first and set(_seen(shards, config, 1)) == set(first)
+
+
+def test_data_parallel_ranks_stream_disjoint_shards_in_equal_steps(synth_output, tmp_path):
+    shards = list_shards([synth_output])
+    config = _config(synth_output, tmp_path, 1).model_copy(update={"batch_size": 2})
+    rank0, rank1 = (_seen(shards, config, 0, rank, 2) for rank in (0, 1))
+    assert len(rank0) == len(rank1) > 0 and not set(rank0) & set(rank1)
+    with pytest.raises(ValueError, match="smaller than 4 workers"):
+        next(epoch_batches(shards, config, 0, rank=0, world_size=4))
 
 
 def test_training_learns_and_resumes_to_the_same_weights(synth_output, tmp_path, monkeypatch):

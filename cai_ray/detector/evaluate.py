@@ -1,0 +1,62 @@
+"""Scoring a trained detector on a target's test set: anomaly maps from a checkpoint, then the
+metrics of :mod:`cai_ray.detector.metrics`."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from cai_ray.detector.metrics import evaluate
+from cai_ray.detector.model import DiscriminativeUNet, anomaly_map
+from cai_ray.io import storage
+
+
+def read_checkpoint(url: str) -> dict:
+    if not storage.exists(url):
+        raise FileNotFoundError(
+            f"checkpoint not found: {url} (train with 'cai-ray detector train')"
+        )
+    return dict(torch.load(io.BytesIO(storage.read_bytes(url)), weights_only=False))
+
+
+def network_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> DiscriminativeUNet:
+    config = state["config"]
+    channels = 3 if config["color"] == "rgb" else 1
+    network = DiscriminativeUNet(channels, 2, config["base_width"], config["levels"])
+    network.load_state_dict(state["model"])
+    return network.to(device).eval()
+
+
+@torch.no_grad()
+def predict_maps(
+    network: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Anomaly maps (N, S, S) float32 in [0, 1] for uint8 images (N, S, S[, 3])."""
+    was_training = network.training
+    network.eval()
+    maps = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        batch = batch[..., None] if batch.ndim == 3 else batch
+        tensor = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+        maps.append(anomaly_map(network(tensor.to(device).float() / 255)).cpu().numpy())
+    network.train(was_training)
+    return np.concatenate(maps).astype(np.float32)
+
+
+def evaluate_network(
+    network: torch.nn.Module,
+    images: np.ndarray,
+    masks: np.ndarray,
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, float], np.ndarray]:
+    """The benchmark's metrics on one test set, and the maps they were computed from."""
+    maps = predict_maps(network, images, device=device)
+    return evaluate(maps, masks), maps

@@ -1,0 +1,146 @@
+"""The benchmark command end to end on the bundled sample: two synthesizers, two seeds, a tiny
+detector; the report's numbers are checked against an independent 'cai-ray detector eval'."""
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+import yaml
+
+from cai_ray.cli import main
+from cai_ray.pipeline.benchmark import BenchmarkConfig, load_benchmark_config, run_benchmark
+from tests.conftest import DEMO
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_local")]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _MeanFeatures(torch.nn.Module):
+    def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = images.float()
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory, demo_daad):
+    tmp = tmp_path_factory.mktemp("benchmark")
+    weights = tmp / "inception.pt"
+    torch.jit.script(_MeanFeatures()).save(str(weights))
+    raw = yaml.safe_load((ROOT / "configs/benchmark/demo.yaml").read_text())
+    raw["out"] = str(tmp / "out")
+    raw["target"] = str(ROOT / raw["target"])
+    raw["data_root"] = str(DEMO)
+    raw["synth"]["daad"] = {"path": demo_daad}
+    raw["fid"] = {"weights": str(weights), "samples": 10}
+    config = BenchmarkConfig.model_validate(raw)
+    return config, run_benchmark(config)
+
+
+def test_the_shipped_benchmark_configs_load():
+    for path in sorted((ROOT / "configs/benchmark").glob("*.yaml")):
+        config = load_benchmark_config(path)
+        assert len(config.seeds) >= 2 and config.synthesizers
+
+
+def test_report_has_a_row_per_run_and_the_pictures(benchmark_run):
+    config, summary = benchmark_run
+    out = Path(config.out)
+    with (out / "results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["name"], r["seed"]) for r in rows] == [
+        ("cai-normal", "0"),
+        ("cutpaste", "0"),
+        ("cai-normal", "1"),
+        ("cutpaste", "1"),
+    ]
+    for row in rows:
+        for metric in ("pixel_auroc", "pixel_ap", "pro", "image_auroc"):
+            assert 0 <= float(row[f"best_{metric}"]) <= 1
+        assert float(row["best_pixel_ap"]) >= float(row["last_pixel_ap"])
+        assert float(row["fid"]) >= 0 and int(row["samples"]) > 0
+    assert rows[0]["best_pixel_ap"] != rows[2]["best_pixel_ap"]  # seeds differ
+    table = (out / "results.md").read_text()
+    assert "| cai-normal |" in table and "| cutpaste |" in table and "±" in table
+    assert [r["synthesizer"] for r in summary["rows"]] == ["cai-normal", "cutpaste"]
+    pictures = ["curves.png", "examples.png"] + [
+        f"bars_{m}.png" for m in ("pixel_auroc", "pixel_ap", "pro", "image_auroc")
+    ]
+    for name in pictures:
+        image = cv2.imread(str(out / name))
+        assert image is not None and min(image.shape[:2]) > 100, name
+
+
+def test_training_uses_only_the_training_normals(benchmark_run):
+    config, summary = benchmark_run
+    listed = (Path(config.out) / "train-normals.txt").read_text().split()
+    held_out = sorted((DEMO / "normal").glob("*.jpg"))[3::4]
+    assert len(listed) == 9 == summary["target"]["train"]
+    assert not {str(p.resolve()) for p in held_out} & set(listed)
+
+
+def test_reported_last_epoch_matches_an_independent_eval(benchmark_run, capsys):
+    config, _ = benchmark_run
+    run = Path(config.out, "runs", "cutpaste-s1")
+    result = json.loads((run / "result.json").read_text())
+    target = config.target
+    assert (
+        main(
+            [
+                "detector",
+                "eval",
+                "--checkpoint",
+                str(run / "last.pt"),
+                "--test",
+                target,
+                "--data-root",
+                config.data_root,
+            ]
+        )
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out.split("\n  skipped")[0])
+    assert printed["epoch"] == result["last"]["epoch"] == config.detector.epochs
+    for metric in ("pixel_auroc", "pixel_ap", "pro", "image_auroc"):
+        assert printed[metric] == pytest.approx(result["last"][metric], abs=1e-6)
+
+
+def test_a_rerun_reuses_every_finished_run(benchmark_run):
+    config, summary = benchmark_run
+    checkpoint = Path(config.out, "runs", "cai-normal-s0", "last.pt")
+    before = checkpoint.stat().st_mtime_ns
+    again = run_benchmark(config)
+    assert again["rows"] == summary["rows"]
+    assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_detector_train_command_and_a_missing_checkpoint(benchmark_run, tmp_path, capsys):
+    config, _ = benchmark_run
+    detector = {
+        "data": [str(Path(config.out, "synth", "cai-normal-s0"))],
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "image_size": 32,
+        "base_width": 4,
+        "levels": 3,
+        "epochs": 2,
+        "batch_size": 4,
+    }
+    (tmp_path / "detector.yaml").write_text(yaml.safe_dump(detector))
+    assert main(["detector", "train", "--config", str(tmp_path / "detector.yaml")]) == 0
+    assert "trained 2 epochs" in capsys.readouterr().out
+    assert (tmp_path / "ckpt" / "last.pt").is_file()
+    code = main(
+        [
+            "detector",
+            "eval",
+            "--checkpoint",
+            str(tmp_path / "absent.pt"),
+            "--test",
+            config.target,
+            "--data-root",
+            config.data_root,
+        ]
+    )
+    assert code == 2 and "checkpoint not found" in capsys.readouterr().err
