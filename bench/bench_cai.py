@@ -1,9 +1,10 @@
-"""Single-process CAI rate: samples/s per core at 256x256 with 4:3:3 quotas, magnetic-tile targets,
-DeepCrack sources, PNG encoding and tar packing included (the injection actor's own code), and the
-peak memory of that process. ``*_job_work_*`` adds reading and decoding the targets: all the work
-of the Ray job, done serially, the figure to compare the job's rate with.
+"""Single-process synthesis rate: samples/s per core at 256x256 with 4:3:3 quotas (10 a target
+for the baselines), magnetic-tile targets, DeepCrack sources (DRAEM: DeepCrack images as
+textures), PNG encoding and tar packing included (the injection actor's own code), and the peak
+memory of that process. ``*_job_work_*`` adds reading and decoding the targets: all the work of
+the Ray job, done serially, the figure to compare the job's rate with.
 
-    python bench/bench_cai.py [--targets 64]
+    python bench/bench_cai.py [--targets 64] [--baselines]
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ import json
 import time
 
 import numpy as np
-from common import TILES, peak_rss_mb, report, shared_daad
+from common import SHARED, TILES, peak_rss_mb, report, shared_daad
 
-from cai_ray.config import CAIMethod, DaadConfig
+from cai_ray.config import (
+    CAIMethod,
+    CutPasteMethod,
+    DaadConfig,
+    DraemMethod,
+    NSAMethod,
+    SynthesizerConfig,
+)
 from cai_ray.core.cai import CAIParams
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 
@@ -23,6 +31,7 @@ from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--targets", type=int, default=64)
+    parser.add_argument("--baselines", action="store_true", help="also time the baselines")
     args = parser.parse_args()
     daad = shared_daad()
     paths = sorted(TILES.glob("*.jpg"))[: args.targets]
@@ -34,11 +43,25 @@ def main() -> None:
     prepared = foreground.process_shard(targets)
     decode_s = time.perf_counter() - start
     figures: dict[str, float | int | str] = {"targets": len(targets)}
-    for blend in ("normal", "mixed"):
+    textures = sorted(str(p) for p in (SHARED / "deepcrack" / "train_img").glob("*.jpg"))
+    methods: list[tuple[str, SynthesizerConfig, CAIParams]] = [
+        ("cai_n", CAIMethod(), CAIParams(blend="normal")),
+        ("cai_m", CAIMethod(), CAIParams(blend="mixed")),
+    ]
+    if args.baselines:
+        methods += [
+            ("paste", CAIMethod(), CAIParams(blend="paste")),
+            ("cutpaste", CutPasteMethod(method="cutpaste"), CAIParams()),
+            ("cutpaste_scar", CutPasteMethod(method="cutpaste", variant="scar"), CAIParams()),
+            ("nsa", NSAMethod(method="nsa"), CAIParams()),
+            ("nsa_mixed", NSAMethod(method="nsa", blend="mixed"), CAIParams()),
+            ("draem", DraemMethod(method="draem", textures=textures), CAIParams()),
+        ]
+    for name, synthesizer, params in methods:
         stage = InjectionStage(
-            synthesizer=CAIMethod(),
+            synthesizer=synthesizer,
             daad=DaadConfig(path=daad, exclude_domains=["magnetic_tile", "crackforest"]),
-            cai=CAIParams(blend=blend),
+            cai=params,
             image_size=256,
             mode="grey",
             seed=0,
@@ -56,7 +79,6 @@ def main() -> None:
             timings.append(time.perf_counter() - start)
         samples = json.loads(out["entry"])["samples"]
         rate = samples / float(np.median(timings))
-        name = "cai_n" if blend == "normal" else "cai_m"
         figures[f"{name}_samples_per_s"] = rate
         figures[f"{name}_ms_per_sample"] = 1000 / rate
         # the whole job's work for these targets in one process: read, decode, resize,

@@ -159,6 +159,8 @@ def train_detector(
     """
     torch.manual_seed(config.seed)
     shards = list_shards(config.data)
+    if sum(shard.samples for shard in shards) < config.batch_size:
+        raise ValueError(f"{config.data} hold fewer samples than one batch ({config.batch_size})")
     channels = 3 if config.color == "rgb" else 1
     bare = DiscriminativeUNet(channels, 2, config.base_width, config.levels).to(device)
     optimiser = torch.optim.Adam(bare.parameters(), lr=config.learning_rate)

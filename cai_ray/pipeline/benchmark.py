@@ -21,9 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai_ray.config import ConfigError, SynthConfig
-from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint
+from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint, read_checkpoint
 from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
-from cai_ray.detector.train import DetectorConfig, train_detector
+from cai_ray.detector.train import DetectorConfig, checkpoint_url, train_detector
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode
 
@@ -183,6 +183,11 @@ def run_one(
         log.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in metrics.items()})
 
     detector = _detector_config(config, synth.output.path, run_dir, seed)
+    checkpoint = Path(checkpoint_url(detector))
+    if checkpoint.is_file():  # a crash between a checkpoint and its scoring: score it now
+        state = read_checkpoint(str(checkpoint))
+        if all(s["epoch"] != state["epoch"] for s in scored):
+            score(state)
     final = train_detector(detector, on_epoch=score)
     best = max(scored, key=lambda s: s["pixel_ap"])
     result = {
