@@ -144,3 +144,35 @@ def test_detector_train_command_and_a_missing_checkpoint(benchmark_run, tmp_path
         ]
     )
     assert code == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_a_crash_before_an_epoch_is_scored_is_made_good_on_resume(tmp_path, demo_daad, monkeypatch):
+    from cai_ray.pipeline import benchmark as module
+
+    raw = yaml.safe_load((ROOT / "configs/benchmark/demo.yaml").read_text())
+    raw |= {"out": str(tmp_path), "target": str(ROOT / raw["target"]), "data_root": str(DEMO)}
+    raw |= {
+        "seeds": [3],
+        "synthesizers": [{"name": "cutpaste", "settings": raw["synthesizers"][1]["settings"]}],
+    }
+    raw["synth"]["daad"] = {"path": demo_daad}
+    config = BenchmarkConfig.model_validate(raw)
+    real = module.evaluate_network
+    calls = []
+
+    def killed_at_the_second_scoring(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed after checkpoint 2, before scoring it")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "evaluate_network", killed_at_the_second_scoring)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(config)
+    run = tmp_path / "runs" / "cutpaste-s3"
+    assert [s["epoch"] for s in json.loads((run / "epochs.json").read_text())] == [1]
+    monkeypatch.undo()
+    summary = run_benchmark(config)
+    result = json.loads((run / "result.json").read_text())
+    assert [s["epoch"] for s in result["curve"]] == [1, 2]
+    assert summary["rows"][0]["seeds"] == 1
