@@ -93,13 +93,23 @@ def _save(figure: Any, path: Path) -> None:
 
 
 def _curves(plt: Any, results: list[dict], path: Path) -> None:
+    """One colour per synthesizer, one line style per seed."""
     figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(dict.fromkeys(run["name"] for run in results))
+    seeds = list(dict.fromkeys(run["seed"] for run in results))
     for run in results:
+        style = {
+            "color": f"C{names.index(run['name']) % 10}",
+            "linestyle": ("-", "--", ":", "-.")[seeds.index(run["seed"]) % 4],
+        }
         label = f"{run['name']} s{run['seed']}"
-        loss_axis.plot(range(1, len(run["losses"]) + 1), run["losses"], label=label)
-        ap_axis.plot([c["epoch"] for c in run["curve"]], [c["pixel_ap"] for c in run["curve"]])
+        loss_axis.plot(range(1, len(run["losses"]) + 1), run["losses"], label=label, **style)
+        epochs = [c["epoch"] for c in run["curve"]]
+        ap_axis.plot(epochs, [c["pixel_ap"] for c in run["curve"]], marker=".", **style)
     loss_axis.set(xlabel="epoch", ylabel="focal loss (training)", yscale="log")
     ap_axis.set(xlabel="epoch", ylabel="pixel AP (test)")
+    for axis in (loss_axis, ap_axis):
+        axis.locator_params(axis="x", integer=True)
     loss_axis.legend(fontsize=7, ncol=2)
     _save(figure, path)
     plt.close(figure)
