@@ -122,8 +122,9 @@ def _detector_train(args: argparse.Namespace) -> int:
 def _detector_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint, read_checkpoint
+    from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint
     from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
+    from cai_ray.detector.train import read_checkpoint
 
     state = read_checkpoint(args.checkpoint)
     trained = state["config"]

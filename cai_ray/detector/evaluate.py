@@ -3,22 +3,11 @@ metrics of :mod:`cai_ray.detector.metrics`."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 
 from cai_ray.detector.metrics import evaluate
 from cai_ray.detector.model import DiscriminativeUNet, anomaly_map
-from cai_ray.io import storage
-
-
-def read_checkpoint(url: str) -> dict:
-    if not storage.exists(url):
-        raise FileNotFoundError(
-            f"checkpoint not found: {url} (train with 'cai-ray detector train')"
-        )
-    return dict(torch.load(io.BytesIO(storage.read_bytes(url)), weights_only=False))
 
 
 def network_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> DiscriminativeUNet:

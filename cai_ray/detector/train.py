@@ -140,6 +140,16 @@ def checkpoint_url(config: DetectorConfig) -> str:
     return storage.join(config.checkpoint_dir, CHECKPOINT_NAME)
 
 
+def read_checkpoint(url: str) -> dict:
+    """A checkpoint dict, its tensors on the CPU whatever device wrote it."""
+    if not storage.exists(url):
+        raise FileNotFoundError(
+            f"checkpoint not found: {url} (train with 'cai-ray detector train')"
+        )
+    data = storage.read_bytes(url)
+    return dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
+
+
 def train_detector(
     config: DetectorConfig,
     device: str | torch.device = "cpu",
@@ -169,7 +179,7 @@ def train_detector(
     state: dict = {"epoch": 0, "losses": [], "config": config.model_dump(mode="json")}
     url = checkpoint_url(config)
     if storage.exists(url):
-        state = torch.load(io.BytesIO(storage.read_bytes(url)), weights_only=False)
+        state = read_checkpoint(url)
         if state["config"] != config.model_dump(mode="json") | {
             "epochs": state["config"]["epochs"]
         }:

@@ -5,8 +5,8 @@ it on the real test defects, and report (table, CSV, pictures).
 The protocol is the paper's (after DRAEM): the detector is trained from scratch on the
 synthesizer's pseudo-anomalies plus the normal images, scored every ``eval_every`` epochs, and
 the best epoch of the fixed budget is reported (by pixel AP), with the last epoch beside it.
-Everything is resumable: synthesis outputs and checkpoints are reused, finished runs are read
-back from their ``result.json``.
+Training runs in this process, on the GPU when there is one. Everything is resumable: synthesis
+outputs and checkpoints are reused, finished runs are read back from their ``result.json``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai_ray.config import ConfigError, SynthConfig
-from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint, read_checkpoint
+from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint
 from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
-from cai_ray.detector.train import DetectorConfig, checkpoint_url, train_detector
+from cai_ray.detector.train import DetectorConfig, checkpoint_url, read_checkpoint, train_detector
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode
 
@@ -168,12 +169,14 @@ def run_one(
     scored: list[dict] = json.loads(epochs_file.read_text()) if epochs_file.is_file() else []
     best_maps_file = run_dir / "examples.npy"
     test_images, test_masks = test
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def score(state: dict) -> None:
         epoch = state["epoch"]
         if epoch % config.detector.eval_every and epoch != config.detector.epochs:
             return
-        metrics, maps = evaluate_network(network_from_checkpoint(state), test_images, test_masks)
+        network = network_from_checkpoint(state, device)
+        metrics, maps = evaluate_network(network, test_images, test_masks, device=device)
         nonlocal scored
         scored = [s for s in scored if s["epoch"] < epoch]
         if all(metrics["pixel_ap"] > s["pixel_ap"] for s in scored):
@@ -188,7 +191,7 @@ def run_one(
         state = read_checkpoint(str(checkpoint))
         if all(s["epoch"] != state["epoch"] for s in scored):
             score(state)
-    final = train_detector(detector, on_epoch=score)
+    final = train_detector(detector, device, on_epoch=score)
     best = max(scored, key=lambda s: s["pixel_ap"])
     result = {
         "name": entry.name,

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-from cai_ray.detector.train import DetectorConfig, checkpoint_url, train_detector
+from cai_ray.detector.train import (
+    DetectorConfig,
+    checkpoint_url,
+    read_checkpoint,
+    train_detector,
+)
 from cai_ray.io import storage
 
 
@@ -36,7 +40,6 @@ def train_detector_on_ray(
     storage_options: dict[str, Any] | None = None,
 ) -> dict:
     """Train with Ray Train and return the final checkpoint dict (read back from storage)."""
-    import torch
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -51,5 +54,4 @@ def train_detector_on_ray(
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"detector training failed: {result.error}") from result.error
-    data = storage.read_bytes(checkpoint_url(config))
-    return dict(torch.load(io.BytesIO(data), weights_only=False))
+    return read_checkpoint(checkpoint_url(config))
