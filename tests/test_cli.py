@@ -1,4 +1,8 @@
 import json
+import subprocess
+import sys
+
+import pytest
 
 from cai_ray.cli import main
 from tests.conftest import DEMO, REPO
@@ -51,3 +55,26 @@ def test_missing_daad_is_a_clear_error(tmp_path, capsys):
     )
     assert main(["synth", "--config", str(config)]) == 2
     assert "not a DAAD" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("script", "command"),
+    [
+        ("synthesize.py", "synth"),
+        ("build_daad.py", "daad build"),
+        ("train_detector.py", "detector train"),
+        ("benchmark.py", "benchmark"),
+    ],
+)
+def test_job_scripts_run_their_subcommand(script, command, tmp_path):
+    """Each jobs/ script is the CLI subcommand it names, started by path as Ray jobs do."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"cai-ray {command}" in done.stdout
