@@ -122,7 +122,11 @@ def _detector_train(args: argparse.Namespace) -> int:
 def _detector_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint
+    from cai_ray.detector.evaluate import (
+        evaluate_by_defect,
+        evaluate_network,
+        network_from_checkpoint,
+    )
     from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
     from cai_ray.detector.train import read_checkpoint
 
@@ -131,10 +135,12 @@ def _detector_eval(args: argparse.Namespace) -> int:
     split = load_target_split(load_target_spec(args.test), args.data_root)
     images, masks, kept = load_test_set(split, trained["image_size"], trained["color"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics, _ = evaluate_network(
+    metrics, maps = evaluate_network(
         network_from_checkpoint(state, device), images, masks, device=device
     )
-    print(json.dumps({"epoch": state["epoch"], "test_images": len(kept), **metrics}, indent=2))
+    by_defect = evaluate_by_defect(maps, masks, [item.defect for item in kept])
+    report = {"epoch": state["epoch"], "test_images": len(kept), **metrics, "by_defect": by_defect}
+    print(json.dumps(report, indent=2))
     if split.skipped:
         print(f"  skipped {len(split.skipped)} test image(s): first {split.skipped[0]}")
     return 0

@@ -49,3 +49,17 @@ def evaluate_network(
     """The benchmark's metrics on one test set, and the maps they were computed from."""
     maps = predict_maps(network, images, device=device)
     return evaluate(maps, masks), maps
+
+
+def evaluate_by_defect(
+    maps: np.ndarray, masks: np.ndarray, defects: list[str], normal: str = "good"
+) -> dict[str, dict[str, float]]:
+    """The metrics per defect type, each on that type's images plus every normal test image:
+    shows which kinds of real defect a synthesizer teaches (pixel metrics over the whole test
+    set are dominated by the types with the largest defects)."""
+    kinds = np.array(defects)
+    normals = kinds == normal
+    return {
+        kind: evaluate(maps[normals | (kinds == kind)], masks[normals | (kinds == kind)])
+        for kind in sorted(set(defects) - {normal})
+    }
