@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.baselines.common import color_jitter, place_box, rotate_with_mask
-from cai_ray.core.synthesis import Donor, Failure, Patched, retry, sample_rng
+from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
 
 
 class CutPasteParams(BaseModel):
@@ -53,15 +53,14 @@ class CutPaste:
     ) -> list[Patched | Failure]:
         """Cut from the target itself: ``donors`` are not used."""
         p = self.params
-        return [
-            retry(
-                lambda rng: self._attempt(target, foreground, rng),
-                p.max_attempts,
-                sample_rng(seed, target_key, index),
-                p.min_mask_pixels,
-            )
-            for index in range(self.anomalies_per_target)
-        ]
+        return synthesize_each(
+            lambda rng: self._attempt(target, foreground, rng),
+            count=self.anomalies_per_target,
+            seed=seed,
+            target_key=target_key,
+            max_attempts=p.max_attempts,
+            min_mask_pixels=p.min_mask_pixels,
+        )
 
     def _cut_size(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int]:
         p = self.params

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai_ray.core.synthesis import Donor, Failure, Patched, retry, sample_rng
+from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
 
 
 class TextureLibrary(Protocol):
@@ -149,15 +149,14 @@ class Draem:
     ) -> list[Patched | Failure]:
         """Textures come from the texture library: ``donors`` are not used."""
         p = self.params
-        return [
-            retry(
-                lambda rng: self._attempt(target, foreground, rng),
-                p.max_attempts,
-                sample_rng(seed, target_key, index),
-                p.min_mask_pixels,
-            )
-            for index in range(self.anomalies_per_target)
-        ]
+        return synthesize_each(
+            lambda rng: self._attempt(target, foreground, rng),
+            count=self.anomalies_per_target,
+            seed=seed,
+            target_key=target_key,
+            max_attempts=p.max_attempts,
+            min_mask_pixels=p.min_mask_pixels,
+        )
 
     def _attempt(
         self, target: np.ndarray, foreground: np.ndarray, rng: np.random.Generator

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai_ray.baselines.common import place_box
 from cai_ray.core.labels import grey_difference
 from cai_ray.core.poisson import poisson_blend
-from cai_ray.core.synthesis import Donor, Failure, Patched, retry, sample_rng
+from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
 
 
 class NSAParams(BaseModel):
@@ -59,15 +59,14 @@ class NSA:
         if not donors:
             reason = "NSA needs another normal image in the same shard to take patches from"
             return [Failure(reason, 0)] * self.anomalies_per_target
-        return [
-            retry(
-                lambda rng: self._attempt(target, foreground, donors, rng),
-                p.max_attempts,
-                sample_rng(seed, target_key, index),
-                p.min_mask_pixels,
-            )
-            for index in range(self.anomalies_per_target)
-        ]
+        return synthesize_each(
+            lambda rng: self._attempt(target, foreground, donors, rng),
+            count=self.anomalies_per_target,
+            seed=seed,
+            target_key=target_key,
+            max_attempts=p.max_attempts,
+            min_mask_pixels=p.min_mask_pixels,
+        )
 
     def _side(self, length: int, rng: np.random.Generator) -> int:
         p = self.params

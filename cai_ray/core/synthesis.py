@@ -85,21 +85,35 @@ def sample_rng(seed: int, target_key: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *words, index]))
 
 
-def retry(
-    make: Callable[[np.random.Generator], Patched | str],
+def synthesize_each(
+    attempt: Callable[[np.random.Generator], Patched | str],
+    *,
+    count: int,
+    seed: int,
+    target_key: str,
     max_attempts: int,
-    rng: np.random.Generator,
     min_mask_pixels: int,
-) -> Patched | Failure:
-    """Call ``make(rng)`` until it gives a :class:`Patched` whose mask has at least
-    ``min_mask_pixels`` pixels (a string result names why an attempt failed)."""
-    reason = "unknown"
-    for attempt in range(1, max_attempts + 1):
-        outcome = make(rng)
-        if isinstance(outcome, str):
-            reason = outcome
-        elif np.count_nonzero(outcome.mask) < min_mask_pixels:
-            reason = "label mask below min_mask_pixels"
+) -> list[Patched | Failure]:
+    """``count`` samples of one target, sample ``k`` drawn with :func:`sample_rng` ``(seed,
+    target_key, k)``: ``attempt(rng)`` is retried until it gives a :class:`Patched` whose mask
+    has at least ``min_mask_pixels`` pixels (a string result names why an attempt failed)."""
+    results: list[Patched | Failure] = []
+    for index in range(count):
+        rng = sample_rng(seed, target_key, index)
+        reason = "unknown"
+        for number in range(1, max_attempts + 1):
+            outcome = attempt(rng)
+            if isinstance(outcome, str):
+                reason = outcome
+            elif np.count_nonzero(outcome.mask) < min_mask_pixels:
+                reason = "label mask below min_mask_pixels"
+            else:
+                results.append(
+                    Patched(outcome.image, outcome.mask, outcome.method, number, outcome.info)
+                )
+                break
         else:
-            return Patched(outcome.image, outcome.mask, outcome.method, attempt, outcome.info)
-    return Failure(f"gave up after {max_attempts} attempts: {reason}", max_attempts)
+            results.append(
+                Failure(f"gave up after {max_attempts} attempts: {reason}", max_attempts)
+            )
+    return results
