@@ -6,20 +6,15 @@ focal loss on every pixel. Same config and seed give the same weights, resumed o
 Resuming with more ``epochs`` extends the run (the schedule then follows the new count); any
 other change of config is refused.
 
-Samples stream from the shards (local or s3://), never all in memory: each epoch visits the
-shards in an order drawn from (seed, epoch), data-parallel ranks take every ``world_size``-th
-shard, and a shuffle buffer mixes samples across shards. Memory is the buffer plus two shards
-read ahead.
+Samples stream from the shards (local or s3://), never all in memory
+(:mod:`cai_ray.io.stream`): memory is the shuffle buffer plus two shards read ahead.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -27,10 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.detector.model import DiscriminativeUNet, focal_loss
-from cai_ray.io import storage
+from cai_ray.io import storage, stream
 from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
-from cai_ray.io.tar import iter_tar
-from cai_ray.pipeline.layout import committed_shards, shard_name
+from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +44,9 @@ class DetectorConfig(BaseModel):
     learning_rate: float = Field(1e-4, gt=0)
     shuffle_buffer: int = Field(1024, ge=1, description="Samples mixed across shards.")
     seed: int = Field(0, ge=0)
-
-
-@dataclass(frozen=True)
-class ShardRef:
-    url: str
-    samples: int
-
-
-def list_shards(outputs: list[str]) -> list[ShardRef]:
-    """Every committed shard of the outputs, with its sample count (from its entry)."""
-    shards = []
-    for out in outputs:
-        entries = committed_shards(out)
-        if not entries:
-            raise FileNotFoundError(f"no committed shards in {out}: run 'cai-ray synth' first")
-        for index in sorted(entries):
-            shards.append(ShardRef(storage.join(out, shard_name(index)), entries[index]["samples"]))
-    return shards
+    decode_workers: int = Field(
+        4, ge=1, description="Threads decoding images; a GPU outruns one. No effect on results."
+    )
 
 
 def decode_sample(
@@ -82,19 +61,6 @@ def decode_sample(
     return np.ascontiguousarray(image.transpose(2, 0, 1), np.float32) / 255, mask.astype(np.int64)
 
 
-def _read_ahead(urls: list[str], depth: int = 2) -> Iterator[bytes]:
-    """Shard bytes in order, the next ``depth`` read by background threads meanwhile."""
-    with ThreadPoolExecutor(max_workers=depth) as pool:
-        pending: deque[Future[bytes]] = deque()
-        remaining = iter(urls)
-        for url in remaining:
-            pending.append(pool.submit(storage.read_bytes, url))
-            if len(pending) > depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def epoch_batches(
     shards: list[ShardRef],
     config: DetectorConfig,
@@ -103,37 +69,19 @@ def epoch_batches(
     rank: int = 0,
     world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's batches of one epoch: ``batch_size // world_size`` samples each, and the
-    same number of batches on every rank (the smallest rank's share decides; the rest of an
-    epoch's samples wait for another epoch's shard order), so no data-parallel rank waits."""
-    local_batch = config.batch_size // world_size
-    if local_batch < 1:
-        raise ValueError(f"batch_size {config.batch_size} is smaller than {world_size} workers")
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(shards))
-    shares = [sum(shards[i].samples for i in order[r::world_size]) for r in range(world_size)]
-    steps = min(shares) // local_batch
-    mine = [shards[i].url for i in order[rank::world_size]]
-    rng = np.random.default_rng([config.seed, epoch, rank])
+    """This rank's (images, masks) batches of one epoch, streamed by
+    :func:`cai_ray.io.stream.epoch_batches`."""
 
-    def shuffled() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        buffer: list[tuple[np.ndarray, np.ndarray]] = []
-        for data in _read_ahead(mine):
-            for _, files in iter_tar(data):
-                sample = decode_sample(files, config.image_size, config.color)
-                if len(buffer) < config.shuffle_buffer:
-                    buffer.append(sample)
-                    continue
-                slot = int(rng.integers(len(buffer)))
-                yield buffer[slot]
-                buffer[slot] = sample
-        for slot in rng.permutation(len(buffer)):
-            yield buffer[slot]
+    def decode(files: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
+        return decode_sample(files, config.image_size, config.color)
 
-    samples = shuffled()
-    for _ in range(steps):
-        batch = [next(samples) for _ in range(local_batch)]
-        images = torch.from_numpy(np.stack([image for image, _ in batch]))
-        yield images, torch.from_numpy(np.stack([mask for _, mask in batch]))
+    settings = StreamSettings(
+        config.batch_size, config.shuffle_buffer, config.seed, config.decode_workers
+    )
+    for images, masks in stream.epoch_batches(
+        shards, decode, settings, epoch, rank=rank, world_size=world_size
+    ):
+        yield torch.from_numpy(images), torch.from_numpy(masks)
 
 
 def checkpoint_url(config: DetectorConfig) -> str:
@@ -148,6 +96,12 @@ def read_checkpoint(url: str) -> dict:
         )
     data = storage.read_bytes(url)
     return dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
+
+
+def _settings_that_shape_weights(config: dict) -> dict:
+    """The config a resume must match: all of it but the epoch count (a resume may extend
+    the run) and the decode threads (which change no result)."""
+    return {k: v for k, v in config.items() if k not in ("epochs", "decode_workers")}
 
 
 def train_detector(
@@ -180,9 +134,9 @@ def train_detector(
     url = checkpoint_url(config)
     if storage.exists(url):
         state = read_checkpoint(url)
-        if state["config"] != config.model_dump(mode="json") | {
-            "epochs": state["config"]["epochs"]
-        }:
+        if _settings_that_shape_weights(state["config"]) != _settings_that_shape_weights(
+            config.model_dump(mode="json")
+        ):
             raise ValueError(f"{url} was trained with another config; use another checkpoint_dir")
         bare.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])

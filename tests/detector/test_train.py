@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from cai_ray.detector.train import DetectorConfig, epoch_batches, list_shards, train_detector
+from cai_ray.detector.train import DetectorConfig, epoch_batches, train_detector
+from cai_ray.io.stream import list_shards
 from cai_ray.pipeline.synth import run_synth
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -67,6 +68,13 @@ def test_streaming_visits_every_sample_once_per_epoch(synth_output, tmp_path):
         assert len(first) == total and len(set(first)) == total
         assert _seen(shards, config, 0) == first  # a pure function of (seed, epoch)
         assert _seen(shards, config, 1) != first and set(_seen(shards, config, 1)) == set(first)
+
+
+def test_decode_threads_change_no_batch(synth_output, tmp_path):
+    shards = list_shards([synth_output])
+    config = _config(synth_output, tmp_path, 1).model_copy(update={"shuffle_buffer": 5})
+    one = _seen(shards, config.model_copy(update={"decode_workers": 1}), 0)
+    assert one == _seen(shards, config.model_copy(update={"decode_workers": 3}), 0)
 
 
 def test_data_parallel_ranks_stream_disjoint_shards_in_equal_steps(synth_output, tmp_path):

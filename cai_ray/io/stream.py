@@ -1,0 +1,121 @@
+"""Streaming the samples of synthesis outputs to a training loop (the detector, the CDM).
+
+Samples are never all in memory: each epoch visits the shards in an order drawn from (seed,
+epoch), data-parallel ranks take every ``world_size``-th shard, and a shuffle buffer mixes
+samples across shards. Shards are read two ahead and samples decoded by a thread pool, in
+order, so the batches are a pure function of (seed, epoch, rank) whatever the thread count.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from cai_ray.io import storage
+from cai_ray.io.tar import iter_tar
+from cai_ray.pipeline.layout import committed_shards, shard_name
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+Decoded = tuple[np.ndarray, ...]
+"""One sample as a loop takes it: a tuple of arrays, stacked field by field into a batch."""
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    url: str
+    samples: int
+    """How many of its samples the loop uses (the decoder keeps exactly these)."""
+
+
+def list_shards(outputs: list[str], usable: Callable[[dict], int] | None = None) -> list[ShardRef]:
+    """Every committed shard of the outputs with the number of samples a loop will use, read
+    from its entry by ``usable`` (default: all of them)."""
+    shards = []
+    for out in outputs:
+        entries = committed_shards(out)
+        if not entries:
+            raise FileNotFoundError(f"no committed shards in {out}: run 'cai-ray synth' first")
+        for index in sorted(entries):
+            count = usable(entries[index]) if usable else entries[index]["samples"]
+            shards.append(ShardRef(storage.join(out, shard_name(index)), count))
+    return shards
+
+
+def ordered_map(
+    function: Callable[[In], Out], items: Iterable[In], workers: int, depth: int
+) -> Iterator[Out]:
+    """``map(function, items)`` in order, at most ``depth`` results computed ahead by
+    ``workers`` threads: bounded memory, and the same order whatever the thread count.
+    Threads suffice: reading and decoding images release the GIL."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[Out]] = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    batch_size: int
+    """Global batch, split evenly across ranks."""
+    shuffle_buffer: int
+    seed: int
+    decode_workers: int
+
+
+def epoch_batches(
+    shards: list[ShardRef],
+    decode: Callable[[dict[str, bytes]], Decoded | None],
+    settings: StreamSettings,
+    epoch: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Decoded]:
+    """This rank's batches of one epoch: ``batch_size // world_size`` samples each, and the
+    same number of batches on every rank (the smallest rank's share decides; the rest of an
+    epoch's samples wait for another epoch's shard order), so no data-parallel rank waits.
+
+    ``decode`` turns a sample's files into arrays, or ``None`` for a sample the loop does not
+    use; each shard must hold exactly ``ShardRef.samples`` usable ones.
+    """
+    local_batch = settings.batch_size // world_size
+    if local_batch < 1:
+        raise ValueError(f"batch_size {settings.batch_size} is smaller than {world_size} workers")
+    order = np.random.default_rng([settings.seed, epoch]).permutation(len(shards))
+    shares = [sum(shards[i].samples for i in order[r::world_size]) for r in range(world_size)]
+    steps = min(shares) // local_batch
+    mine = [shards[i].url for i in order[rank::world_size]]
+    rng = np.random.default_rng([settings.seed, epoch, rank])
+
+    def shuffled() -> Iterator[Decoded]:
+        buffer: list[Decoded] = []
+        shard_bytes = ordered_map(storage.read_bytes, mine, workers=2, depth=2)
+        encoded = (files for data in shard_bytes for _, files in iter_tar(data))
+        workers = settings.decode_workers
+        for sample in ordered_map(decode, encoded, workers=workers, depth=4 * workers):
+            if sample is None:
+                continue
+            if len(buffer) < settings.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            slot = int(rng.integers(len(buffer)))
+            yield buffer[slot]
+            buffer[slot] = sample
+        for slot in rng.permutation(len(buffer)):
+            yield buffer[slot]
+
+    samples = shuffled()
+    for _ in range(steps):
+        batch = [next(samples) for _ in range(local_batch)]
+        yield tuple(np.stack(field) for field in zip(*batch, strict=True))
