@@ -6,14 +6,16 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from cai_ray.io import storage
 from cai_ray.pipeline.layout import OutputMismatchError
 
-if TYPE_CHECKING:  # torch is imported only by the commands that need it
-    from cai_ray.detector.train import DetectorConfig
+# torch is imported only by the commands that need it
+Config = TypeVar("Config", bound=BaseModel)
 
 
 def _daad_build(args: argparse.Namespace) -> int:
@@ -47,6 +49,8 @@ def _synth(args: argparse.Namespace) -> int:
     config = load_config(args.config, out=args.out)
     if config.storage.endpoint_url is None:
         config.storage.endpoint_url = args.s3_endpoint_url
+    if args.local:
+        config.resources.executor = "local"
     manifest = run_synth(config, show_progress=not args.no_progress)
     out = config.output.path
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shard(s) -> {out}")
@@ -75,47 +79,66 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _load_detector_config(path: str) -> DetectorConfig:
+def _load_training_config(path: str, model: type[Config], what: str) -> Config:
     import yaml
     from pydantic import ValidationError
 
     from cai_ray.config import ConfigError
-    from cai_ray.detector.train import DetectorConfig
 
     try:
-        return DetectorConfig.model_validate(yaml.safe_load(storage.read_bytes(path)))
+        return model.model_validate(yaml.safe_load(storage.read_bytes(path)))
     except FileNotFoundError as exc:
-        raise ConfigError(f"detector config not found: {path}") from exc
+        raise ConfigError(f"{what} config not found: {path}") from exc
     except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"invalid detector config {path}:\n{exc}") from exc
+        raise ConfigError(f"invalid {what} config {path}:\n{exc}") from exc
 
 
-def _detector_train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, loop: Callable[..., dict], config: BaseModel) -> dict:
+    """Run a training loop here (on the GPU if any) or, with --workers, on Ray Train; return
+    the final state (read back from the checkpoint after Ray Train)."""
     import torch
 
-    from cai_ray.detector.train import checkpoint_url, train_detector
-
-    config = _load_detector_config(args.config)
     if args.workers:
-        from cai_ray.pipeline.detector import train_detector_on_ray
+        from cai_ray.pipeline.training import train_on_ray
 
-        state = train_detector_on_ray(
+        train_on_ray(
+            loop,
             config,
             num_workers=args.workers,
             use_gpu=args.gpu,
             storage_options={"endpoint_url": args.s3_endpoint_url},
         )
-    else:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        state = train_detector(
-            config,
-            device,
-            on_epoch=lambda s: print(
-                f"epoch {s['epoch']}/{config.epochs}: loss {s['losses'][-1]:.5f}"
-            ),
-        )
+        return {}
+    epochs = config.model_dump()["epochs"]
+    return loop(
+        config,
+        "cuda" if torch.cuda.is_available() else "cpu",
+        on_epoch=lambda s: print(f"epoch {s['epoch']}/{epochs}: loss {s['losses'][-1]:.5f}"),
+    )
+
+
+def _detector_train(args: argparse.Namespace) -> int:
+    from cai_ray.detector.train import (
+        DetectorConfig,
+        checkpoint_url,
+        read_checkpoint,
+        train_detector,
+    )
+
+    config = _load_training_config(args.config, DetectorConfig, "detector")
+    state = _train(args, train_detector, config) or read_checkpoint(checkpoint_url(config))
     print(f"trained {state['epoch']} epochs, final loss {state['losses'][-1]:.5f}")
     print(f"  checkpoint: {checkpoint_url(config)}")
+    return 0
+
+
+def _cdm_train(args: argparse.Namespace) -> int:
+    from cai_ray.cdm.train import CDMConfig, read_state, train_cdm
+
+    config = _load_training_config(args.config, CDMConfig, "CDM")
+    state = _train(args, train_cdm, config) or read_state(config.checkpoint_dir) or {}
+    print(f"trained {state['epoch']} epochs, final loss {state['losses'][-1]:.5f}")
+    print(f"  model (diffusers format): {config.checkpoint_dir}/unet")
     return 0
 
 
@@ -178,6 +201,13 @@ def _copy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_scaling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers", type=int, help="train with Ray Train on this many workers (default: here)"
+    )
+    parser.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cai-ray", description=__doc__, parents=[_global_options(top_level=True)]
@@ -212,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--no-progress", action="store_true", help="no progress bar or progress lines"
     )
+    synth.add_argument(
+        "--local",
+        action="store_true",
+        help="run the stages in this process, without Ray (resources.executor: local)",
+    )
     synth.set_defaults(handler=_synth)
 
     copy = commands.add_parser(
@@ -235,10 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train (or resume) the detector on synthesis outputs", parents=late
     )
     train.add_argument("--config", required=True, help="YAML, e.g. configs/detector/demo.yaml")
-    train.add_argument(
-        "--workers", type=int, help="train with Ray Train on this many workers (default: here)"
-    )
-    train.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
+    _add_scaling_options(train)
     train.set_defaults(handler=_detector_train)
     evaluate = detector.add_parser(
         "eval", help="score a checkpoint on a target's real test defects", parents=late
@@ -247,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--test", required=True, help="target spec YAML (configs/targets/)")
     evaluate.add_argument("--data-root", required=True, help="folder the spec is relative to")
     evaluate.set_defaults(handler=_detector_eval)
+
+    cdm = commands.add_parser(
+        "cdm", help="the CAI-guided diffusion model (sample it with a synth job, method: cdm)"
+    ).add_subparsers(dest="cdm_command", required=True)
+    cdm_train = cdm.add_parser(
+        "train", help="train (or resume) the CDM on CAI synthesis outputs", parents=late
+    )
+    cdm_train.add_argument("--config", required=True, help="YAML, e.g. configs/cdm/demo.yaml")
+    _add_scaling_options(cdm_train)
+    cdm_train.set_defaults(handler=_cdm_train)
 
     benchmark = commands.add_parser(
         "benchmark",

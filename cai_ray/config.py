@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cai_ray.baselines.cutpaste import CutPasteParams
 from cai_ray.baselines.draem import DraemParams
 from cai_ray.baselines.nsa import NSAParams
+from cai_ray.cdm.masks import AffineParams
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod
 from cai_ray.daad.classes import AnomalyClass
@@ -75,11 +76,23 @@ class OutputConfig(_Section):
 
 
 class ResourcesConfig(_Section):
+    executor: Literal["ray", "local"] = Field(
+        "ray",
+        description="'local' runs the same stages shard by shard in this process, without Ray "
+        "(a single GPU box, debugging); the shards are the same bytes either way.",
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None: all.")
     injection_actors: int | None = Field(None, ge=1, description="None: one per CPU.")
     cpus_per_injection_actor: float = Field(0.75, gt=0)
     foreground_actors: int | None = Field(None, ge=1, description="None: one per 8 CPUs.")
     cpus_per_foreground_actor: float = Field(0.25, gt=0)
+    gpus_per_injection_actor: float = Field(
+        0,
+        ge=0,
+        le=1,
+        description="GPUs each injection actor takes (the CDM's sampling); with GPUs, "
+        "injection_actors defaults to as many actors as the GPUs hold.",
+    )
     autoscaling: bool = Field(
         False,
         description="The cluster adds nodes on demand (KubeRay, 'ray up'): take the actor "
@@ -115,8 +128,33 @@ class DraemMethod(DraemParams):
     )
 
 
+class CDMMethod(_Section):
+    """A trained CAI-guided diffusion model (:mod:`cai_ray.cdm`). Its masks follow CAI's rules,
+    set in the ``cai`` section (quotas, stm, ils, mask_kernel), from the DAAD's masks."""
+
+    method: Literal["cdm"]
+    checkpoint: str = Field(description="A folder written by 'cai-ray cdm train' (or s3://).")
+    classes: list[AnomalyClass] | None = Field(
+        None,
+        description="Classes to generate (the paper's CDM-5 is a subset); None: every class the "
+        "model learnt. Each needs DAAD masks of its class.",
+    )
+    scheduler: Literal["ddim", "dpm"] = Field("ddim", description="DDIM or DPM-Solver++.")
+    steps: int = Field(50, ge=1, description="Denoising steps per sample.")
+    batch_size: int = Field(32, ge=1, description="Samples per network batch.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU if any.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU.")
+    label: Literal["condition", "difference"] = Field(
+        "condition",
+        description="Label mask: the conditioning mask, or the pixels in it that changed "
+        "(grey difference > cai.diff_threshold, median filtered).",
+    )
+    affine: AffineParams = AffineParams()
+
+
 SynthesizerConfig = Annotated[
-    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod, Field(discriminator="method")
+    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod,
+    Field(discriminator="method"),
 ]
 
 
@@ -155,13 +193,16 @@ class SynthConfig(_Section):
 
     @model_validator(mode="after")
     def _cai_has_sources(self) -> SynthConfig:
-        if isinstance(self.synthesizer, CAIMethod) and self.daad is None:
-            raise ValueError("synthesizer 'cai' needs a 'daad' section (its source patterns)")
+        if isinstance(self.synthesizer, CAIMethod | CDMMethod) and self.daad is None:
+            raise ValueError(
+                f"synthesizer {self.synthesizer.method!r} needs a 'daad' section (its source "
+                "patterns or masks)"
+            )
         return self
 
     @property
     def anomalies_per_target(self) -> int:
-        if isinstance(self.synthesizer, CAIMethod):
+        if isinstance(self.synthesizer, CAIMethod | CDMMethod):
             return self.cai.quotas.total
         return self.synthesizer.anomalies_per_target
 

@@ -11,7 +11,14 @@ import torch
 import yaml
 
 from cai_ray.cli import main
-from cai_ray.pipeline.benchmark import BenchmarkConfig, load_benchmark_config, run_benchmark
+from cai_ray.config import ConfigError
+from cai_ray.pipeline.benchmark import (
+    BenchmarkConfig,
+    SynthesizerEntry,
+    _check_given_output,
+    load_benchmark_config,
+    run_benchmark,
+)
 from tests.conftest import DEMO
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_local")]
@@ -176,3 +183,38 @@ def test_a_crash_before_an_epoch_is_scored_is_made_good_on_resume(tmp_path, demo
     result = json.loads((run / "result.json").read_text())
     assert [s["epoch"] for s in result["curve"]] == [1, 2]
     assert summary["rows"][0]["seeds"] == 1
+
+
+def test_a_ready_made_output_trains_like_the_run_that_made_it(benchmark_run, tmp_path):
+    """'data:' rows (e.g. CDM samples made on a GPU elsewhere) train on that output as is."""
+    config, summary = benchmark_run
+    made = str(Path(config.out, "synth", "cai-normal-s{seed}"))
+    given = config.model_copy(
+        update={
+            "out": str(tmp_path / "given"),
+            "synthesizers": [SynthesizerEntry(name="given", data=made)],
+            "fid": None,
+        }
+    )
+    rows = run_benchmark(given)["rows"]
+    original = next(r for r in summary["rows"] if r["synthesizer"] == "cai-normal")
+    assert rows[0]["synthesizer"] == "given"
+    for metric in ("pixel_ap", "pro"):  # same data, seed and settings: the same detector
+        assert rows[0][metric] == pytest.approx(original[metric])
+
+
+def test_a_ready_made_output_is_checked_for_seed_and_leakage(benchmark_run, tmp_path):
+    config, _ = benchmark_run
+    made = str(Path(config.out, "synth", "cai-normal-s0"))
+    inputs = Path(config.out, "train-normals.txt")
+    assert _check_given_output(made, 0, str(inputs))["complete"]
+    with pytest.raises(ConfigError, match="seed 0, not 1"):
+        _check_given_output(made, 1, str(inputs))
+    fewer = tmp_path / "train.txt"
+    fewer.write_text("\n".join(inputs.read_text().split()[1:]))
+    with pytest.raises(ConfigError, match="not this benchmark's training normals"):
+        _check_given_output(made, 0, str(fewer))
+    with pytest.raises(ConfigError, match="no manifest"):
+        _check_given_output(str(tmp_path), 0, str(inputs))
+    with pytest.raises(ValueError, match="not both"):
+        SynthesizerEntry(name="x", data=made, settings={"cai": {}})

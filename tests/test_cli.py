@@ -63,6 +63,7 @@ def test_missing_daad_is_a_clear_error(tmp_path, capsys):
         ("synthesize.py", "synth"),
         ("build_daad.py", "daad build"),
         ("train_detector.py", "detector train"),
+        ("train_cdm.py", "cdm train"),
         ("benchmark.py", "benchmark"),
     ],
 )

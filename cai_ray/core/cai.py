@@ -151,6 +151,52 @@ class Injection:
         }
 
 
+def synthesis_factor(
+    scale: Scale, fg_longest: int, pattern_longest: int, rng: np.random.Generator
+) -> float:
+    """Source-target matching: the resize factor that gives a pattern the drawn synthesis
+    scale s ~ U(range of ``scale``), i.e. s / STR."""
+    low, high = SYNTHESIS_RANGES[scale]
+    return float(rng.uniform(low, high)) * fg_longest / pattern_longest
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A pattern crop resized and positioned on the target (injection location selection)."""
+
+    factor: float
+    size: tuple[int, int]
+    """(width, height) of the resized crop."""
+    mask: np.ndarray
+    """The resized crop's mask, uint8 0..255 (interpolated: threshold at 127)."""
+    box: BBox
+    """The pattern's box inside the resized crop."""
+    corner: tuple[int, int]
+    """Where the box's top-left corner lands on the target."""
+
+
+def place_pattern(
+    mask: np.ndarray, box: BBox, factor: float, allowed: np.ndarray, rng: np.random.Generator
+) -> Placement | str:
+    """Resize a pattern's crop mask by ``factor`` (capped so the pattern fits the image) and
+    choose where its box goes, entirely inside ``allowed`` and the image; a string says why
+    it could not be placed."""
+    img_h, img_w = allowed.shape
+    y0, x0, y1, x1 = box
+    factor = min(factor, img_h / (y1 - y0), img_w / (x1 - x0))
+    crop_h, crop_w = mask.shape
+    size = (max(1, round(crop_w * factor)), max(1, round(crop_h * factor)))
+    resized = cv2.resize(mask.astype(np.uint8) * 255, size, interpolation=cv2.INTER_LINEAR)
+    resized_box = mask_bbox(resized > 127)
+    if resized_box is None:
+        return "pattern vanished when resized"
+    by0, bx0, by1, bx1 = resized_box
+    corner = choose_location(allowed, by1 - by0, bx1 - bx0, rng)
+    if corner is None:
+        return "no location fits the pattern on the foreground"
+    return Placement(factor, size, resized, resized_box, corner)
+
+
 def _slices(y0: int, x0: int, y1: int, x1: int) -> tuple[slice, slice]:
     return slice(y0, y1), slice(x0, x1)
 
@@ -270,24 +316,15 @@ class CAIInjector:
             factor = 1.0
         else:
             pattern = self.patterns[int(eligible[rng.integers(eligible.size)])]
-            low, high = SYNTHESIS_RANGES[scale]
-            factor = rng.uniform(low, high) * fg_longest / pattern.longest_side
-        y0, x0, y1, x1 = pattern.box
-        factor = min(factor, img_h / (y1 - y0), img_w / (x1 - x0))
-
-        crop_h, crop_w = pattern.mask.shape
-        size = (max(1, round(crop_w * factor)), max(1, round(crop_h * factor)))
-        interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-        image = cv2.resize(pattern.image, size, interpolation=interp)
-        mask = cv2.resize(pattern.mask.astype(np.uint8) * 255, size, interpolation=cv2.INTER_LINEAR)
-        box = mask_bbox(mask > 127)
-        if box is None:
-            return "pattern vanished when resized"
-        by0, bx0, by1, bx1 = box
+            factor = synthesis_factor(scale, fg_longest, pattern.longest_side, rng)
         allowed = foreground if params.ils else np.ones_like(foreground)
-        corner = choose_location(allowed, by1 - by0, bx1 - bx0, rng)
-        if corner is None:
-            return "no location fits the pattern on the foreground"
+        placement = place_pattern(pattern.mask, pattern.box, factor, allowed, rng)
+        if isinstance(placement, str):
+            return placement
+        size, corner, mask = placement.size, placement.corner, placement.mask
+        by0, bx0, by1, bx1 = placement.box
+        interp = cv2.INTER_AREA if placement.factor < 1 else cv2.INTER_LINEAR
+        image = cv2.resize(pattern.image, size, interpolation=interp)
 
         # The crop, placed so its mask box starts at the corner, clipped to the image.
         oy, ox = corner[0] - by0, corner[1] - bx0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -76,6 +76,18 @@ class Synthesizer(Protocol):
         target_key: str,
         donors: Sequence[Donor] = (),
     ) -> Sequence[PseudoAnomaly | Failure]: ...
+
+
+@runtime_checkable
+class BatchSynthesizer(Synthesizer, Protocol):
+    """A synthesizer that makes many targets' samples at once (a GPU model fills its batches
+    across targets); sample ``k`` of each target is the same as ``synthesize`` would make."""
+
+    def synthesize_many(
+        self, targets: Sequence[tuple[np.ndarray, np.ndarray, str]], *, seed: int
+    ) -> Sequence[Sequence[PseudoAnomaly | Failure]]:
+        """``targets`` are (image, foreground, key) triples; one result list per target."""
+        ...
 
 
 def sample_rng(seed: int, target_key: str, index: int) -> np.random.Generator:

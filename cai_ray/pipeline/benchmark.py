@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cai_ray.config import ConfigError, SynthConfig
 from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint
@@ -41,6 +41,18 @@ class SynthesizerEntry(_Section):
         default_factory=dict,
         description="Merged into the base synth settings, e.g. {synthesizer: {method: nsa}}.",
     )
+    data: str | None = Field(
+        None,
+        description="A finished 'cai-ray synth' output to train on instead of synthesising here "
+        "(e.g. CDM samples made on a GPU cluster); '{seed}' is replaced by the seed. It must be "
+        "made from this benchmark's training normals, with the run's seed.",
+    )
+
+    @model_validator(mode="after")
+    def _data_or_settings(self) -> SynthesizerEntry:
+        if self.data is not None and self.settings:
+            raise ValueError(f"{self.name}: give 'data' or 'settings', not both")
+        return self
 
 
 class DetectorSettings(_Section):
@@ -108,10 +120,7 @@ def synth_config(
     raw["inputs"] = {"paths": [inputs]}
     raw["seed"] = seed
     raw.setdefault("name", entry.name)
-    raw["output"] = {
-        **raw.get("output", {}),
-        "path": str(Path(config.out, "synth", run_name(entry, seed))),
-    }
+    raw["output"] = {**raw.get("output", {}), "path": synth_output(config, entry, seed)}
     try:
         return SynthConfig.model_validate(raw)
     except ValidationError as exc:
@@ -120,6 +129,37 @@ def synth_config(
 
 def run_name(entry: SynthesizerEntry, seed: int) -> str:
     return f"{entry.name}-s{seed}"
+
+
+def synth_output(config: BenchmarkConfig, entry: SynthesizerEntry, seed: int) -> str:
+    if entry.data is not None:
+        return entry.data.replace("{seed}", str(seed))
+    return str(Path(config.out, "synth", run_name(entry, seed)))
+
+
+def _check_given_output(out: str, seed: int, inputs: str) -> dict:
+    """The manifest of a ready-made output, once it is known to be complete, made with this
+    seed and only from the training normals (a test image among its inputs would leak)."""
+    from cai_ray.pipeline import layout
+
+    manifest_url = storage.join(out, layout.MANIFEST_FILE)
+    if not storage.exists(manifest_url):
+        raise ConfigError(f"{out} holds no finished 'cai-ray synth' output (no manifest.json)")
+    manifest = layout.read_json(manifest_url)
+    if not manifest["complete"]:
+        raise ConfigError(f"{out} is incomplete: resume its 'cai-ray synth' first")
+    job = layout.read_json(storage.join(out, layout.JOB_FILE))
+    if job["config"]["seed"] != seed:
+        raise ConfigError(f"{out} was made with seed {job['config']['seed']}, not {seed}")
+    used = storage.read_bytes(storage.join(out, layout.INPUTS_FILE)).decode().split()
+    allowed = {Path(p).name for p in Path(inputs).read_text().split()}
+    strangers = sorted(Path(p).name for p in used if Path(p).name not in allowed)
+    if strangers:
+        raise ConfigError(
+            f"{out} was made from {len(strangers)} images that are not this benchmark's "
+            f"training normals (e.g. {strangers[0]}): the test set would leak into training"
+        )
+    return dict(manifest)
 
 
 def _detector_config(
@@ -162,9 +202,12 @@ def run_one(
     if result_file.is_file():
         return dict(json.loads(result_file.read_text()))
     run_dir.mkdir(parents=True, exist_ok=True)
-    synth = synth_config(config, entry, seed, inputs)
-    log.info("%s: synthesising into %s", name, synth.output.path)
-    manifest = run_synth(synth, show_progress=False)
+    data = synth_output(config, entry, seed)
+    if entry.data is not None:
+        manifest = _check_given_output(data, seed, inputs)
+    else:
+        log.info("%s: synthesising into %s", name, data)
+        manifest = run_synth(synth_config(config, entry, seed, inputs), show_progress=False)
     epochs_file = run_dir / "epochs.json"
     scored: list[dict] = json.loads(epochs_file.read_text()) if epochs_file.is_file() else []
     best_maps_file = run_dir / "examples.npy"
@@ -185,7 +228,7 @@ def run_one(
         storage.write_bytes_atomic(str(epochs_file), json.dumps(scored, indent=1).encode())
         log.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in metrics.items()})
 
-    detector = _detector_config(config, synth.output.path, run_dir, seed)
+    detector = _detector_config(config, data, run_dir, seed)
     checkpoint = Path(checkpoint_url(detector))
     if checkpoint.is_file():  # a crash between a checkpoint and its scoring: score it now
         state = read_checkpoint(str(checkpoint))
@@ -260,9 +303,11 @@ def _fid_scores(
     real = test_images[test_masks.reshape(len(test_masks), -1).any(axis=1)]
     scores = {}
     for entry in config.synthesizers:
-        out = str(Path(config.out, "synth", run_name(entry, config.seeds[0])))
         fake = read_synth_images(
-            out, config.detector.image_size, config.detector.color, config.fid.samples
+            synth_output(config, entry, config.seeds[0]),
+            config.detector.image_size,
+            config.detector.color,
+            config.fid.samples,
         )
         scores[entry.name] = fid_of(model, fake, real)
     return scores

@@ -19,6 +19,7 @@ class StagePlan:
     foreground_cpus: float
     injection_actors: int
     injection_cpus: float
+    injection_gpus: float = 0.0
 
     @property
     def reserved_cpus(self) -> float:
@@ -28,8 +29,11 @@ class StagePlan:
         )
 
 
-def plan_stages(config: ResourcesConfig, cluster_cpus: float, shards: int) -> StagePlan:
-    """Pool sizes for ``shards`` units of work on a cluster with ``cluster_cpus`` logical CPUs.
+def plan_stages(
+    config: ResourcesConfig, cluster_cpus: float, shards: int, cluster_gpus: float = 0.0
+) -> StagePlan:
+    """Pool sizes for ``shards`` units of work on a cluster with ``cluster_cpus`` logical CPUs
+    and ``cluster_gpus`` GPUs (used only when injection actors take GPUs: the CDM).
 
     On an autoscaling cluster the CPUs up now say little (it may have no workers yet), so the
     config's actor counts are taken as they are and Ray's autoscaler adds nodes for them.
@@ -46,6 +50,7 @@ def plan_stages(config: ResourcesConfig, cluster_cpus: float, shards: int) -> St
             config.cpus_per_foreground_actor,
             min(config.injection_actors, work),
             config.cpus_per_injection_actor,
+            config.gpus_per_injection_actor,
         )
     if cluster_cpus <= 0:
         raise ValueError(
@@ -57,11 +62,24 @@ def plan_stages(config: ResourcesConfig, cluster_cpus: float, shards: int) -> St
     foreground = config.foreground_actors or max(1, math.ceil(cluster_cpus / 8))
     foreground = min(foreground, work)
     free = cluster_cpus - foreground * fg_cpus
-    if config.injection_actors is None:
-        injection = max(1, min(math.floor(free / inj_cpus), math.floor(cluster_cpus), work))
-    else:
+    gpus = config.gpus_per_injection_actor
+    if gpus and cluster_gpus < gpus:
+        raise ValueError(
+            f"resources.gpus_per_injection_actor is {gpus:g} but the cluster has "
+            f"{cluster_gpus:g} GPUs: set it to 0 to sample on CPUs (slow), or add GPU nodes"
+        )
+    if config.injection_actors is not None:
         injection = min(config.injection_actors, work)
-    plan = StagePlan(foreground, fg_cpus, injection, inj_cpus)
+    elif gpus:
+        injection = max(1, min(math.floor(cluster_gpus / gpus + 1e-9), work))
+    else:
+        injection = max(1, min(math.floor(free / inj_cpus), math.floor(cluster_cpus), work))
+    plan = StagePlan(foreground, fg_cpus, injection, inj_cpus, gpus)
+    if gpus and injection * gpus > cluster_gpus + 1e-9:
+        raise ValueError(
+            f"resources ask for {injection * gpus:g} GPUs ({injection} injection actors x "
+            f"{gpus:g}) but the cluster has {cluster_gpus:g}"
+        )
     if plan.reserved_cpus > cluster_cpus + 1e-9:
         raise ValueError(
             f"resources ask for {plan.reserved_cpus:g} CPUs ({foreground} foreground actors x "

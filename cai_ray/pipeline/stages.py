@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -26,6 +27,7 @@ from cai_ray.baselines.draem import Draem
 from cai_ray.baselines.nsa import NSA
 from cai_ray.config import (
     CAIMethod,
+    CDMMethod,
     CutPasteMethod,
     DaadConfig,
     NSAMethod,
@@ -33,7 +35,8 @@ from cai_ray.config import (
 )
 from cai_ray.core.cai import CAIInjector, CAIParams
 from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
-from cai_ray.core.synthesis import Failure, Synthesizer
+from cai_ray.core.synthesis import BatchSynthesizer, Failure, PseudoAnomaly, Synthesizer
+from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.shards import PatternBank
 from cai_ray.io import storage
 from cai_ray.io.codecs import (
@@ -173,11 +176,57 @@ def make_synthesizer(
             cache_bytes=daad.cache_mb * 2**20,
         )
         return CAIInjector(patterns, cai)
+    if isinstance(method, CDMMethod):
+        if daad is None:
+            raise ValueError("synthesizer 'cdm' needs a DAAD (its masks)")
+        return _open_cdm(method, cai, daad, mode)
     if isinstance(method, CutPasteMethod):
         return CutPaste(method)
     if isinstance(method, NSAMethod):
         return NSA(method)
     return Draem(TextureFolder(method.textures, image_size, mode), method)
+
+
+def _open_cdm(method: CDMMethod, cai: CAIParams, daad: DaadConfig, mode: ColorMode) -> Synthesizer:
+    """The trained CDM on this actor's device, with masks from the DAAD records of the classes
+    it generates."""
+    import torch
+
+    from cai_ray.cdm.masks import MaskGenerator
+    from cai_ray.cdm.model import generated_classes
+    from cai_ray.cdm.sampler import CDMSynthesizer, make_scheduler
+    from cai_ray.cdm.train import autocast_dtype, load_cdm
+
+    unet, schedule, info = load_cdm(method.checkpoint)
+    classes = generated_classes(info["classes"], method.classes, method.checkpoint)
+    if daad.include_classes:
+        classes = [c for c in classes if c in set(map(str, daad.include_classes))]
+    patterns = PatternBank(
+        daad.path,
+        mode=mode,
+        exclude_domains=daad.exclude_domains,
+        include_classes=[AnomalyClass(c) for c in classes],
+        cache_bytes=daad.cache_mb * 2**20,
+    )
+    wanted = method.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("synthesizer.device is 'cuda' but this actor sees no GPU")
+    device = torch.device("cuda" if wanted != "cpu" and torch.cuda.is_available() else "cpu")
+    return CDMSynthesizer(
+        unet,
+        make_scheduler(method.scheduler, schedule),
+        MaskGenerator(patterns, cai, method.affine),
+        image_size=info["image_size"],
+        channels=info["channels"],
+        steps=method.steps,
+        batch_size=method.batch_size,
+        device=device,
+        dtype=autocast_dtype(method.precision, device),
+        label=method.label,
+        diff_threshold=cai.diff_threshold,
+        median_size=cai.median_size,
+        min_mask_pixels=cai.min_mask_pixels,
+    )
 
 
 class InjectionStage:
@@ -237,19 +286,14 @@ class InjectionStage:
         counts: dict[str, Counter[str]] = {
             k: Counter() for k in ("method", "anomaly_class", "scale", "label")
         }
-        for position, (target, image, foreground) in enumerate(
-            zip(targets, pixels, masks, strict=True)
-        ):
-            donors = [(pixels[j], masks[j]) for j in range(len(targets)) if j != position]
+        made = self._synthesize_all(targets, pixels, masks)
+        for target, image, results in zip(targets, pixels, made, strict=True):
             base = {
                 "target": target["path"],
                 "target_key": target["key"],
                 "seed": self.seed,
                 "version": __version__,
             }
-            results = self.synthesizer.synthesize(
-                image, foreground, seed=self.seed, target_key=target["key"], donors=donors
-            )
             for k, result in enumerate(results):
                 key = sample_key(self.key_prefix, target["index"], k)
                 if isinstance(result, Failure):
@@ -294,6 +338,26 @@ class InjectionStage:
             "failed_samples": failed,
         }
         return {"tar": tar, "entry": json.dumps(entry)}
+
+    def _synthesize_all(
+        self, targets: list[dict], pixels: np.ndarray, masks: np.ndarray
+    ) -> list[Sequence[PseudoAnomaly | Failure]]:
+        """Every target's results: in one call for a synthesizer that batches across targets
+        (the CDM on a GPU), else target by target, each with the shard's other targets as
+        donors (NSA's patch sources)."""
+        if isinstance(self.synthesizer, BatchSynthesizer):
+            items = [(pixels[i], masks[i], t["key"]) for i, t in enumerate(targets)]
+            return list(self.synthesizer.synthesize_many(items, seed=self.seed))
+        return [
+            self.synthesizer.synthesize(
+                pixels[i],
+                masks[i],
+                seed=self.seed,
+                target_key=target["key"],
+                donors=[(pixels[j], masks[j]) for j in range(len(targets)) if j != i],
+            )
+            for i, target in enumerate(targets)
+        ]
 
     def commit(self, index: int, tar: bytes, entry: str) -> None:
         """The tar first, then its entry: a shard counts as done only once both exist. The

@@ -16,8 +16,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cai_ray import __version__
-from cai_ray.config import DraemMethod, SynthConfig
+from cai_ray.cdm.model import generated_classes
+from cai_ray.config import CDMMethod, DraemMethod, SynthConfig
 from cai_ray.core.foreground import make_foreground_extractor
 from cai_ray.daad.builders import INDEX_NAME, DaadSpec, build_daad
 from cai_ray.daad.shards import read_index, read_records_table
@@ -131,7 +134,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
     return {}
 
 
-def _init_ray(config: SynthConfig) -> float:
+def _init_ray(config: SynthConfig) -> tuple[float, float]:
     import ray
 
     if not ray.is_initialized():
@@ -161,36 +164,35 @@ def _init_ray(config: SynthConfig) -> float:
             nodes,
             ", ".join(local),
         )
-    return float(ray.cluster_resources().get("CPU", 0))
+    resources = ray.cluster_resources()
+    return float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
 
 
-def _run_pipeline(
-    config: SynthConfig, plan: JobPlan, todo: list[int], stages: StagePlan, show_progress: bool
-) -> None:
-    import ray
-
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    rows = [{"shard": i, "targets": json.dumps(plan.shard_targets(i))} for i in todo]
-    dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    # Each stage is an actor pool taking one shard per batch: (class, actors, CPUs each, kwargs).
-    graph: list[tuple[type, int, float, dict]] = [
+def _stage_graph(
+    config: SynthConfig, plan: JobPlan, stages: StagePlan
+) -> list[tuple[type, int, float, float, dict]]:
+    """The job's stages in order, each an actor pool taking one shard per batch:
+    (class, actors, CPUs each, GPUs each, constructor kwargs)."""
+    return [
         (
             ForegroundStage,
             stages.foreground_actors,
             stages.foreground_cpus,
+            0.0,
             {
                 "image_size": config.image_size,
                 "mode": plan.mode,
                 "method": config.foreground.method,
                 "model_path": config.foreground.model_path,
                 "min_fraction": config.foreground.min_fraction,
+                "storage_options": config.storage.model_dump(),
             },
         ),
         (
             InjectionStage,
             stages.injection_actors,
             stages.injection_cpus,
+            stages.injection_gpus,
             {
                 "synthesizer": config.synthesizer,
                 "daad": config.daad,
@@ -202,16 +204,47 @@ def _run_pipeline(
                 "image_format": config.output.image_format,
                 "include_normal": config.output.include_normal,
                 "out": config.output.path,
+                "storage_options": config.storage.model_dump(),
             },
         ),
     ]
-    for stage, actors, cpus, kwargs in graph:
+
+
+def _run_locally(config: SynthConfig, plan: JobPlan, todo: list[int], show_progress: bool) -> None:
+    """The stages of :func:`_run_pipeline`, one shard at a time in this process."""
+    graph = _stage_graph(config, plan, StagePlan(1, 1.0, 1, 1.0))
+    stages = [stage(**kwargs) for stage, _, _, _, kwargs in graph]
+    progress = Progress(len(todo), enabled=show_progress)
+    try:
+        for index in todo:
+            batch = {
+                "shard": np.array([index]),
+                "targets": np.array([json.dumps(plan.shard_targets(index))], dtype=object),
+            }
+            for stage in stages:
+                batch = stage(batch)
+            progress.update(json.loads(batch["entry"][0])["samples"])
+    finally:
+        progress.close()
+
+
+def _run_pipeline(
+    config: SynthConfig, plan: JobPlan, todo: list[int], stages: StagePlan, show_progress: bool
+) -> None:
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    rows = [{"shard": i, "targets": json.dumps(plan.shard_targets(i))} for i in todo]
+    dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    for stage, actors, cpus, gpus, kwargs in _stage_graph(config, plan, stages):
         dataset = dataset.map_batches(
             stage,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus,
-            fn_constructor_kwargs={**kwargs, "storage_options": config.storage.model_dump()},
+            num_gpus=gpus,
+            fn_constructor_kwargs=kwargs,
         )
     progress = Progress(len(todo), enabled=show_progress)
     try:
@@ -279,11 +312,27 @@ def _check_sources(config: SynthConfig) -> None:
         make_foreground_extractor("rembg", model_path=config.foreground.model_path)
 
 
+def _check_cdm(method: CDMMethod, mode: ColorMode) -> None:
+    """The CDM checkpoint exists, knows the classes asked for and makes the job's colour."""
+    from cai_ray.cdm.train import read_info
+
+    info = read_info(method.checkpoint)
+    generated_classes(info["classes"], method.classes, method.checkpoint)
+    if info["color"] != mode:
+        raise ValueError(
+            f"the CDM at {method.checkpoint} makes {info['color']} images but the job's are "
+            f"{mode}: set color: {info['color']}"
+        )
+
+
 def _with_absolute_paths(config: SynthConfig) -> SynthConfig:
     """The config the workers get: local paths resolved here, in the driver's directory."""
     resolved = config.model_copy(deep=True)
     if resolved.daad is not None:
         resolved.daad.path = storage.absolute(resolved.daad.path)
+    if isinstance(resolved.synthesizer, CDMMethod):
+        checkpoint = storage.absolute(resolved.synthesizer.checkpoint)
+        resolved.synthesizer = resolved.synthesizer.model_copy(update={"checkpoint": checkpoint})
     if isinstance(resolved.synthesizer, DraemMethod):
         found = sorted(dict.fromkeys(storage.expand_image_sources(resolved.synthesizer.textures)))
         textures = [storage.absolute(path) for path in found]
@@ -301,6 +350,8 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
     storage.configure(**config.storage.model_dump())
     _check_sources(config)
     plan = plan_job(config)
+    if isinstance(config.synthesizer, CDMMethod):
+        _check_cdm(config.synthesizer, plan.mode)
     workers_config = _with_absolute_paths(config)
     out = workers_config.output.path
     done = _claim_output(config, plan)
@@ -312,10 +363,12 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
         len(done),
         len(todo),
     )
-    if todo:
-        cluster_cpus = _init_ray(config)
-        stages = plan_stages(config.resources, cluster_cpus, len(todo))
-        log.info("cluster CPUs %g; %s", cluster_cpus, stages)
+    if todo and config.resources.executor == "local":
+        _run_locally(workers_config, plan, todo, show_progress)
+    elif todo:
+        cluster_cpus, cluster_gpus = _init_ray(config)
+        stages = plan_stages(config.resources, cluster_cpus, len(todo), cluster_gpus)
+        log.info("cluster CPUs %g, GPUs %g; %s", cluster_cpus, cluster_gpus, stages)
         _run_pipeline(workers_config, plan, todo, stages, show_progress)
     job = layout.read_json(storage.join(out, layout.JOB_FILE))
     entries = layout.committed_shards(out)

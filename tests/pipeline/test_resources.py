@@ -29,3 +29,17 @@ def test_an_autoscaling_cluster_takes_the_configured_counts():
         plan_stages(ResourcesConfig(autoscaling=True), cluster_cpus=0, shards=10)
     with pytest.raises(ValueError, match="autoscal"):
         plan_stages(ResourcesConfig(), cluster_cpus=0, shards=10)
+
+
+def test_gpu_actors_follow_the_gpus():
+    config = ResourcesConfig(gpus_per_injection_actor=1, cpus_per_injection_actor=1)
+    plan = plan_stages(config, cluster_cpus=16, shards=100, cluster_gpus=4)
+    assert plan.injection_actors == 4 and plan.injection_gpus == 1
+    halves = config.model_copy(update={"gpus_per_injection_actor": 0.5})
+    assert plan_stages(halves, cluster_cpus=16, shards=100, cluster_gpus=4).injection_actors == 8
+    assert plan_stages(config, cluster_cpus=16, shards=2, cluster_gpus=4).injection_actors == 2
+    with pytest.raises(ValueError, match="has 0 GPUs"):
+        plan_stages(config, cluster_cpus=16, shards=10, cluster_gpus=0)
+    with pytest.raises(ValueError, match="ask for 6 GPUs"):
+        plan_stages(config.model_copy(update={"injection_actors": 6}), 16, 10, cluster_gpus=4)
+    assert plan_stages(ResourcesConfig(), 16, 10, cluster_gpus=4).injection_gpus == 0

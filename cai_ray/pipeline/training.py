@@ -1,17 +1,18 @@
-"""The detector's training on Ray Train: the plain loop of ``cai_ray.detector.train`` run by a
-``TorchTrainer`` on ``num_workers`` workers (DDP; GPUs when asked), one per process."""
+"""Training on Ray Train: a plain training loop (the detector's ``train_detector``, the CDM's
+``train_cdm``) run by a ``TorchTrainer`` on ``num_workers`` workers (DDP; GPUs when asked), one
+per process. Both loops take (config, device, rank, world_size, prepare, on_epoch) and write
+their own checkpoints, so resuming works the same with or without Ray."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from cai_ray.detector.train import (
-    DetectorConfig,
-    checkpoint_url,
-    read_checkpoint,
-    train_detector,
-)
+from pydantic import BaseModel
+
 from cai_ray.io import storage
+
+TrainingLoop = Callable[..., dict]
 
 
 def _worker_loop(settings: dict[str, Any]) -> None:
@@ -20,8 +21,9 @@ def _worker_loop(settings: dict[str, Any]) -> None:
 
     storage.configure(**settings["storage"])
     context = ray.train.get_context()
-    train_detector(
-        DetectorConfig.model_validate(settings["config"]),
+    loop: TrainingLoop = settings["loop"]
+    loop(
+        settings["config"],
         ray.train.torch.get_device(),
         rank=context.get_world_rank(),
         world_size=context.get_world_size(),
@@ -32,26 +34,23 @@ def _worker_loop(settings: dict[str, Any]) -> None:
     )
 
 
-def train_detector_on_ray(
-    config: DetectorConfig,
+def train_on_ray(
+    loop: TrainingLoop,
+    config: BaseModel,
     *,
     num_workers: int,
     use_gpu: bool = False,
     storage_options: dict[str, Any] | None = None,
-) -> dict:
-    """Train with Ray Train and return the final checkpoint dict (read back from storage)."""
+) -> None:
+    """Run ``loop(config, ...)`` on every worker; raises if any worker failed."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={
-            "config": config.model_dump(mode="json"),
-            "storage": storage_options or {},
-        },
+        train_loop_config={"loop": loop, "config": config, "storage": storage_options or {}},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
     )
     result = trainer.fit()
     if result.error is not None:
-        raise RuntimeError(f"detector training failed: {result.error}") from result.error
-    return read_checkpoint(checkpoint_url(config))
+        raise RuntimeError(f"training failed: {result.error}") from result.error

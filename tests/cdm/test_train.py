@@ -1,0 +1,87 @@
+"""CDM training on real CAI output (the bundled sample), tiny network, CPU: learns, skips what
+it cannot learn from, resumes to the same weights, writes diffusers' format, runs on Ray Train."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cai_ray.cdm import train
+from cai_ray.cdm.train import decode_example, load_cdm, read_state, train_cdm
+from cai_ray.io.tar import iter_tar
+from tests.cdm.conftest import tiny_config
+
+
+def test_only_samples_with_an_anomaly_class_are_learnt(cai_output):
+    data = Path(cai_output, "shard-000000.tar").read_bytes()
+    decoded = [decode_example(files, 32, "grey", 2) for _, files in iter_tar(data)]
+    normals = [d for d in decoded if d is None]
+    assert len(normals) == 2 and len(decoded) == 10  # 2 targets x (4 anomalies + 1 normal)
+    image, mask, label = next(d for d in decoded if d is not None)
+    assert image.shape == (1, 32, 32) and image.min() >= -1 and image.max() <= 1
+    assert mask.shape == (1, 32, 32) and set(mask.ravel().tolist()) <= {0.0, 1.0} and mask.any()
+    assert label.dtype == "int64"
+
+
+def test_the_checkpoint_is_a_diffusers_model_with_its_classes(tiny_cdm, cai_output):
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(f"{tiny_cdm}/unet")  # diffusers reads it directly
+    assert unet.config.num_class_embeds == 8
+    loaded, schedule, info = load_cdm(tiny_cdm)
+    assert schedule["beta_schedule"] == "squaredcos_cap_v2"
+    manifest = json.loads(Path(cai_output, "manifest.json").read_text())
+    assert info["classes"] == manifest["counts"]["anomaly_class"]
+    assert info["image_size"] == 32 and info["channels"] == 1 and info["epoch"] == 2
+    state = read_state(tiny_cdm)
+    assert state["epoch"] == 2 and state["losses"][-1] < state["losses"][0]
+    # the exported weights are the EMA's, not the raw ones
+    raw = state["model"]
+    exported = loaded.state_dict()
+    assert any(not torch.equal(raw[k], exported[k]) for k in raw)
+
+
+def test_a_resumed_run_ends_with_the_same_weights(cai_output, tmp_path, monkeypatch):
+    straight = train_cdm(tiny_config(cai_output, tmp_path / "straight", 3))
+    real_export = train._export
+    exports = []
+
+    def crash_after_one_epoch(*args, **kwargs):
+        if exports:
+            raise KeyboardInterrupt("killed")
+        exports.append(1)
+        real_export(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_export", crash_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_cdm(tiny_config(cai_output, tmp_path / "resumed", 3))
+    monkeypatch.undo()
+    resumed = train_cdm(tiny_config(cai_output, tmp_path / "resumed", 3))
+    assert resumed["losses"] == pytest.approx(straight["losses"])
+    for name, weights in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], weights)
+
+
+def test_bad_training_data_and_changed_configs_are_refused(cai_output, tmp_path):
+
+    config = tiny_config(cai_output, tmp_path / "c", 1)
+    train_cdm(config)
+    wider = config.model_copy(update={"learning_rate": 5e-4, "epochs": 2})
+    with pytest.raises(ValueError, match="another config"):
+        train_cdm(wider)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train_cdm(config.model_copy(update={"batch_size": 4096, "checkpoint_dir": str(tmp_path)}))
+    with pytest.raises(FileNotFoundError, match="cai-ray cdm train"):
+        load_cdm(str(tmp_path / "nothing"))
+
+
+def test_ray_train_runs_the_cdm_loop_on_two_workers(cai_output, tmp_path):
+    from cai_ray.pipeline.training import train_on_ray
+
+    config = tiny_config(cai_output, tmp_path / "ray", 2)
+    train_on_ray(train_cdm, config, num_workers=2)
+    state = read_state(config.checkpoint_dir)
+    assert state["epoch"] == 2 and len(state["losses"]) == 2
+    _, _, info = load_cdm(config.checkpoint_dir)
+    assert info["epoch"] == 2
