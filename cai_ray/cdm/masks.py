@@ -21,6 +21,7 @@ from cai_ray.core.cai import (
     PatternLibrary,
     PatternList,
     SourcePattern,
+    draw_by_quota,
     place_pattern,
     synthesis_factor,
 )
@@ -28,7 +29,6 @@ from cai_ray.core.geometry import (
     BBox,
     Scale,
     bbox_longest_side,
-    fallback_scale,
     mask_bbox,
     scale_classes,
 )
@@ -121,32 +121,14 @@ class MaskGenerator:
             raise ValueError("the target foreground is empty")
         fg_longest = bbox_longest_side(fg_box)
         classes = scale_classes(self._longest / fg_longest)
-        results: list[GenerationMask | Failure] = []
-        for requested, rng in zip(self.params.quotas.schedule(), rngs, strict=True):
-            scale = fallback_scale(requested, classes) if self.params.stm else requested
-            if scale is None:
-                results.append(Failure("no source pattern is at least 'small' for this target", 0))
-                continue
-            eligible = np.flatnonzero(classes >= scale) if self.params.stm else None
-            results.append(self._sample(foreground, fg_longest, scale, eligible, rng))
-        return results
 
-    def _sample(
-        self,
-        foreground: np.ndarray,
-        fg_longest: int,
-        scale: Scale,
-        eligible: np.ndarray | None,
-        rng: np.random.Generator,
-    ) -> GenerationMask | Failure:
-        reason = "unknown"
-        for attempt in range(1, self.params.max_attempts + 1):
-            outcome = self._attempt(foreground, fg_longest, scale, eligible, rng)
-            if isinstance(outcome, str):
-                reason = outcome
-                continue
-            return GenerationMask(**outcome, attempts=attempt)
-        return Failure(f"gave up after {self.params.max_attempts} attempts: {reason}", attempt)
+        def attempt(
+            scale: Scale, eligible: np.ndarray | None, rng: np.random.Generator
+        ) -> dict[str, Any] | str:
+            return self._attempt(foreground, fg_longest, scale, eligible, rng)
+
+        drawn = draw_by_quota(attempt, classes, self.params, rngs)
+        return [GenerationMask(**d) if isinstance(d, dict) else d for d in drawn]
 
     def _attempt(
         self,

@@ -37,6 +37,7 @@ from cai_ray.io import storage, stream
 from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
 from cai_ray.io.stream import StreamSettings, list_shards
 from cai_ray.pipeline.layout import committed_shards
+from cai_ray.pipeline.training import resumable
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +190,6 @@ def read_state(checkpoint_dir: str) -> dict | None:
     return dict(torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu"))
 
 
-def _settings_that_shape_weights(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("epochs", "decode_workers")}
-
-
 def train_cdm(
     config: CDMConfig,
     device: str | torch.device = "cpu",
@@ -232,7 +229,7 @@ def train_cdm(
     state: dict = {"epoch": 0, "losses": [], "config": dumped}
     previous = read_state(config.checkpoint_dir)
     if previous is not None:
-        if _settings_that_shape_weights(previous["config"]) != _settings_that_shape_weights(dumped):
+        if not resumable(previous["config"], dumped):
             raise ValueError(
                 f"{config.checkpoint_dir} holds a CDM trained with another config; "
                 "use another checkpoint_dir"

@@ -8,7 +8,7 @@ which worker made it or in what order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -197,6 +197,37 @@ def place_pattern(
     return Placement(factor, size, resized, resized_box, corner)
 
 
+def draw_by_quota(
+    attempt: Callable[[Scale, np.ndarray | None, np.random.Generator], dict | str],
+    classes: np.ndarray,
+    params: CAIParams,
+    rngs: Sequence[np.random.Generator],
+) -> list[dict | Failure]:
+    """One draw per quota slot (large first), slot ``k`` from ``rngs[k]``: the slot's scale
+    (falling to a smaller one where no pattern of ``classes`` can make it, with STM), the
+    patterns eligible for it, then ``attempt(scale, eligible, rng)`` until it returns a dict
+    (given its ``attempts``) or ``params.max_attempts`` string reasons have been collected."""
+    results: list[dict | Failure] = []
+    for requested, rng in zip(params.quotas.schedule(), rngs, strict=True):
+        scale = fallback_scale(requested, classes) if params.stm else requested
+        if scale is None:
+            results.append(Failure("no source pattern is at least 'small' for this target", 0))
+            continue
+        eligible = np.flatnonzero(classes >= scale) if params.stm else None
+        reason = "unknown"
+        for number in range(1, params.max_attempts + 1):
+            outcome = attempt(scale, eligible, rng)
+            if isinstance(outcome, str):
+                reason = outcome
+                continue
+            results.append({**outcome, "attempts": number})
+            break
+        else:
+            failure = f"gave up after {params.max_attempts} attempts: {reason}"
+            results.append(Failure(failure, params.max_attempts))
+    return results
+
+
 def _slices(y0: int, x0: int, y1: int, x1: int) -> tuple[slice, slice]:
     return slice(y0, y1), slice(x0, x1)
 
@@ -272,33 +303,15 @@ class CAIInjector:
             raise ValueError("the target foreground is empty")
         fg_longest = bbox_longest_side(fg_box)
         classes = scale_classes(self._longest / fg_longest)
-        results: list[Injection | Failure] = []
-        for index, scale in enumerate(self.params.quotas.schedule()):
-            rng = sample_rng(seed, target_key, index)
-            results.append(self._sample(target, foreground, fg_longest, classes, scale, rng))
-        return results
+        rngs = [sample_rng(seed, target_key, k) for k in range(self.anomalies_per_target)]
 
-    def _sample(
-        self,
-        target: np.ndarray,
-        foreground: np.ndarray,
-        fg_longest: int,
-        classes: np.ndarray,
-        requested: Scale,
-        rng: np.random.Generator,
-    ) -> Injection | Failure:
-        scale = fallback_scale(requested, classes) if self.params.stm else requested
-        if scale is None:
-            return Failure("no source pattern is at least 'small' for this target", 0)
-        eligible = np.flatnonzero(classes >= scale) if self.params.stm else None
-        reason = "unknown"
-        for attempt in range(1, self.params.max_attempts + 1):
-            outcome = self._attempt(target, foreground, fg_longest, scale, eligible, rng)
-            if isinstance(outcome, str):
-                reason = outcome
-                continue
-            return Injection(**outcome, attempts=attempt)
-        return Failure(f"gave up after {self.params.max_attempts} attempts: {reason}", attempt)
+        def attempt(
+            scale: Scale, eligible: np.ndarray | None, rng: np.random.Generator
+        ) -> dict | str:
+            return self._attempt(target, foreground, fg_longest, scale, eligible, rng)
+
+        drawn = draw_by_quota(attempt, classes, self.params, rngs)
+        return [Injection(**d) if isinstance(d, dict) else d for d in drawn]
 
     def _attempt(
         self,

@@ -25,6 +25,7 @@ from cai_ray.detector.model import DiscriminativeUNet, focal_loss
 from cai_ray.io import storage, stream
 from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
+from cai_ray.pipeline.training import resumable
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,6 @@ def read_checkpoint(url: str) -> dict:
     return dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
 
 
-def _settings_that_shape_weights(config: dict) -> dict:
-    """The config a resume must match: all of it but the epoch count (a resume may extend
-    the run) and the decode threads (which change no result)."""
-    return {k: v for k, v in config.items() if k not in ("epochs", "decode_workers")}
-
-
 def train_detector(
     config: DetectorConfig,
     device: str | torch.device = "cpu",
@@ -134,9 +129,7 @@ def train_detector(
     url = checkpoint_url(config)
     if storage.exists(url):
         state = read_checkpoint(url)
-        if _settings_that_shape_weights(state["config"]) != _settings_that_shape_weights(
-            config.model_dump(mode="json")
-        ):
+        if not resumable(state["config"], config.model_dump(mode="json")):
             raise ValueError(f"{url} was trained with another config; use another checkpoint_dir")
         bare.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])

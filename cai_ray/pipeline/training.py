@@ -14,6 +14,19 @@ from cai_ray.io import storage
 
 TrainingLoop = Callable[..., dict]
 
+_NO_EFFECT_ON_WEIGHTS = ("epochs", "decode_workers", "checkpoint_every")
+
+
+def resumable(saved: dict, current: dict) -> bool:
+    """Whether a checkpoint's config (``saved``) may be resumed with ``current``: they agree
+    on everything but the epoch count (a resume may extend the run), the decode threads and
+    the checkpoint interval, which change no weights."""
+
+    def shaping(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in _NO_EFFECT_ON_WEIGHTS}
+
+    return shaping(saved) == shaping(current)
+
 
 def _worker_loop(settings: dict[str, Any]) -> None:
     import ray.train
