@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from cai_ray.cli import main
 from tests.conftest import DEMO, REPO
@@ -79,3 +80,24 @@ def test_job_scripts_run_their_subcommand(script, command, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert f"cai-ray {command}" in done.stdout
+
+
+def test_every_shipped_config_validates():
+    """Each YAML in configs/ loads with the model that reads it (a typo fails here, not at
+    the start of a cluster job)."""
+    from cai_ray.cdm.train import CDMConfig
+    from cai_ray.config import load_config
+    from cai_ray.detector.train import DetectorConfig
+
+    for path in (
+        sorted((REPO / "configs").glob("*.yaml"))
+        + sorted((REPO / "configs" / "cdm").glob("*_data.yaml"))
+        + sorted((REPO / "configs" / "cdm").glob("*_synth.yaml"))
+    ):
+        assert load_config(path).output.path, path
+    trainers = {"cdm": CDMConfig, "detector": DetectorConfig}
+    for folder, model in trainers.items():
+        for path in sorted((REPO / "configs" / folder).glob("*.yaml")):
+            if path.stem.endswith(("_data", "_synth")):
+                continue
+            model.model_validate(yaml.safe_load(path.read_text()))

@@ -43,6 +43,14 @@ def test_the_job_samples_the_cdm_into_verified_shards(tiny_cdm, demo_daad, tmp_p
         assert shard.read_bytes() == (tmp_path / "local" / shard.name).read_bytes()
 
 
+def test_a_subset_of_the_classes_is_generated(tiny_cdm, demo_daad, tmp_path):
+    config = _config(tmp_path / "crack", demo_daad, tiny_cdm, classes=["crack"])
+    config.resources.executor = "local"
+    manifest = run_synth(config, show_progress=False)
+    assert manifest["counts"]["anomaly_class"] == {"crack": 6}
+    assert (tmp_path / "crack" / "preview.png").is_file()
+
+
 def test_a_missing_or_unsuitable_model_is_named_before_the_job_starts(
     tiny_cdm, demo_daad, tmp_path
 ):

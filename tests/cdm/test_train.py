@@ -85,3 +85,21 @@ def test_ray_train_runs_the_cdm_loop_on_two_workers(cai_output, tmp_path):
     assert state["epoch"] == 2 and len(state["losses"]) == 2
     _, _, info = load_cdm(config.checkpoint_dir)
     assert info["epoch"] == 2
+
+
+def test_checkpoints_live_in_s3_and_resume_from_there(cai_output, s3_bucket):
+    url = f"{s3_bucket}/cdm/model"
+    first = train_cdm(tiny_config(cai_output, url, 1))
+    assert read_state(url)["epoch"] == 1
+    unet, _, info = load_cdm(url)
+    assert info["epoch"] == 1 and unet.config.sample_size == 32
+    extended = train_cdm(tiny_config(cai_output, url, 2))  # a resume may extend the run
+    assert extended["losses"][0] == pytest.approx(first["losses"][0])
+    assert len(extended["losses"]) == 2 and load_cdm(url)[2]["epoch"] == 2
+
+
+def test_bf16_autocast_trains(cai_output, tmp_path):
+    """The GPU's mixed precision path, exercised on the CPU (which supports bf16 autocast)."""
+    config = tiny_config(cai_output, tmp_path, 1).model_copy(update={"precision": "bf16"})
+    losses = train_cdm(config)["losses"]
+    assert len(losses) == 1 and 0 < losses[0] < 10
