@@ -29,6 +29,9 @@ class LocalCluster:
                 "include_dashboard": True,
                 "dashboard_host": "127.0.0.1",
                 "dashboard_port": port,
+                # not the default 52365: a Ray the session started earlier (ray_local) holds it,
+                # and a head without its agent cannot take job submissions
+                "dashboard_agent_listen_port": _free_port(),
             },
         )
         self.dashboard = f"http://127.0.0.1:{port}"
