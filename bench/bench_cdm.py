@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+from common import seconds_per_call
 
 from cai_ray.cdm.model import CDMModelConfig, build_unet, network_input
 from cai_ray.cdm.sampler import inpaint, make_scheduler
 from cai_ray.cdm.train import autocast_dtype
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def training_rate(
@@ -46,14 +41,7 @@ def training_rate(
         loss.backward()
         optimiser.step()
 
-    for _ in range(3):
-        step()
-    _synchronise(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _synchronise(device)
-    return steps * batch / (time.perf_counter() - start)
+    return batch / seconds_per_call(step, steps, str(device))
 
 
 def sampling_rate(
@@ -68,12 +56,12 @@ def sampling_rate(
     labels = torch.zeros(batch, dtype=torch.long, device=device)
     dtype = autocast_dtype("auto", device)
     unet.eval()
-    inpaint(unet, scheduler, normal, mask, labels, torch.randn_like(normal), 2, dtype)
-    _synchronise(device)
-    start = time.perf_counter()
-    inpaint(unet, scheduler, normal, mask, labels, torch.randn_like(normal), steps, dtype)
-    _synchronise(device)
-    return batch / (time.perf_counter() - start)
+    noise = torch.randn_like(normal)
+
+    def sample() -> None:
+        inpaint(unet, scheduler, normal, mask, labels, noise, steps, dtype)
+
+    return batch / seconds_per_call(sample, 1, str(device), warmup=1)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import torch
+from common import seconds_per_call
 
 from cai_ray.detector.model import DiscriminativeUNet, focal_loss
 from cai_ray.detector.train import DetectorConfig, epoch_batches, train_detector
@@ -36,15 +37,7 @@ def network_rate(config: DetectorConfig, device: str, steps: int) -> dict[str, f
         loss.backward()
         optimiser.step()
 
-    for _ in range(5):
-        step()
-    _synchronise(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _synchronise(device)
-    seconds = time.perf_counter() - start
-    return {"images_per_s": steps * config.batch_size / seconds}
+    return {"images_per_s": config.batch_size / seconds_per_call(step, steps, device, warmup=5)}
 
 
 def loader_rate(config: DetectorConfig) -> dict[str, float]:
@@ -73,11 +66,6 @@ def end_to_end_rate(config: DetectorConfig, device: str) -> dict[str, float]:
         "first_epoch_s": ends[0] - start,
         "images_per_epoch": per_epoch,
     }
-
-
-def _synchronise(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> None:

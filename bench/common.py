@@ -63,3 +63,24 @@ def spilled_mib() -> float:
 
     found = re.search(r"Spilled (\d+) MiB", memory_summary(stats_only=True))
     return float(found.group(1)) if found else 0.0
+
+
+def seconds_per_call(call, calls: int, device: str, warmup: int = 3) -> float:
+    """Wall seconds per ``call()`` after ``warmup`` untimed calls, the GPU drained before and
+    after the timed ones (CUDA work is asynchronous)."""
+    import time
+
+    import torch
+
+    def drain() -> None:
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        call()
+    drain()
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    drain()
+    return (time.perf_counter() - start) / calls

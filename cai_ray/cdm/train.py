@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,8 +36,7 @@ from cai_ray import __version__
 from cai_ray.cdm.model import CDMModelConfig, build_unet, class_id, network_input
 from cai_ray.io import storage, stream
 from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
-from cai_ray.io.stream import StreamSettings, list_shards
-from cai_ray.pipeline.layout import committed_shards
+from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
 from cai_ray.pipeline.training import resumable
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,11 @@ def _anomalies(entry: dict) -> int:
     return sum(entry["counts"].get("anomaly_class", {}).values())
 
 
-def class_counts(outputs: list[str]) -> dict[str, int]:
+def class_counts(shards: list[ShardRef]) -> dict[str, int]:
+    """Samples per anomaly class over the shards (from their entries: no shard is read)."""
     counts: Counter[str] = Counter()
-    for out in outputs:
-        for entry in committed_shards(out).values():
-            counts.update(entry["counts"].get("anomaly_class", {}))
+    for shard in shards:
+        counts.update(shard.counts.get("anomaly_class", {}))
     return dict(sorted(counts.items()))
 
 
@@ -103,8 +103,6 @@ def decode_example(
     image = image if image.ndim == 3 else image[..., None]
     mask = resize_mask(decode_mask(files["mask.png"]), size).astype(np.uint8)
     if growth:
-        import cv2
-
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * growth + 1, 2 * growth + 1))
         mask = np.asarray(cv2.dilate(mask, kernel), np.uint8)
     return (
@@ -163,8 +161,6 @@ def read_info(checkpoint_dir: str) -> dict[str, Any]:
 def load_cdm(checkpoint_dir: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The EMA network (on the CPU, in eval mode), its training noise schedule and its info,
     from a local or s3:// checkpoint folder."""
-    from diffusers import UNet2DModel
-
     missing = [
         name for name in EXPORTED_FILES if not storage.exists(storage.join(checkpoint_dir, name))
     ]
@@ -173,13 +169,21 @@ def load_cdm(checkpoint_dir: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
             f"{checkpoint_dir} is not a CDM checkpoint (missing {', '.join(missing)}): "
             "train one with 'cai-ray cdm train'"
         )
-    with tempfile.TemporaryDirectory() as folder:
+    if storage.is_local(checkpoint_dir):
+        return _load_exported(storage.local_path(checkpoint_dir))
+    with tempfile.TemporaryDirectory() as folder:  # diffusers reads from a local folder
         for name in EXPORTED_FILES:
             Path(folder, name).parent.mkdir(parents=True, exist_ok=True)
             Path(folder, name).write_bytes(storage.read_bytes(storage.join(checkpoint_dir, name)))
-        unet = UNet2DModel.from_pretrained(Path(folder, "unet"), low_cpu_mem_usage=False)
-        schedule = json.loads(Path(folder, "scheduler/scheduler_config.json").read_text())
-        info = json.loads(Path(folder, INFO_NAME).read_text())
+        return _load_exported(Path(folder))
+
+
+def _load_exported(folder: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False)
+    schedule = json.loads((folder / "scheduler/scheduler_config.json").read_text())
+    info = json.loads((folder / INFO_NAME).read_text())
     return unet.eval(), schedule, info
 
 
@@ -210,8 +214,8 @@ def train_cdm(
 
     device = torch.device(device)
     torch.manual_seed(config.seed)
-    classes = class_counts(config.data)
     shards = list_shards(config.data, _anomalies)
+    classes = class_counts(shards)
     total = sum(shard.samples for shard in shards)
     if total < config.batch_size:
         raise ValueError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -32,6 +32,8 @@ class ShardRef:
     url: str
     samples: int
     """How many of its samples the loop uses (the decoder keeps exactly these)."""
+    counts: dict = field(default_factory=dict, compare=False, repr=False)
+    """The shard entry's counts (per method, class, scale, label)."""
 
 
 def list_shards(outputs: list[str], usable: Callable[[dict], int] | None = None) -> list[ShardRef]:
@@ -44,7 +46,8 @@ def list_shards(outputs: list[str], usable: Callable[[dict], int] | None = None)
             raise FileNotFoundError(f"no committed shards in {out}: run 'cai-ray synth' first")
         for index in sorted(entries):
             count = usable(entries[index]) if usable else entries[index]["samples"]
-            shards.append(ShardRef(storage.join(out, shard_name(index)), count))
+            url = storage.join(out, shard_name(index))
+            shards.append(ShardRef(url, count, entries[index]["counts"]))
     return shards
 
 
