@@ -1,3 +1,3 @@
 """cai-ray: Cross-domain Anomaly Injection at cluster scale."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -11,10 +11,15 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from cai_ray.extras import explain, require
 from cai_ray.io import storage
 from cai_ray.pipeline.layout import OutputMismatchError
 
 # torch is imported only by the commands that need it
+DESCRIPTION = (
+    "cai-ray makes training data for industrial anomaly detection: real defects from other "
+    "domains injected into your normal images (Cross-domain Anomaly Injection), on Ray."
+)
 Config = TypeVar("Config", bound=BaseModel)
 
 
@@ -51,9 +56,16 @@ def _synth(args: argparse.Namespace) -> int:
         config.storage.endpoint_url = args.s3_endpoint_url
     if args.local:
         config.resources.executor = "local"
-    manifest = run_synth(config, show_progress=not args.no_progress)
+    manifest = run_synth(config, show_progress=not args.no_progress, verbose=args.verbose)
     out = config.output.path
-    print(f"{manifest['samples']} samples in {len(manifest['shards'])} shard(s) -> {out}")
+    shards = len(manifest["shards"])
+    if manifest["shards_made"] == 0:
+        print(
+            f"nothing to do: {shards} of {shards} shards committed in {out} "
+            f"({manifest['samples']} samples); check with: cai-ray verify {out}"
+        )
+        return 0
+    print(f"{manifest['samples']} samples in {shards} shard(s) -> {out}")
     print(f"  counts: {json.dumps(manifest['counts'])}")
     print(
         f"  skipped inputs: {len(manifest['skipped_inputs'])}, "
@@ -118,6 +130,7 @@ def _train(args: argparse.Namespace, loop: Callable[..., dict], config: BaseMode
 
 
 def _detector_train(args: argparse.Namespace) -> int:
+    require("train", ("torch",), "the detector")
     from cai_ray.detector.train import (
         DetectorConfig,
         checkpoint_url,
@@ -133,6 +146,7 @@ def _detector_train(args: argparse.Namespace) -> int:
 
 
 def _cdm_train(args: argparse.Namespace) -> int:
+    require("cdm", ("torch", "diffusers"), "the CDM")
     from cai_ray.cdm.train import CDMConfig, read_state, train_cdm
 
     config = _load_training_config(args.config, CDMConfig, "CDM")
@@ -143,6 +157,7 @@ def _cdm_train(args: argparse.Namespace) -> int:
 
 
 def _detector_eval(args: argparse.Namespace) -> int:
+    require("train", ("torch",), "the detector")
     import torch
 
     from cai_ray.detector.evaluate import (
@@ -170,6 +185,7 @@ def _detector_eval(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
+    require("bench", ("torch", "matplotlib"), "the benchmark")
     from cai_ray.pipeline.benchmark import load_benchmark_config, run_benchmark
 
     config = load_benchmark_config(args.config)
@@ -210,7 +226,7 @@ def _add_scaling_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cai-ray", description=__doc__, parents=[_global_options(top_level=True)]
+        prog="cai-ray", description=DESCRIPTION, parents=[_global_options(top_level=True)]
     )
     late = [_global_options(top_level=False)]
     commands = parser.add_subparsers(dest="command", required=True)
@@ -311,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage.configure(endpoint_url=args.s3_endpoint_url)
     try:
         return int(args.handler(args))
+    except ModuleNotFoundError as exc:
+        print(f"cai-ray: error: {explain(exc)}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, OutputMismatchError, ImportError) as exc:
         print(f"cai-ray: error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import pytest
 
 from cai_ray.core.cai import SourcePattern
 from cai_ray.io.codecs import decode_image, decode_mask, resize
-from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, local_s3
 
 # Test credentials for the SeaweedFS fixture, set before any Ray worker starts so that workers
 # inherit them; only that local server accepts them.
@@ -18,10 +18,25 @@ os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
 os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# A closed port on this machine: an S3 client that a test forgot to point at its server fails
+# here instead of reaching AWS. Test servers are always passed explicitly.
+os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 SHARED_DATA = Path(os.environ.get("CAI_RAY_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+# A test that needs any of these (directly or through another fixture) starts Ray, an S3 server
+# or a Ray cluster, or trains a network: it is 'slow', outside the quick lane
+# (pytest -m "not slow").
+SLOW_FIXTURES = {"ray_local", "s3_server", "s3_bucket", "restartable_s3", "local_cluster"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -41,26 +56,38 @@ def tile_targets() -> list[np.ndarray]:
     return [resize(decode_image(f.read_bytes(), "grey"), 256) for f in files]
 
 
-@pytest.fixture(scope="session")
-def crack_patterns(shared_data: Path) -> list[SourcePattern]:
-    """Real DeepCrack cracks as grey source patterns."""
+def _patterns(pairs: list[tuple[Path, Path]], anomaly_class: str, domain: str) -> list:
+    """Grey source patterns from (image, mask) files, skipping empty masks."""
     patterns = []
-    for image_path in sorted((shared_data / "deepcrack" / "train_img").glob("*.jpg"))[:25]:
-        mask = decode_mask(
-            (shared_data / "deepcrack" / "train_lab" / f"{image_path.stem}.png").read_bytes()
-        )
-        if not mask.any():
-            continue
-        patterns.append(
-            SourcePattern.from_full_image(
-                decode_image(image_path.read_bytes(), "grey"),
-                mask,
-                anomaly_class="crack",
-                domain="deepcrack",
-                record_id=f"deepcrack-{image_path.stem}",
+    for image_path, mask_path in pairs:
+        mask = decode_mask(mask_path.read_bytes())
+        if mask.any():
+            patterns.append(
+                SourcePattern.from_full_image(
+                    decode_image(image_path.read_bytes(), "grey"),
+                    mask,
+                    anomaly_class=anomaly_class,
+                    domain=domain,
+                    record_id=f"{domain}-{image_path.stem}",
+                )
             )
-        )
     return patterns
+
+
+@pytest.fixture(scope="session")
+def crack_patterns() -> list[SourcePattern]:
+    """Real magnetic-tile cracks from the bundled sample (5, able to make every scale on a
+    256x256 target: longest sides 44 to 383 px), as grey source patterns."""
+    images = sorted((DEMO / "defects" / "MT_Crack" / "Imgs").glob("*.jpg"))
+    return _patterns([(p, p.with_suffix(".png")) for p in images], "crack", "magnetic_tile")
+
+
+@pytest.fixture(scope="session")
+def deepcrack_patterns(shared_data: Path) -> list[SourcePattern]:
+    """Real DeepCrack cracks (another domain than the tiles), from ../shared/data."""
+    images = sorted((shared_data / "deepcrack" / "train_img").glob("*.jpg"))[:25]
+    labels = shared_data / "deepcrack" / "train_lab"
+    return _patterns([(p, labels / f"{p.stem}.png") for p in images], "crack", "deepcrack")
 
 
 @pytest.fixture(scope="session")
@@ -102,14 +129,10 @@ def s3_bucket(s3_server, request):
     """A fresh bucket on the test server, with cai-ray's storage pointed at the server."""
     import re
 
-    import s3fs
-
     from cai_ray.io import storage
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
-    fs = s3fs.S3FileSystem(
-        skip_instance_cache=True, client_kwargs={"endpoint_url": s3_server.endpoint}
-    )
+    fs = local_s3(s3_server.endpoint)
     fs.mkdir(name)
     storage.configure(endpoint_url=s3_server.endpoint)
     yield f"s3://{name}"

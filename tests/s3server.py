@@ -17,6 +17,21 @@ ACCESS_KEY = "cai-ray-test"
 SECRET_KEY = "cai-ray-test-secret"
 
 
+def local_s3(endpoint: str):
+    """An S3 client for a test server: the endpoint must be on 127.0.0.1 and the credentials
+    are the test identity's, so a test can never reach (or look for credentials) elsewhere."""
+    import s3fs
+
+    if not endpoint.startswith("http://127.0.0.1:"):
+        raise ValueError(f"test S3 endpoints are on 127.0.0.1, not {endpoint!r}")
+    return s3fs.S3FileSystem(
+        key=ACCESS_KEY,
+        secret=SECRET_KEY,
+        skip_instance_cache=True,
+        client_kwargs={"endpoint_url": endpoint},
+    )
+
+
 def _free_port_pair() -> int:
     """A port p with p and p + 10000 (SeaweedFS's gRPC port) both free."""
     for _ in range(200):
@@ -84,21 +99,13 @@ class SeaweedS3:
         self._wait_until_ready(timeout)
 
     def _wait_until_ready(self, timeout: float) -> None:
-        import s3fs
-
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 break
             try:
-                fs = s3fs.S3FileSystem(
-                    key=ACCESS_KEY,
-                    secret=SECRET_KEY,
-                    skip_instance_cache=True,
-                    client_kwargs={"endpoint_url": self.endpoint},
-                )
-                fs.ls("")
+                local_s3(self.endpoint).ls("")
                 return
             except Exception as exc:  # not up yet
                 last = exc

@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,28 +60,129 @@ def test_missing_daad_is_a_clear_error(tmp_path, capsys):
     assert "not a DAAD" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("script", "command"),
-    [
-        ("synthesize.py", "synth"),
-        ("build_daad.py", "daad build"),
-        ("train_detector.py", "detector train"),
-        ("train_cdm.py", "cdm train"),
-        ("benchmark.py", "benchmark"),
-    ],
-)
-def test_job_scripts_run_their_subcommand(script, command, tmp_path):
-    """Each jobs/ script is the CLI subcommand it names, started by path as Ray jobs do."""
-    done = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / script), "--help"],
-        cwd=tmp_path,
+def _demo_config(tmp_path: Path, **synthesizer) -> Path:
+    """configs/demo.yaml with its locations in ``tmp_path`` (and another synthesizer)."""
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["inputs"]["paths"] = [str(DEMO / "normal")]
+    raw["daad"] = {
+        "path": str(tmp_path / "daad"),
+        "build": {"spec": str(REPO / "configs/daad/demo.yaml"), "data_root": str(DEMO / "defects")},
+    }
+    raw["output"]["path"] = str(tmp_path / "out")
+    if synthesizer:
+        raw["synthesizer"] = synthesizer
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+# Runs the cai-ray CLI in a fresh interpreter in which torch and diffusers cannot be imported,
+# as on the base install (a module set to None in sys.modules raises ImportError on import).
+WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None
+sys.modules["diffusers"] = None
+from cai_ray.cli import main
+code = main(sys.argv[1:])
+loaded = sorted(m for m in ("torch", "diffusers") if sys.modules.get(m) is not None)
+assert not loaded, f"imported {loaded}"
+sys.exit(code)
+"""
+
+
+def _cli_without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
+        timeout=300,
     )
+
+
+def test_base_install_runs_synthesis_without_torch(tmp_path):
+    """The demo job's whole path (DAAD build, foreground, CAI, shards, manifest, preview,
+    verify, daad stats) with torch and diffusers impossible to import."""
+    config = _demo_config(tmp_path)
+    done = _cli_without_torch("synth", "--config", str(config), "--local", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"cai-ray {command}" in done.stdout
+    assert "120 samples in 3 shard(s)" in done.stdout
+    verified = _cli_without_torch("verify", str(tmp_path / "out"), cwd=tmp_path)
+    assert verified.returncode == 0 and "OK: 3 shard(s), 120 samples" in verified.stdout
+    stats = _cli_without_torch("daad", "stats", str(tmp_path / "daad"), cwd=tmp_path)
+    assert stats.returncode == 0 and json.loads(stats.stdout)["records"] == 20
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["detector", "train", "--config", "none.yaml"], "train"),
+        (["cdm", "train", "--config", "none.yaml"], "cdm"),
+        (["benchmark", "--config", "none.yaml"], "bench"),
+    ],
+)
+def test_commands_that_need_torch_name_their_extra(args, extra, tmp_path):
+    done = _cli_without_torch(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert f'pip install -e ".[{extra}]"' in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_cdm_job_without_torch_names_the_cdm_extra(tmp_path):
+    config = _demo_config(tmp_path, method="cdm", checkpoint=str(tmp_path / "cdm"))
+    done = _cli_without_torch("synth", "--config", str(config), "--local", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "synthesizer method 'cdm' needs torch" in done.stderr
+    assert 'pip install -e ".[cdm]"' in done.stderr
+
+
+def test_help_opens_with_what_the_tool_does():
+    done = subprocess.run(
+        [sys.executable, "-m", "cai_ray.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    description = done.stdout.split("\n\n")[1]
+    assert description.startswith("cai-ray makes training data for industrial anomaly detection")
+
+
+def _run_job(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A jobs/ script started by path, as Ray jobs do, outside the repository."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+
+
+def test_job_scripts_build_and_synthesize(tmp_path):
+    """jobs/build_daad.py and jobs/synthesize.py run their subcommands for real."""
+    built = _run_job(
+        "build_daad.py",
+        *("--spec", str(REPO / "configs/daad/demo.yaml")),
+        *("--data-root", str(DEMO / "defects"), "--out", str(tmp_path / "daad")),
+        cwd=tmp_path,
+    )
+    assert built.returncode == 0, built.stderr
+    assert "20 records" in built.stdout
+    config = _demo_config(tmp_path)
+    made = _run_job("synthesize.py", "--config", str(config), "--local", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert "120 samples in 3 shard(s)" in made.stdout
+    again = _run_job("synthesize.py", "--config", str(config), "--local", cwd=tmp_path)
+    assert "nothing to do: 3 of 3 shards committed" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "what"),
+    [("train_detector.py", "detector"), ("train_cdm.py", "CDM"), ("benchmark.py", "benchmark")],
+)
+def test_training_job_scripts_load_their_command(script, what, tmp_path):
+    """Each training script imports its command and reads its config (a missing one here)."""
+    done = _run_job(script, "--config", str(tmp_path / "none.yaml"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "not found" in done.stderr and "none.yaml" in done.stderr, done.stderr
 
 
 def test_every_shipped_config_validates():

@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 import torch
 
+from cai_ray.cdm.classes import class_id
 from cai_ray.cdm.masks import GenerationMask, MaskGenerator
-from cai_ray.cdm.model import class_id, network_input
+from cai_ray.cdm.model import network_input
 from cai_ray.core.labels import label_mask
 from cai_ray.core.synthesis import Donor, Failure, Patched, sample_rng
 

@@ -33,7 +33,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray import __version__
-from cai_ray.cdm.model import CDMModelConfig, build_unet, class_id, network_input
+from cai_ray.cdm.classes import class_id
+from cai_ray.cdm.model import CDMModelConfig, build_unet, network_input
 from cai_ray.io import storage, stream
 from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards

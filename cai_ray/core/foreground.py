@@ -15,6 +15,8 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from cai_ray.extras import require
+
 ForegroundMethod = Literal["rembg", "otsu", "grabcut", "full"]
 ForegroundExtractor = Callable[[np.ndarray], np.ndarray]
 
@@ -85,12 +87,9 @@ class RembgForeground:
                 "(e.g. u2net.onnx copied from a machine with internet access); or choose "
                 "foreground method 'otsu', 'grabcut' or 'full'."
             )
-        try:
-            from rembg import new_session
-        except ImportError as exc:
-            raise ImportError(
-                "foreground method 'rembg' needs the rembg extra: pip install 'cai-ray[rembg]'"
-            ) from exc
+        require("rembg", ("onnxruntime", "rembg"), "foreground method 'rembg'")
+        from rembg import new_session
+
         self.threshold = threshold
         # rembg >= 2.0.80 accepts model files only under its home folder, read from REMBG_HOME
         # while the session is created: point it at the model's folder for that moment only.

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cai_ray.extras import require
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 DEFAULT_MAX_ATTEMPTS = 8
@@ -62,10 +64,9 @@ def absolute(url: str) -> str:
 
 
 def _s3_filesystem(endpoint_url: str | None, max_attempts: int) -> Any:
-    try:
-        import s3fs
-    except ImportError as exc:
-        raise ImportError("s3:// locations need the s3 extra: pip install 'cai-ray[s3]'") from exc
+    require("s3", ("s3fs",), "s3:// locations")
+    import s3fs
+
     client_kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
     return s3fs.S3FileSystem(
         client_kwargs=client_kwargs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -25,24 +26,73 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return result
 
 
-def write_preview(out: str, image_size: int, mode: ColorMode, count: int) -> None:
-    """Take the first ``count`` pseudo-anomalies of the output and write ``preview.png``."""
-    rows: list[np.ndarray] = []
-    for index in sorted(layout.committed_shards(out)):
+@dataclass(frozen=True)
+class PreviewSample:
+    target: str
+    anomaly_class: str
+    files: dict[str, bytes]
+    meta: dict
+
+
+def _candidates(out: str, wanted_targets: int, max_shards: int) -> list[PreviewSample]:
+    """Pseudo-anomalies from the first committed shards, until ``wanted_targets`` targets have
+    some (at most ``max_shards`` shards are read, so a huge output stays cheap)."""
+    found: list[PreviewSample] = []
+    targets: set[str] = set()
+    for index in sorted(layout.committed_shards(out))[:max_shards]:
         data = storage.read_bytes(storage.join(out, layout.shard_name(index)))
         for _, files in iter_tar(data):
             meta = json.loads(files["json"])
-            if meta["label"] != 1:
-                continue
-            image = decode_image(files.get("png") or files["jpg"], mode)
-            mask = decode_mask(files["mask.png"])
-            normal = load_target(meta["target"], image_size, mode)
-            cells = [to_mode(normal, "rgb"), to_mode(image, "rgb"), overlay(image, mask)]
-            rows.append(np.concatenate(cells, axis=1))
-            if len(rows) >= count:
-                break
-        if len(rows) >= count:
+            if meta["label"] == 1:
+                kind = meta.get("anomaly_class") or meta["method"]  # baselines have no class
+                found.append(PreviewSample(meta["target"], kind, files, meta))
+                targets.add(meta["target"])
+        if len(targets) >= wanted_targets:
             break
+    return found
+
+
+def pick_varied(candidates: list[PreviewSample], count: int) -> list[PreviewSample]:
+    """``count`` candidates, each preferring a target, then a class, then a scale not shown yet
+    (in output order among equals), so the sheet shows the variety of the output."""
+    pool = list(candidates)
+    chosen: list[PreviewSample] = []
+    shown: tuple[set, set, set] = (set(), set(), set())
+
+    def traits(candidate: PreviewSample) -> tuple[str, str, str]:
+        return candidate.target, candidate.anomaly_class, str(candidate.meta.get("scale"))
+
+    while pool and len(chosen) < count:
+        best = min(
+            range(len(pool)),
+            key=lambda i: (*(t in s for t, s in zip(traits(pool[i]), shown, strict=True)), i),
+        )
+        pick = pool.pop(best)
+        chosen.append(pick)
+        for trait, seen in zip(traits(pick), shown, strict=True):
+            seen.add(trait)
+    return chosen
+
+
+def _caption(cell: np.ndarray, text: str) -> np.ndarray:
+    cv2.putText(cell, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(cell, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+    return cell
+
+
+def write_preview(out: str, image_size: int, mode: ColorMode, count: int) -> None:
+    """``preview.png``: ``count`` pseudo-anomalies of different targets and classes, a row each
+    (normal | pseudo-anomaly, captioned with class and scale | mask overlay)."""
+    job = layout.read_json(storage.join(out, layout.JOB_FILE))
+    rows: list[np.ndarray] = []
+    for pick in pick_varied(_candidates(out, count, max_shards=max(4, count)), count):
+        files = pick.files
+        image = decode_image(files.get("png") or files["jpg"], mode)
+        mask = decode_mask(files["mask.png"])
+        normal = load_target(storage.join(job["inputs_root"], pick.target), image_size, mode)
+        caption = f"{pick.anomaly_class} {pick.meta.get('scale') or ''}".strip()
+        cells = [to_mode(normal, "rgb"), _caption(to_mode(image, "rgb").copy(), caption)]
+        rows.append(np.concatenate([*cells, overlay(image, mask)], axis=1))
     if rows:
         storage.write_bytes_atomic(
             storage.join(out, layout.PREVIEW_FILE), encode_png(np.concatenate(rows, axis=0))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cai_ray.extras import require
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, resize
 from cai_ray.io.tar import iter_tar
@@ -39,12 +40,9 @@ def read_synth_images(out: str, size: int, mode: ColorMode, count: int) -> np.nd
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError(
-            "the benchmark's pictures need matplotlib: pip install 'cai-ray[bench]'"
-        ) from exc
+    require("bench", ("matplotlib",), "the benchmark's pictures")
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -192,8 +192,8 @@ def _open_cdm(method: CDMMethod, cai: CAIParams, daad: DaadConfig, mode: ColorMo
     it generates."""
     import torch
 
+    from cai_ray.cdm.classes import generated_classes
     from cai_ray.cdm.masks import MaskGenerator
-    from cai_ray.cdm.model import generated_classes
     from cai_ray.cdm.sampler import CDMSynthesizer, make_scheduler
     from cai_ray.cdm.train import autocast_dtype, load_cdm
 
@@ -289,8 +289,7 @@ class InjectionStage:
         made = self._synthesize_all(targets, pixels, masks)
         for target, image, results in zip(targets, pixels, made, strict=True):
             base = {
-                "target": target["path"],
-                "target_key": target["key"],
+                "target": target["key"],
                 "seed": self.seed,
                 "version": __version__,
             }

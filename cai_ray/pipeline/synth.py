@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from cai_ray import __version__
-from cai_ray.cdm.model import generated_classes
+from cai_ray.cdm.classes import generated_classes
 from cai_ray.config import CDMMethod, DraemMethod, SynthConfig
 from cai_ray.core.foreground import make_foreground_extractor
 from cai_ray.daad.builders import INDEX_NAME, DaadSpec, build_daad
 from cai_ray.daad.shards import read_index, read_records_table
+from cai_ray.extras import require
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.pipeline import layout
+from cai_ray.pipeline.console import quiet_ray_data, ray_logging_level, ray_output
 from cai_ray.pipeline.layout import OutputMismatchError
 from cai_ray.pipeline.progress import Progress
 from cai_ray.pipeline.resources import StagePlan, plan_stages
@@ -41,6 +43,8 @@ class JobPlan:
     mode: ColorMode
     fingerprint: str
     targets_per_shard: int
+    inputs_root: str
+    """The inputs' common folder (a local path or object URL): target keys are relative to it."""
 
     @property
     def num_shards(self) -> int:
@@ -80,6 +84,8 @@ def plan_job(config: SynthConfig) -> JobPlan:
     paths = sorted(dict.fromkeys(storage.expand_image_sources(config.inputs.paths)))
     if config.inputs.limit is not None:
         paths = paths[: config.inputs.limit]
+    if not paths:
+        raise ValueError(f"no input images in {config.inputs.paths}")
     locations = [_location(p) for p in paths]
     common = posixpath.commonpath(locations) if len(paths) > 1 else posixpath.dirname(locations[0])
     targets = [
@@ -96,7 +102,10 @@ def plan_job(config: SynthConfig) -> JobPlan:
             sort_keys=True,
         ).encode()
     ).hexdigest()
-    return JobPlan(targets, _resolve_mode(config, paths), digest, config.output.targets_per_shard)
+    root = common if storage.is_local(paths[0]) else f"{paths[0].split('://', 1)[0]}:/{common}"
+    return JobPlan(
+        targets, _resolve_mode(config, paths), digest, config.output.targets_per_shard, root
+    )
 
 
 def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
@@ -124,6 +133,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
             "version": __version__,
             "mode": plan.mode,
             "targets": len(plan.targets),
+            "inputs_root": plan.inputs_root,
             "targets_per_shard": plan.targets_per_shard,
             "shards": plan.num_shards,
             "samples_per_target": config.samples_per_target,
@@ -134,19 +144,20 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
     return {}
 
 
-def _init_ray(config: SynthConfig) -> tuple[float, float]:
+def _init_ray(config: SynthConfig, verbose: bool) -> tuple[float, float]:
     import ray
 
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(logging_level=logging.WARNING)
+            ray.init(logging_level=ray_logging_level(verbose))
         else:
             ray.init(
                 address="local",  # never attach to a cluster an earlier 'ray start' left behind
                 num_cpus=config.resources.num_cpus,
                 include_dashboard=False,
-                logging_level=logging.WARNING,
+                logging_level=ray_logging_level(verbose),
             )
+    quiet_ray_data(verbose)
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
     local = [
         path
@@ -229,7 +240,12 @@ def _run_locally(config: SynthConfig, plan: JobPlan, todo: list[int], show_progr
 
 
 def _run_pipeline(
-    config: SynthConfig, plan: JobPlan, todo: list[int], stages: StagePlan, show_progress: bool
+    config: SynthConfig,
+    plan: JobPlan,
+    todo: list[int],
+    stages: StagePlan,
+    show_progress: bool,
+    verbose: bool,
 ) -> None:
     import ray
 
@@ -246,12 +262,13 @@ def _run_pipeline(
             num_gpus=gpus,
             fn_constructor_kwargs=kwargs,
         )
-    progress = Progress(len(todo), enabled=show_progress)
-    try:
-        for row in dataset.iter_rows():
-            progress.update(json.loads(row["entry"])["samples"])
-    finally:
-        progress.close()
+    with ray_output(verbose):
+        progress = Progress(len(todo), enabled=show_progress)
+        try:
+            for row in dataset.iter_rows():
+                progress.update(json.loads(row["entry"])["samples"])
+        finally:
+            progress.close()
     log.info("done: %s (up to %d samples per target)", progress.status(), config.samples_per_target)
 
 
@@ -313,7 +330,9 @@ def _check_sources(config: SynthConfig) -> None:
 
 
 def _check_cdm(method: CDMMethod, mode: ColorMode) -> None:
-    """The CDM checkpoint exists, knows the classes asked for and makes the job's colour."""
+    """The CDM extra is installed, the checkpoint exists, knows the classes asked for and makes
+    the job's colour."""
+    require("cdm", ("torch", "diffusers"), "synthesizer method 'cdm'")
     from cai_ray.cdm.train import read_info
 
     info = read_info(method.checkpoint)
@@ -343,8 +362,10 @@ def _with_absolute_paths(config: SynthConfig) -> SynthConfig:
     return resolved
 
 
-def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
-    """Run (or resume) the job and return its manifest."""
+def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool = False) -> dict:
+    """Run (or resume) the job; return its manifest plus ``shards_made``, how many shards this
+    call made (0 when the output was already complete). Ray's own messages go to its log folder
+    unless ``verbose``."""
     from cai_ray.pipeline.preview import write_preview
 
     storage.configure(**config.storage.model_dump())
@@ -366,14 +387,15 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True) -> dict:
     if todo and config.resources.executor == "local":
         _run_locally(workers_config, plan, todo, show_progress)
     elif todo:
-        cluster_cpus, cluster_gpus = _init_ray(config)
+        cluster_cpus, cluster_gpus = _init_ray(config, verbose)
         stages = plan_stages(config.resources, cluster_cpus, len(todo), cluster_gpus)
         log.info("cluster CPUs %g, GPUs %g; %s", cluster_cpus, cluster_gpus, stages)
-        _run_pipeline(workers_config, plan, todo, stages, show_progress)
+        _run_pipeline(workers_config, plan, todo, stages, show_progress, verbose)
     job = layout.read_json(storage.join(out, layout.JOB_FILE))
     entries = layout.committed_shards(out)
     manifest = summarize(job, entries)
     layout.write_json(storage.join(out, layout.MANIFEST_FILE), manifest)
-    if config.output.preview_samples and manifest["samples"]:
+    preview_missing = not storage.exists(storage.join(out, layout.PREVIEW_FILE))
+    if config.output.preview_samples and manifest["samples"] and (todo or preview_missing):
         write_preview(out, config.image_size, plan.mode, config.output.preview_samples)
-    return manifest
+    return {**manifest, "shards_made": len(todo)}

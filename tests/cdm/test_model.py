@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from cai_ray.cdm.model import CLASSES, build_unet, class_id, generated_classes, network_input
+from cai_ray.cdm.classes import CLASSES, class_id, generated_classes
+from cai_ray.cdm.model import build_unet, network_input
 from cai_ray.daad.classes import AnomalyClass
 from tests.cdm.conftest import TINY
 

@@ -12,6 +12,7 @@ from cai_ray.daad.builders import DaadSpec, build_daad
 from cai_ray.io import storage
 from cai_ray.io.tar import iter_tar
 from tests.conftest import DEMO, REPO
+from tests.s3server import local_s3
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -19,11 +20,8 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def cluster_inputs(s3_server, local_cluster):
     """Normal images and a DAAD in a bucket, as a cluster's nodes would share them."""
-    import s3fs
 
-    s3fs.S3FileSystem(
-        skip_instance_cache=True, client_kwargs={"endpoint_url": s3_server.endpoint}
-    ).mkdir("cluster")
+    local_s3(s3_server.endpoint).mkdir("cluster")
     storage.configure(endpoint_url=s3_server.endpoint)
     for image in sorted((DEMO / "normal").glob("*.jpg")):
         storage.write_bytes_atomic(f"s3://cluster/normals/{image.name}", image.read_bytes())
@@ -128,11 +126,8 @@ def test_losing_a_worker_node_mid_job_loses_nothing(
 def test_ray_job_submit_writes_to_s3_and_verifies(local_cluster, s3_server):
     """The README's cluster walkthrough against this cluster: upload the demo normals with
     ``cai-ray copy``, submit with the repository as working dir, verify the output."""
-    import s3fs
 
-    s3fs.S3FileSystem(
-        skip_instance_cache=True, client_kwargs={"endpoint_url": s3_server.endpoint}
-    ).mkdir("cai-ray")
+    local_s3(s3_server.endpoint).mkdir("cai-ray")
     endpoint = ["--s3-endpoint-url", s3_server.endpoint]
     cli = [sys.executable, "-m", "cai_ray.cli"]
     upload = subprocess.run(

@@ -1,4 +1,5 @@
-"""CAI on real images: magnetic-tile targets (bundled sample) and DeepCrack sources."""
+"""CAI on real images: magnetic-tile targets and cracks from the bundled sample (the
+cross-domain case, DeepCrack sources from ../shared/data, is in tests/realdata)."""
 
 import cv2
 import numpy as np
@@ -19,7 +20,11 @@ def _injections(results):
 
 
 def test_balanced_quotas_and_synthesis_scales(crack_patterns, tile_targets):
-    injector = CAIInjector(crack_patterns)
+    check_balanced_quotas(CAIInjector(crack_patterns), tile_targets)
+
+
+def check_balanced_quotas(injector: CAIInjector, tile_targets: list[np.ndarray]) -> None:
+    """4:3:3 by scale on each target, synthesis scales in their class ranges."""
     for index, target in enumerate(tile_targets[:4]):
         results = _injections(injector.synthesize(target, FULL, seed=1, target_key=f"t{index}"))
         assert [r.scale for r in results] == ["large"] * 4 + ["medium"] * 3 + ["small"] * 3

@@ -10,6 +10,7 @@ import scipy.sparse.linalg as sparse_linalg
 
 from cai_ray.core.poisson import fast_rect_length, poisson_blend
 from cai_ray.io.codecs import decode_image, decode_mask
+from tests.conftest import DEMO
 
 
 def sparse_reference(source, target, omega, mode):
@@ -103,17 +104,14 @@ def test_fast_rect_length_gives_smooth_transform_sizes():
         assert interior_plus_one == 1
 
 
-def test_agrees_with_cv2_seamless_clone_on_real_images(shared_data, tile_targets):
+def test_agrees_with_cv2_seamless_clone_on_real_images(tile_targets):
     """Normal mode, same rectangle and region as cv2 (mask bounding box; cv2 erodes its mask by
     three 3x3 steps first). Tolerance: 1 grey level, the rounding of two float32 solutions of
     the same equation (cv2 uses its own DFT-based solver)."""
     target = tile_targets[0]
-    images = sorted((shared_data / "deepcrack" / "train_img").glob("*.jpg"))[3:12:4]
-    for image_path in images:
+    for image_path in sorted((DEMO / "defects").glob("MT_*/Imgs/*.jpg"))[::3]:
         source = cv2.resize(decode_image(image_path.read_bytes(), "grey"), (256, 180))
-        label = decode_mask(
-            (shared_data / "deepcrack" / "train_lab" / f"{image_path.stem}.png").read_bytes()
-        )
+        label = decode_mask(image_path.with_suffix(".png").read_bytes())
         mask = cv2.resize(label.astype(np.uint8) * 255, (256, 180)) > 127
         placed = target.copy()
         placed[40:220] = source

@@ -14,6 +14,7 @@ import pytest
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.synth import run_synth
 from cai_ray.pipeline.verify import verify_output
+from tests.s3server import local_s3
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.usefixtures("ray_local")]
 
@@ -97,15 +98,12 @@ def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, t
 @pytest.fixture
 def restartable_s3(tmp_path):
     """An S3 server of this test's own, since the test crashes and restarts it."""
-    import s3fs
 
     from tests.s3server import SeaweedS3
 
     server = SeaweedS3(tmp_path / "seaweedfs")
     server.start()
-    s3fs.S3FileSystem(
-        skip_instance_cache=True, client_kwargs={"endpoint_url": server.endpoint}
-    ).mkdir("restart")
+    local_s3(server.endpoint).mkdir("restart")
     try:
         yield server
     finally:

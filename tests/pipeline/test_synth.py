@@ -13,6 +13,7 @@ from cai_ray.io.codecs import decode_image
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.synth import OutputMismatchError, run_synth
 from cai_ray.pipeline.verify import verify_output
+from tests.s3server import local_s3
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("ray_local")]
 
@@ -44,7 +45,7 @@ def reference_run(tmp_path_factory, demo_daad, normals_with_a_corrupt_file):
     return config, run_synth(config, show_progress=False)
 
 
-def test_job_writes_shards_that_webdataset_reads(reference_run):
+def test_job_writes_shards_that_webdataset_reads(reference_run, normals_with_a_corrupt_file):
     config, manifest = reference_run
     out = Path(config.output.path)
     assert manifest["complete"] and len(manifest["shards"]) == 5  # 13 inputs, 3 per shard
@@ -58,6 +59,9 @@ def test_job_writes_shards_that_webdataset_reads(reference_run):
         assert sample["png"].shape == sample["mask.png"].shape == (256, 256)
         assert set(np.unique(sample["mask.png"])) <= {0, 255}
         assert sample["json"]["label"] == 1 and sample["json"]["method"] == "cai-normal"
+        # no host path in a shard: the target is named relative to the inputs' folder
+        assert (normals_with_a_corrupt_file / sample["json"]["target"]).is_file()
+        assert "/" not in sample["json"]["target"]
     assert decode_image((out / "preview.png").read_bytes()).shape == (3 * 256, 3 * 256, 3)
     assert verify_output(str(out)).ok
 
@@ -128,7 +132,6 @@ def test_the_job_reads_and_writes_s3(
 ):
     """Inputs, DAAD and output on a real S3 server: the same shards as the local run, a resumed
     run on S3 completes, and verify accepts the result."""
-    import s3fs
 
     from cai_ray.daad.builders import DaadSpec, build_daad
     from cai_ray.io import storage
@@ -148,18 +151,16 @@ def test_the_job_reads_and_writes_s3(
     manifest = run_synth(remote, show_progress=False)
     assert manifest["complete"] and manifest["samples"] > 0
 
-    fs = s3fs.S3FileSystem(
-        skip_instance_cache=True, client_kwargs={"endpoint_url": s3_server.endpoint}
-    )
+    fs = local_s3(s3_server.endpoint)
     bucket = s3_bucket.removeprefix("s3://")
 
     def contents(read) -> list:
-        """Every sample's key, image and mask bytes, and label without the target's location."""
+        """Every sample's key, image and mask bytes, and label (its target relative to the
+        inputs' folder, so the same wherever the inputs live)."""
         samples = []
         for index in range(5):
             for key, files in iter_tar(read(f"shard-{index:06d}.tar")):
-                label = {k: v for k, v in json.loads(files["json"]).items() if k != "target"}
-                samples.append((key, files["png"], files["mask.png"], label))
+                samples.append((key, files["png"], files["mask.png"], json.loads(files["json"])))
         return samples
 
     local = contents(lambda name: (Path(config.output.path) / name).read_bytes())

@@ -1,0 +1,100 @@
+"""What a user sees while a job runs: our progress and errors, not Ray's chatter.
+
+Ray prints warnings and even ERROR-level lines on every healthy run (a token-authentication
+notice, Ray Data's execution plan, a core-worker line about actor arguments in the object store);
+a user reads an ``E`` line as a failure. Unless ``--verbose``, those go to Ray's own log folder:
+Python-level Ray logging is raised to ERROR, and the driver's native stderr (file descriptor 2,
+which Ray's C++ core writes to directly) is sent to a file there while the dataset runs. Our own
+output keeps the terminal through a duplicate of the original stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+DRIVER_LOG_NAME = "cai-ray-driver-native.err"
+
+
+def ray_logging_level(verbose: bool) -> int:
+    """The level for ``ray.init(logging_level=...)``."""
+    return logging.INFO if verbose else logging.ERROR
+
+
+def quiet_ray_data(verbose: bool) -> None:
+    """Ray Data's console handler to ERROR (its file handler in Ray's log folder keeps all)."""
+    import ray.data  # noqa: F401  (configures Ray Data's loggers)
+
+    level = logging.INFO if verbose else logging.ERROR
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console, not the session file
+            handler.setLevel(level)
+
+
+def ray_log_folder() -> Path:
+    """This driver's Ray session log folder (a temporary folder if Ray does not say)."""
+    try:
+        import ray._private.worker as worker
+
+        node = worker.global_worker.node
+    except (AttributeError, ImportError):
+        node = None
+    return Path(node.get_logs_dir_path()) if node is not None else Path(tempfile.gettempdir())
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: Path) -> Iterator[Path]:
+    """Send file descriptor 2 to ``path`` (appending) while keeping Python's ``sys.stderr``, and
+    the logging handlers writing to it, on the original stream. An exception leaving the block
+    gets a note naming the file."""
+    sys.stderr.flush()
+    original_fd = os.dup(2)
+    terminal: IO[str] = os.fdopen(os.dup(original_fd), "w", buffering=1)
+    previous = sys.stderr
+    moved = _handlers_on(previous)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as sink:
+        os.dup2(sink.fileno(), 2)
+    sys.stderr = terminal
+    for handler in moved:
+        handler.setStream(terminal)
+    try:
+        yield path
+    except BaseException as exc:
+        exc.add_note(f"Ray's own messages from this run: {path}")
+        raise
+    finally:
+        terminal.flush()
+        os.dup2(original_fd, 2)
+        os.close(original_fd)
+        sys.stderr = previous
+        for handler in moved:
+            handler.setStream(previous)
+        terminal.close()
+
+
+def _handlers_on(stream: IO[str]) -> list[logging.StreamHandler]:
+    known = logging.root.manager.loggerDict.values()
+    loggers = [logging.getLogger(), *(lg for lg in known if isinstance(lg, logging.Logger))]
+    return [
+        handler
+        for logger in loggers
+        for handler in getattr(logger, "handlers", [])
+        if type(handler) is logging.StreamHandler and handler.stream is stream
+    ]
+
+
+@contextlib.contextmanager
+def ray_output(verbose: bool) -> Iterator[None]:
+    """Around a running dataset: Ray's native stderr to its log folder unless ``verbose``."""
+    if verbose:
+        yield
+        return
+    with native_stderr_to(ray_log_folder() / DRIVER_LOG_NAME):
+        yield
