@@ -16,10 +16,8 @@ from cai_ray.io import storage
 from cai_ray.pipeline.layout import OutputMismatchError
 
 # torch is imported only by the commands that need it
-DESCRIPTION = (
-    "cai-ray makes training data for industrial anomaly detection: real defects from other "
-    "domains injected into your normal images (Cross-domain Anomaly Injection), on Ray."
-)
+PROGRESS_LOGGER = "cai_ray.pipeline.progress"
+DESCRIPTION = "cai-ray injects real defects into normal images to train anomaly detectors."
 Config = TypeVar("Config", bound=BaseModel)
 
 
@@ -201,7 +199,11 @@ def _global_options(*, top_level: bool) -> argparse.ArgumentParser:
     # after the subcommand, an option left out must not reset one given before it
     default: dict = {} if top_level else {"default": argparse.SUPPRESS}
     options.add_argument(
-        "-v", "--verbose", action="store_true", help="log progress details", **default
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log details, and show Ray's own log lines (kept in Ray's log folder otherwise)",
+        **default,
     )
     options.add_argument(
         "--s3-endpoint-url",
@@ -316,14 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogFormatter(logging.Formatter):
+    """Log records in full; progress records (shown without -v, where there is no terminal for
+    a bar) as plain "12:00:30 synth: 3/40 shards ..." lines."""
+
+    plain = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == PROGRESS_LOGGER:
+            return self.plain.format(record)
+        return super().format(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # progress lines (where there is no terminal for a bar) show without -v
-    logging.getLogger("cai_ray.pipeline.progress").setLevel(logging.INFO)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
     storage.configure(endpoint_url=args.s3_endpoint_url)
     try:
         return int(args.handler(args))

@@ -137,11 +137,17 @@ def test_a_cdm_job_without_torch_names_the_cdm_extra(tmp_path):
 
 def test_help_opens_with_what_the_tool_does():
     done = subprocess.run(
-        [sys.executable, "-m", "cai_ray.cli", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "cai_ray.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "80"},  # a standard terminal: the line must fit it
     )
     assert done.returncode == 0
     description = done.stdout.split("\n\n")[1]
-    assert description.startswith("cai-ray makes training data for industrial anomaly detection")
+    assert description == (
+        "cai-ray injects real defects into normal images to train anomaly detectors."
+    )
 
 
 def _run_job(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -204,3 +210,40 @@ def test_every_shipped_config_validates():
             if path.stem.endswith(("_data", "_synth")):
                 continue
             model.model_validate(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.slow
+def test_a_successful_ray_run_prints_only_our_lines(tmp_path):
+    """Ray's token notice, Ray Data's plan and warnings, and the core worker's E-level line
+    stay in Ray's log folder; -v lets them through. The quiet run also has torch and diffusers
+    blocked in every process (a sitecustomize that Ray's workers inherit through PYTHONPATH), as
+    on the base install."""
+    config = _demo_config(tmp_path)
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['torch'] = None\nsys.modules['diffusers'] = None\n"
+    )
+    quiet = subprocess.run(
+        [sys.executable, "-m", "cai_ray.cli", "synth", "--config", str(config), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "PYTHONPATH": str(blocker)},
+        cwd=tmp_path,
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert "120 samples in 3 shard(s)" in quiet.stdout
+    assert quiet.stderr == ""
+    verbose = subprocess.run(
+        [sys.executable, "-m", "cai_ray.cli", "-v", "synth", "--config", str(config)]
+        + ["--out", str(tmp_path / "out-verbose"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert verbose.returncode == 0, verbose.stderr
+    assert "Starting execution of Dataset" in verbose.stderr
