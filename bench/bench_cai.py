@@ -16,16 +16,14 @@ import time
 import numpy as np
 from common import SHARED, TILES, peak_rss_mb, report, shared_daad
 
-from cai_ray.config import (
-    CAIMethod,
-    CutPasteMethod,
-    DaadConfig,
-    DraemMethod,
-    NSAMethod,
-    SynthesizerConfig,
-)
 from cai_ray.core.cai import CAIParams
+from cai_ray.daad.settings import DaadConfig
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
+from cai_ray.synthesizers.cai import CAIMethod
+from cai_ray.synthesizers.cutpaste import CutPasteMethod
+from cai_ray.synthesizers.draem import DraemMethod
+from cai_ray.synthesizers.nsa import NSAMethod
+from cai_ray.synthesizers.registry import SynthesizerConfig
 
 
 def main() -> None:

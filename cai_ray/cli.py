@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from cai_ray.extras import explain, require
 from cai_ray.io import storage
-from cai_ray.pipeline.layout import OutputMismatchError
+from cai_ray.io.layout import OutputMismatchError
 
 # torch is imported only by the commands that need it
 PROGRESS_LOGGER = "cai_ray.pipeline.progress"
@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace, loop: Callable[..., dict], config: BaseMode
     import torch
 
     if args.workers:
-        from cai_ray.pipeline.training import train_on_ray
+        from cai_ray.train.runner import train_on_ray
 
         train_on_ray(
             loop,
@@ -184,7 +184,8 @@ def _detector_eval(args: argparse.Namespace) -> int:
 
 def _benchmark(args: argparse.Namespace) -> int:
     require("bench", ("torch", "matplotlib"), "the benchmark")
-    from cai_ray.pipeline.benchmark import load_benchmark_config, run_benchmark
+    from cai_ray.benchmark.config import load_benchmark_config
+    from cai_ray.benchmark.run import run_benchmark
 
     config = load_benchmark_config(args.config)
     summary = run_benchmark(config)

@@ -6,21 +6,18 @@ Relative paths are relative to the directory the command runs in, like any comma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cai_ray.baselines.cutpaste import CutPasteParams
-from cai_ray.baselines.draem import DraemParams
-from cai_ray.baselines.nsa import NSAParams
-from cai_ray.cdm.masks import AffineParams
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod
-from cai_ray.daad.classes import AnomalyClass
+from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
 from cai_ray.io.codecs import ImageFormat
 from cai_ray.io.storage import DEFAULT_MAX_ATTEMPTS
+from cai_ray.synthesizers.registry import SynthesizerConfig, default_method
 
 
 class _Section(BaseModel):
@@ -33,29 +30,6 @@ class InputsConfig(_Section):
         description="Normal images: folders (searched recursively), glob patterns, .txt lists.",
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N images (sorted).")
-
-
-class DaadBuildConfig(_Section):
-    spec: str = Field(description="DAAD spec YAML, e.g. configs/daad/shared_data.yaml.")
-    data_root: str = Field(description="Folder the spec's paths are relative to.")
-
-
-class DaadConfig(_Section):
-    path: str = Field(description="A DAAD built by 'cai-ray daad build'.")
-    build: DaadBuildConfig | None = Field(
-        None, description="Build the DAAD at 'path' from this spec first if it is not there."
-    )
-    exclude_domains: list[str] = Field(
-        default_factory=list,
-        description="Never use these domains as sources: the dataset being evaluated (leakage).",
-    )
-    include_classes: list[AnomalyClass] | None = None
-    cache_mb: int = Field(
-        512,
-        ge=1,
-        description="Decoded source patterns each injection actor keeps (LRU); the rest of the "
-        "DAAD is read on demand, so a DAAD larger than memory works.",
-    )
 
 
 class ForegroundConfig(_Section):
@@ -100,64 +74,6 @@ class ResourcesConfig(_Section):
     )
 
 
-class CAIMethod(_Section):
-    """CAI itself (cai-normal, cai-mixed, or paste), set in the ``cai`` section."""
-
-    method: Literal["cai"] = "cai"
-
-
-class CutPasteMethod(CutPasteParams):
-    """CutPaste, normal or scar (:mod:`cai_ray.baselines.cutpaste`)."""
-
-    method: Literal["cutpaste"]
-
-
-class NSAMethod(NSAParams):
-    """NSA, normal or mixed blending (:mod:`cai_ray.baselines.nsa`)."""
-
-    method: Literal["nsa"]
-
-
-class DraemMethod(DraemParams):
-    """DRAEM's Perlin anomalies (:mod:`cai_ray.baselines.draem`)."""
-
-    method: Literal["draem"]
-    textures: list[str] = Field(
-        min_length=1,
-        description="Texture images (folders, globs, .txt lists), e.g. DTD or DAAD images.",
-    )
-
-
-class CDMMethod(_Section):
-    """A trained CAI-guided diffusion model (:mod:`cai_ray.cdm`). Its masks follow CAI's rules,
-    set in the ``cai`` section (quotas, stm, ils, mask_kernel), from the DAAD's masks."""
-
-    method: Literal["cdm"]
-    checkpoint: str = Field(description="A folder written by 'cai-ray cdm train' (or s3://).")
-    classes: list[AnomalyClass] | None = Field(
-        None,
-        description="Classes to generate (the paper's CDM-5 is a subset); None: every class the "
-        "model learnt. Each needs DAAD masks of its class.",
-    )
-    scheduler: Literal["ddim", "dpm"] = Field("ddim", description="DDIM or DPM-Solver++.")
-    steps: int = Field(50, ge=1, description="Denoising steps per sample.")
-    batch_size: int = Field(32, ge=1, description="Samples per network batch.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU if any.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU.")
-    label: Literal["condition", "difference"] = Field(
-        "condition",
-        description="Label mask: the conditioning mask, or the pixels in it that changed "
-        "(grey difference > cai.diff_threshold, median filtered).",
-    )
-    affine: AffineParams = AffineParams()
-
-
-SynthesizerConfig = Annotated[
-    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod,
-    Field(discriminator="method"),
-]
-
-
 class StorageConfig(_Section):
     endpoint_url: str | None = Field(
         None,
@@ -182,7 +98,8 @@ class SynthConfig(_Section):
     )
     inputs: InputsConfig
     synthesizer: SynthesizerConfig = Field(
-        CAIMethod(), description="Which synthesizer makes the pseudo-anomalies (default CAI)."
+        default_factory=default_method,
+        description="Which synthesizer makes the pseudo-anomalies (default CAI).",
     )
     daad: DaadConfig | None = Field(None, description="The anomaly sources; CAI needs one.")
     foreground: ForegroundConfig = ForegroundConfig()
@@ -193,7 +110,7 @@ class SynthConfig(_Section):
 
     @model_validator(mode="after")
     def _cai_has_sources(self) -> SynthConfig:
-        if isinstance(self.synthesizer, CAIMethod | CDMMethod) and self.daad is None:
+        if self.synthesizer.needs_daad and self.daad is None:
             raise ValueError(
                 f"synthesizer {self.synthesizer.method!r} needs a 'daad' section (its source "
                 "patterns or masks)"
@@ -202,9 +119,7 @@ class SynthConfig(_Section):
 
     @property
     def anomalies_per_target(self) -> int:
-        if isinstance(self.synthesizer, CAIMethod | CDMMethod):
-            return self.cai.quotas.total
-        return self.synthesizer.anomalies_per_target
+        return self.synthesizer.anomaly_count(self.cai)
 
     @property
     def samples_per_target(self) -> int:

@@ -10,15 +10,10 @@ import pytest
 import torch
 import yaml
 
+from cai_ray.benchmark.config import BenchmarkConfig, SynthesizerEntry, load_benchmark_config
+from cai_ray.benchmark.run import _check_given_output, run_benchmark
 from cai_ray.cli import main
 from cai_ray.config import ConfigError
-from cai_ray.pipeline.benchmark import (
-    BenchmarkConfig,
-    SynthesizerEntry,
-    _check_given_output,
-    load_benchmark_config,
-    run_benchmark,
-)
 from tests.conftest import DEMO
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_local")]
@@ -154,7 +149,7 @@ def test_detector_train_command_and_a_missing_checkpoint(benchmark_run, tmp_path
 
 
 def test_a_crash_before_an_epoch_is_scored_is_made_good_on_resume(tmp_path, demo_daad, monkeypatch):
-    from cai_ray.pipeline import benchmark as module
+    from cai_ray.benchmark import run as module
 
     raw = yaml.safe_load((ROOT / "configs/benchmark/demo.yaml").read_text())
     raw |= {"out": str(tmp_path), "target": str(ROOT / raw["target"]), "data_root": str(DEMO)}

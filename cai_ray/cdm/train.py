@@ -38,7 +38,7 @@ from cai_ray.cdm.model import CDMModelConfig, build_unet, network_input
 from cai_ray.io import storage, stream
 from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
-from cai_ray.pipeline.training import resumable
+from cai_ray.train.runner import resumable
 
 log = logging.getLogger(__name__)
 

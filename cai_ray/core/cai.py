@@ -9,12 +9,11 @@ which worker made it or in what order.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.core.geometry import (
     SYNTHESIS_RANGES,
@@ -38,13 +37,28 @@ BlendMethod = Literal["normal", "mixed", "paste"]
 METHOD_NAMES: dict[str, str] = {"normal": "cai-normal", "mixed": "cai-mixed", "paste": "paste"}
 
 
-class Quotas(BaseModel):
+# Settings are plain dataclasses (core imports no settings library). The job's config validates
+# them with pydantic from YAML: field types and these checks, unknown keys refused.
+_STRICT = {"extra": "forbid"}
+
+
+def _at_least(owner: object, minimum: int, *names: str) -> None:
+    for name in names:
+        if getattr(owner, name) < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {getattr(owner, name)}")
+
+
+@dataclass(frozen=True)
+class Quotas:
     """Pseudo-anomalies per target image and scale (the paper's balanced 4:3:3 by default)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    large: int = Field(4, ge=0)
-    medium: int = Field(3, ge=0)
-    small: int = Field(3, ge=0)
+    __pydantic_config__ = _STRICT
+    large: int = 4
+    medium: int = 3
+    small: int = 3
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "large", "medium", "small")
 
     @property
     def total(self) -> int:
@@ -56,24 +70,48 @@ class Quotas(BaseModel):
         )
 
 
-class CAIParams(BaseModel):
-    """Settings of the injector; the defaults are the published ones."""
+@dataclass(frozen=True)
+class CAIParams:
+    """Settings of the injector; the defaults are the published ones.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    blend: BlendMethod = Field(
-        "normal", description="Poisson guidance: 'normal', 'mixed', or 'paste' (no Poisson)."
-    )
-    quotas: Quotas = Quotas()
-    stm: bool = Field(True, description="Source-target matching; off pastes patterns unscaled.")
-    ils: bool = Field(True, description="Injection location selection; off ignores foreground.")
+    ``blend``: Poisson guidance 'normal', 'mixed', or 'paste' (no Poisson). ``stm``: source-target
+    matching (off pastes patterns unscaled). ``ils``: injection location selection (off ignores
+    the foreground). ``min_mask_pixels``: smaller label masks are redrawn, at most
+    ``max_attempts`` times. ``mask_kernel``: close then dilate the pattern mask (8x8).
+    ``blend_margin``: pixels of target around the Poisson region.
+    """
+
+    __pydantic_config__ = _STRICT
+    blend: BlendMethod = "normal"
+    quotas: Quotas = field(default_factory=Quotas)
+    stm: bool = True
+    ils: bool = True
     label_rule: LabelRule = "published"
-    diff_threshold: int = Field(7, ge=0, le=254)
-    median_size: int = Field(7, ge=1)
-    pattern_dilation: int = Field(5, ge=1)
-    min_mask_pixels: int = Field(10, ge=1, description="Smaller label masks are redrawn.")
-    max_attempts: int = Field(10, ge=1, description="Redraws per sample before it is given up.")
-    mask_kernel: int = Field(8, ge=1, description="Close then dilate the pattern mask (8x8).")
-    blend_margin: int = Field(8, ge=1, description="Pixels of target around the Poisson region.")
+    diff_threshold: int = 7
+    median_size: int = 7
+    pattern_dilation: int = 5
+    min_mask_pixels: int = 10
+    max_attempts: int = 10
+    mask_kernel: int = 8
+    blend_margin: int = 8
+
+    def __post_init__(self) -> None:
+        if self.blend not in METHOD_NAMES:
+            raise ValueError(f"blend must be one of {sorted(METHOD_NAMES)}, got {self.blend!r}")
+        if self.label_rule not in get_args(LabelRule):
+            raise ValueError(f"label_rule must be one of {get_args(LabelRule)}")
+        if not 0 <= self.diff_threshold <= 254:
+            raise ValueError(f"diff_threshold must be in [0, 254], got {self.diff_threshold}")
+        _at_least(
+            self,
+            1,
+            "median_size",
+            "pattern_dilation",
+            "min_mask_pixels",
+            "max_attempts",
+            "mask_kernel",
+            "blend_margin",
+        )
 
 
 @dataclass(frozen=True)

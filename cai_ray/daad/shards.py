@@ -13,9 +13,10 @@ import pyarrow as pa
 
 from cai_ray.core.cai import SourcePattern
 from cai_ray.core.geometry import Scale, scale_classes
-from cai_ray.daad.builders import FORMAT_VERSION, INDEX_NAME, RECORDS_NAME
+from cai_ray.daad.builders import FORMAT_VERSION, INDEX_NAME, RECORDS_NAME, DaadSpec, build_daad
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import RecordLabel, parse_sample
+from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, decode_image
 from cai_ray.io.tar import iter_tar
@@ -49,7 +50,10 @@ def read_records_table(daad: str, index: dict | None = None) -> pa.Table:
             f"DAAD {daad} was built by an older cai-ray without a records table; "
             "rebuild it with 'cai-ray daad build'"
         )
-    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(daad, RECORDS_NAME))))
+    # One thread: the table is small, and Arrow's reader thread pool can abort the process at
+    # interpreter exit ("terminate called without an active exception", apache/arrow#34314).
+    data = io.BytesIO(storage.read_bytes(storage.join(daad, RECORDS_NAME)))
+    return pq.read_table(data, use_threads=False)
 
 
 class PatternBank:
@@ -166,3 +170,19 @@ def daad_stats(daad: str, *, reference_size: int = 256) -> dict:
             sorted(Counter(f"{c}/{s}" for c, s in zip(classes, scales, strict=True)).items())
         ),
     }
+
+
+def prepare_daad(daad: DaadConfig) -> None:
+    """Build the DAAD if the settings say how and it is missing; check it opens and that the
+    leakage filter leaves sources (a clear error before any worker starts beats a failed one)."""
+    if daad.build is not None and not storage.exists(storage.join(daad.path, INDEX_NAME)):
+        log.info("building DAAD %s from %s", daad.path, daad.build.spec)
+        build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
+    index = read_index(daad.path)
+    read_records_table(daad.path, index)  # an old-format DAAD fails here, with what to do
+    domains = index["report"]["by_domain"]
+    if not set(domains) - set(daad.exclude_domains):
+        raise ValueError(
+            f"DAAD {daad.path} has only domains {sorted(domains)}, all excluded by "
+            f"daad.exclude_domains: no source patterns are left"
+        )

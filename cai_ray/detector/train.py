@@ -25,7 +25,7 @@ from cai_ray.detector.model import DiscriminativeUNet, focal_loss
 from cai_ray.io import storage, stream
 from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
-from cai_ray.pipeline.training import resumable
+from cai_ray.train.runner import resumable
 
 log = logging.getLogger(__name__)
 

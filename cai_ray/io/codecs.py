@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cai_ray.io import storage
+
 ColorMode = Literal["grey", "rgb"]
 ImageFormat = Literal["png", "jpg"]
 
@@ -113,6 +115,12 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     shrink = image.shape[0] * image.shape[1] > size * size
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def load_image(url: str, size: int, mode: ColorMode) -> np.ndarray:
+    """An image as a job sees it: read (local or s3://), decoded in ``mode``, resized to
+    ``size``. Raises ``OSError`` or :class:`DecodeError`."""
+    return resize(decode_image(storage.read_bytes(url), mode), size)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:

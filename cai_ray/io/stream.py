@@ -17,8 +17,8 @@ from typing import TypeVar
 import numpy as np
 
 from cai_ray.io import storage
+from cai_ray.io.layout import committed_shards, shard_name
 from cai_ray.io.tar import iter_tar
-from cai_ray.pipeline.layout import committed_shards, shard_name
 
 In = TypeVar("In")
 Out = TypeVar("Out")

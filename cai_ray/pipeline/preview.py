@@ -8,11 +8,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from cai_ray.io import storage
-from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, encode_png, to_mode
+from cai_ray.io import layout, storage
+from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, encode_png, load_image, to_mode
 from cai_ray.io.tar import iter_tar
-from cai_ray.pipeline import layout
-from cai_ray.pipeline.stages import load_target
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -89,7 +87,7 @@ def write_preview(out: str, image_size: int, mode: ColorMode, count: int) -> Non
         files = pick.files
         image = decode_image(files.get("png") or files["jpg"], mode)
         mask = decode_mask(files["mask.png"])
-        normal = load_target(storage.join(job["inputs_root"], pick.target), image_size, mode)
+        normal = load_image(storage.join(job["inputs_root"], pick.target), image_size, mode)
         caption = f"{pick.anomaly_class} {pick.meta.get('scale') or ''}".strip()
         cells = [to_mode(normal, "rgb"), _caption(to_mode(image, "rgb").copy(), caption)]
         rows.append(np.concatenate([*cells, overlay(image, mask)], axis=1))

@@ -22,33 +22,22 @@ import cv2
 import numpy as np
 
 from cai_ray import __version__
-from cai_ray.baselines.cutpaste import CutPaste
-from cai_ray.baselines.draem import Draem
-from cai_ray.baselines.nsa import NSA
-from cai_ray.config import (
-    CAIMethod,
-    CDMMethod,
-    CutPasteMethod,
-    DaadConfig,
-    NSAMethod,
-    SynthesizerConfig,
-)
-from cai_ray.core.cai import CAIInjector, CAIParams
+from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
-from cai_ray.core.synthesis import BatchSynthesizer, Failure, PseudoAnomaly, Synthesizer
-from cai_ray.daad.classes import AnomalyClass
-from cai_ray.daad.shards import PatternBank
+from cai_ray.core.synthesis import BatchSynthesizer, Failure, PseudoAnomaly
+from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
 from cai_ray.io.codecs import (
     ColorMode,
     DecodeError,
     ImageFormat,
-    decode_image,
     encode_image,
-    resize,
+    load_image,
 )
+from cai_ray.io.layout import entry_name, sample_key, shard_name, write_json
 from cai_ray.io.tar import Sample, build_tar
-from cai_ray.pipeline.layout import entry_name, sample_key, shard_name, write_json
+from cai_ray.synthesizers.base import BuildContext
+from cai_ray.synthesizers.registry import SynthesizerConfig
 
 Batch = dict[str, np.ndarray]
 
@@ -59,11 +48,6 @@ def _single_row(batch: Batch) -> dict[str, Any]:
     if sizes != {1}:
         raise ValueError(f"stages take one shard per batch (batch_size=1); got {sizes} rows")
     return {name: column[0] for name, column in batch.items()}
-
-
-def load_target(path: str, size: int, mode: ColorMode) -> np.ndarray:
-    """A normal image as the job sees it: decoded in ``mode`` and resized to ``size``."""
-    return resize(decode_image(storage.read_bytes(path), mode), size)
 
 
 class ForegroundStage:
@@ -92,7 +76,7 @@ class ForegroundStage:
         skipped: list[dict[str, str]] = []
         for target in targets:
             try:
-                image = load_target(target["path"], self.image_size, self.mode)
+                image = load_image(target["path"], self.image_size, self.mode)
             except (OSError, DecodeError) as exc:
                 skipped.append({"path": target["path"], "reason": f"unreadable: {exc}"})
                 continue
@@ -128,107 +112,6 @@ class ForegroundStage:
         }
 
 
-class TextureFolder:
-    """Texture images read on demand from a sorted list of paths, resized to the targets' size
-    and mode (DRAEM's anomaly sources); the last few decoded ones are kept."""
-
-    def __init__(self, paths: list[str], size: int, mode: ColorMode, keep: int = 64) -> None:
-        if not paths:
-            raise ValueError("the texture list is empty")
-        self.paths = paths
-        self.size = size
-        self.mode: ColorMode = mode
-        self.keep = keep
-        self._cache: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if index not in self._cache:
-            if len(self._cache) >= self.keep:
-                self._cache.pop(next(iter(self._cache)))
-            path = self.paths[index]
-            try:
-                self._cache[index] = load_target(path, self.size, self.mode)
-            except (OSError, DecodeError) as exc:
-                raise ValueError(f"texture {path} is unreadable: {exc}") from exc
-        return self._cache[index]
-
-
-def make_synthesizer(
-    method: SynthesizerConfig,
-    *,
-    cai: CAIParams,
-    daad: DaadConfig | None,
-    image_size: int,
-    mode: ColorMode,
-) -> Synthesizer:
-    """The configured synthesizer with its sources opened (a DAAD, or a texture folder)."""
-    if isinstance(method, CAIMethod):
-        if daad is None:
-            raise ValueError("synthesizer 'cai' needs a DAAD")
-        patterns = PatternBank(
-            daad.path,
-            mode=mode,
-            exclude_domains=daad.exclude_domains,
-            include_classes=daad.include_classes,
-            cache_bytes=daad.cache_mb * 2**20,
-        )
-        return CAIInjector(patterns, cai)
-    if isinstance(method, CDMMethod):
-        if daad is None:
-            raise ValueError("synthesizer 'cdm' needs a DAAD (its masks)")
-        return _open_cdm(method, cai, daad, mode)
-    if isinstance(method, CutPasteMethod):
-        return CutPaste(method)
-    if isinstance(method, NSAMethod):
-        return NSA(method)
-    return Draem(TextureFolder(method.textures, image_size, mode), method)
-
-
-def _open_cdm(method: CDMMethod, cai: CAIParams, daad: DaadConfig, mode: ColorMode) -> Synthesizer:
-    """The trained CDM on this actor's device, with masks from the DAAD records of the classes
-    it generates."""
-    import torch
-
-    from cai_ray.cdm.classes import generated_classes
-    from cai_ray.cdm.masks import MaskGenerator
-    from cai_ray.cdm.sampler import CDMSynthesizer, make_scheduler
-    from cai_ray.cdm.train import autocast_dtype, load_cdm
-
-    unet, schedule, info = load_cdm(method.checkpoint)
-    classes = generated_classes(info["classes"], method.classes, method.checkpoint)
-    if daad.include_classes:
-        classes = [c for c in classes if c in set(map(str, daad.include_classes))]
-    patterns = PatternBank(
-        daad.path,
-        mode=mode,
-        exclude_domains=daad.exclude_domains,
-        include_classes=[AnomalyClass(c) for c in classes],
-        cache_bytes=daad.cache_mb * 2**20,
-    )
-    wanted = method.device
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("synthesizer.device is 'cuda' but this actor sees no GPU")
-    device = torch.device("cuda" if wanted != "cpu" and torch.cuda.is_available() else "cpu")
-    return CDMSynthesizer(
-        unet,
-        make_scheduler(method.scheduler, schedule),
-        MaskGenerator(patterns, cai, method.affine),
-        image_size=info["image_size"],
-        channels=info["channels"],
-        steps=method.steps,
-        batch_size=method.batch_size,
-        device=device,
-        dtype=autocast_dtype(method.precision, device),
-        label=method.label,
-        diff_threshold=cai.diff_threshold,
-        median_size=cai.median_size,
-        min_mask_pixels=cai.min_mask_pixels,
-    )
-
-
 class InjectionStage:
     """Runs the synthesizer on a shard's targets and commits the shard (sources opened once
     per actor)."""
@@ -250,9 +133,7 @@ class InjectionStage:
     ) -> None:
         storage.configure(**(storage_options or {}))
         self.out = out
-        self.synthesizer = make_synthesizer(
-            synthesizer, cai=cai, daad=daad, image_size=image_size, mode=mode
-        )
+        self.synthesizer = synthesizer.build(BuildContext(cai, daad, image_size, mode))
         self.image_size = image_size
         self.mode: ColorMode = mode
         self.seed = seed

@@ -19,20 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from cai_ray import __version__
-from cai_ray.cdm.classes import generated_classes
-from cai_ray.config import CDMMethod, DraemMethod, SynthConfig
+from cai_ray.config import SynthConfig
 from cai_ray.core.foreground import make_foreground_extractor
-from cai_ray.daad.builders import INDEX_NAME, DaadSpec, build_daad
-from cai_ray.daad.shards import read_index, read_records_table
-from cai_ray.extras import require
-from cai_ray.io import storage
+from cai_ray.daad.shards import prepare_daad
+from cai_ray.io import layout, storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
-from cai_ray.pipeline import layout
+from cai_ray.io.layout import OutputMismatchError
 from cai_ray.pipeline.console import quiet_ray_data, ray_logging_level, ray_output
-from cai_ray.pipeline.layout import OutputMismatchError
 from cai_ray.pipeline.progress import Progress
 from cai_ray.pipeline.resources import StagePlan, plan_stages
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
+from cai_ray.synthesizers.base import BuildContext
 
 log = logging.getLogger(__name__)
 
@@ -297,51 +294,13 @@ def summarize(job: dict, entries: dict[int, dict]) -> dict:
     }
 
 
-def _prepare_daad(config: SynthConfig) -> None:
-    """Build the DAAD if the config says how and it is missing; check the leakage filter leaves
-    sources, before any Ray worker starts (a clear error here beats a failed actor later)."""
-    daad = config.daad
-    if daad is None:
-        return
-    if daad.build is not None and not storage.exists(storage.join(daad.path, INDEX_NAME)):
-        log.info("building DAAD %s from %s", daad.path, daad.build.spec)
-        build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
-    index = read_index(daad.path)
-    read_records_table(daad.path, index)  # an old-format DAAD fails here, with what to do
-    domains = index["report"]["by_domain"]
-    usable = set(domains) - set(daad.exclude_domains)
-    if not usable:
-        raise ValueError(
-            f"DAAD {daad.path} has only domains {sorted(domains)}, all excluded by "
-            f"daad.exclude_domains: no source patterns are left"
-        )
-
-
-def _check_sources(config: SynthConfig) -> None:
-    """Fail before any Ray worker starts when the sources are missing (a clear error here
-    beats a failed actor later)."""
-    _prepare_daad(config)
-    if isinstance(config.synthesizer, DraemMethod):
-        textures = storage.expand_image_sources(config.synthesizer.textures)
-        if not textures:
-            raise ValueError(f"no texture images in {config.synthesizer.textures}")
+def _check_sources(config: SynthConfig, mode: ColorMode) -> None:
+    """Fail before any Ray worker starts when a source or model is missing (a clear error
+    here beats a failed actor later)."""
+    context = BuildContext(config.cai, config.daad, config.image_size, mode)
+    config.synthesizer.check(context)
     if config.foreground.method == "rembg":
         make_foreground_extractor("rembg", model_path=config.foreground.model_path)
-
-
-def _check_cdm(method: CDMMethod, mode: ColorMode) -> None:
-    """The CDM extra is installed, the checkpoint exists, knows the classes asked for and makes
-    the job's colour."""
-    require("cdm", ("torch", "diffusers"), "synthesizer method 'cdm'")
-    from cai_ray.cdm.train import read_info
-
-    info = read_info(method.checkpoint)
-    generated_classes(info["classes"], method.classes, method.checkpoint)
-    if info["color"] != mode:
-        raise ValueError(
-            f"the CDM at {method.checkpoint} makes {info['color']} images but the job's are "
-            f"{mode}: set color: {info['color']}"
-        )
 
 
 def _with_absolute_paths(config: SynthConfig) -> SynthConfig:
@@ -349,13 +308,7 @@ def _with_absolute_paths(config: SynthConfig) -> SynthConfig:
     resolved = config.model_copy(deep=True)
     if resolved.daad is not None:
         resolved.daad.path = storage.absolute(resolved.daad.path)
-    if isinstance(resolved.synthesizer, CDMMethod):
-        checkpoint = storage.absolute(resolved.synthesizer.checkpoint)
-        resolved.synthesizer = resolved.synthesizer.model_copy(update={"checkpoint": checkpoint})
-    if isinstance(resolved.synthesizer, DraemMethod):
-        found = sorted(dict.fromkeys(storage.expand_image_sources(resolved.synthesizer.textures)))
-        textures = [storage.absolute(path) for path in found]
-        resolved.synthesizer = resolved.synthesizer.model_copy(update={"textures": textures})
+    resolved.synthesizer = resolved.synthesizer.for_workers()
     resolved.output.path = storage.absolute(config.output.path)
     if config.foreground.model_path is not None:
         resolved.foreground.model_path = storage.absolute(config.foreground.model_path)
@@ -369,10 +322,10 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool 
     from cai_ray.pipeline.preview import write_preview
 
     storage.configure(**config.storage.model_dump())
-    _check_sources(config)
+    if config.daad is not None:
+        prepare_daad(config.daad)
     plan = plan_job(config)
-    if isinstance(config.synthesizer, CDMMethod):
-        _check_cdm(config.synthesizer, plan.mode)
+    _check_sources(config, plan.mode)
     workers_config = _with_absolute_paths(config)
     out = workers_config.output.path
     done = _claim_output(config, plan)

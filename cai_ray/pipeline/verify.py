@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cai_ray.io import storage
+from cai_ray.io import layout, storage
 from cai_ray.io.codecs import DecodeError, decode_image
 from cai_ray.io.tar import iter_tar
-from cai_ray.pipeline import layout
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from cai_ray.cdm.masks import MaskGenerator
 from cai_ray.cdm.model import build_unet
 from cai_ray.cdm.sampler import CDMSynthesizer, make_scheduler
-from cai_ray.core.cai import CAIParams
+from cai_ray.core.cai import CAIParams, Quotas
 from cai_ray.core.synthesis import Failure, Patched
 from tests.cdm.conftest import TINY
 
@@ -19,7 +19,7 @@ def _synthesizer(patterns, **options) -> CDMSynthesizer:
     torch.manual_seed(0)
     unet = build_unet(TINY, channels=1, image_size=32)
     schedule = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config)
-    masks = MaskGenerator(patterns, CAIParams(quotas={"large": 1, "medium": 1, "small": 1}))
+    masks = MaskGenerator(patterns, CAIParams(quotas=Quotas(large=1, medium=1, small=1)))
     return CDMSynthesizer(
         unet, make_scheduler("dpm", schedule), masks, image_size=32, channels=1, **options
     )

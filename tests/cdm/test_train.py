@@ -76,8 +76,9 @@ def test_bad_training_data_and_changed_configs_are_refused(cai_output, tmp_path)
         load_cdm(str(tmp_path / "nothing"))
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_ray_train_runs_the_cdm_loop_on_two_workers(cai_output, tmp_path):
-    from cai_ray.pipeline.training import train_on_ray
+    from cai_ray.train.runner import train_on_ray
 
     config = tiny_config(cai_output, tmp_path / "ray", 2)
     train_on_ray(train_cdm, config, num_workers=2)

@@ -120,7 +120,7 @@ def test_a_checkpoint_of_another_config_is_refused(synth_output, tmp_path):
 
 def test_ray_train_runs_the_loop_on_two_workers(synth_output, tmp_path):
     from cai_ray.detector.train import checkpoint_url, read_checkpoint
-    from cai_ray.pipeline.training import train_on_ray
+    from cai_ray.train.runner import train_on_ray
 
     config = _config(synth_output, tmp_path / "ray", 3)
     train_on_ray(train_detector, config, num_workers=2)

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 
+from cai_ray.io.layout import committed_shards
 from cai_ray.io.tar import iter_tar
-from cai_ray.pipeline.layout import committed_shards
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 from cai_ray.pipeline.synth import plan_job
 

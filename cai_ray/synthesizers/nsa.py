@@ -20,10 +20,12 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai_ray.baselines.common import place_box
+from cai_ray.core.cai import CAIParams
 from cai_ray.core.labels import grey_difference
 from cai_ray.core.poisson import poisson_blend
 from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
+from cai_ray.synthesizers.base import BuildContext, MethodSettings
+from cai_ray.synthesizers.patches import place_box
 
 
 class NSAParams(BaseModel):
@@ -38,6 +40,19 @@ class NSAParams(BaseModel):
     label_threshold: int = Field(7, ge=0, le=254, description="NSA's logistic midpoint x0.")
     min_mask_pixels: int = Field(10, ge=1)
     max_attempts: int = Field(10, ge=1)
+
+
+class NSAMethod(NSAParams, MethodSettings):
+    """``synthesizer: {method: nsa, blend: normal | mixed, ...}``; patches come from the other
+    normal images of the same output shard."""
+
+    method: Literal["nsa"] = "nsa"
+
+    def anomaly_count(self, cai: CAIParams) -> int:
+        return self.anomalies_per_target
+
+    def build(self, context: BuildContext) -> NSA:
+        return NSA(self)
 
 
 class NSA:

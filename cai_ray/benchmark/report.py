@@ -15,11 +15,11 @@ import numpy as np
 from cai_ray.extras import require
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, resize
+from cai_ray.io.layout import committed_shards, shard_name
 from cai_ray.io.tar import iter_tar
-from cai_ray.pipeline.layout import committed_shards, shard_name
 
 if TYPE_CHECKING:
-    from cai_ray.pipeline.benchmark import BenchmarkConfig
+    from cai_ray.benchmark.config import BenchmarkConfig
 
 METRICS = ("pixel_auroc", "pixel_ap", "pro", "image_auroc")
 

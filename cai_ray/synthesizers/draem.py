@@ -12,13 +12,17 @@ samples come from ``output.include_normal`` instead. The mask is limited to the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
+from cai_ray.io import storage
+from cai_ray.io.codecs import ColorMode, DecodeError, load_image
+from cai_ray.synthesizers.base import BuildContext, MethodSettings
 
 
 class TextureLibrary(Protocol):
@@ -127,6 +131,65 @@ AUGMENTATIONS: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = [
 """DRAEM's texture augmenters, in its order: gamma contrast 0.5-2, multiply 0.8-1.2 and add
 -30..30, sharpness 0-2, hue and saturation -50..50, solarize (p 0.5, threshold 32-128),
 posterize, invert, autocontrast, equalize, rotation -45..45 degrees."""
+
+
+class TextureFolder:
+    """Texture images read on demand from a sorted list of paths, resized to the targets' size
+    and mode; the last few decoded ones are kept."""
+
+    def __init__(self, paths: list[str], size: int, mode: ColorMode, keep: int = 64) -> None:
+        if not paths:
+            raise ValueError("the texture list is empty")
+        self.paths = paths
+        self.size = size
+        self.mode: ColorMode = mode
+        self.keep = keep
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if index not in self._cache:
+            if len(self._cache) >= self.keep:
+                self._cache.pop(next(iter(self._cache)))
+            path = self.paths[index]
+            try:
+                self._cache[index] = load_image(path, self.size, self.mode)
+            except (OSError, DecodeError) as exc:
+                raise ValueError(f"texture {path} is unreadable: {exc}") from exc
+        return self._cache[index]
+
+
+class DraemMethod(DraemParams, MethodSettings):
+    """``synthesizer: {method: draem, textures: [...], ...}``."""
+
+    method: Literal["draem"] = "draem"
+    textures: list[str] = Field(
+        min_length=1,
+        description="Texture images (folders, globs, .txt lists), e.g. DTD or DAAD images.",
+    )
+
+    def anomaly_count(self, cai: CAIParams) -> int:
+        return self.anomalies_per_target
+
+    def _texture_files(self) -> list[str]:
+        return sorted(dict.fromkeys(storage.expand_image_sources(self.textures)))
+
+    def check(self, context: BuildContext) -> None:
+        if not self._texture_files():
+            raise ValueError(f"no texture images in {self.textures}")
+
+    def for_workers(self) -> DraemMethod:
+        """The texture list expanded to absolute file paths, in a fixed order."""
+        textures = [storage.absolute(path) for path in self._texture_files()]
+        return self.model_copy(update={"textures": textures})
+
+    def build(self, context: BuildContext) -> Draem:
+        files = self.textures
+        if not all(storage.is_image_file_path(path) for path in files):  # not yet expanded
+            files = self._texture_files()
+        return Draem(TextureFolder(files, context.image_size, context.mode), self)
 
 
 class Draem:

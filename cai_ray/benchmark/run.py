@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
+from cai_ray.benchmark.config import BenchmarkConfig, SynthesizerEntry
+from cai_ray.benchmark.report import read_synth_images, write_report
 from cai_ray.config import ConfigError, SynthConfig
 from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint
 from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
@@ -29,75 +30,6 @@ from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode
 
 log = logging.getLogger(__name__)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SynthesizerEntry(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Row name in the results.")
-    settings: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Merged into the base synth settings, e.g. {synthesizer: {method: nsa}}.",
-    )
-    data: str | None = Field(
-        None,
-        description="A finished 'cai-ray synth' output to train on instead of synthesising here "
-        "(e.g. CDM samples made on a GPU cluster); '{seed}' is replaced by the seed. It must be "
-        "made from this benchmark's training normals, with the run's seed.",
-    )
-
-    @model_validator(mode="after")
-    def _data_or_settings(self) -> SynthesizerEntry:
-        if self.data is not None and self.settings:
-            raise ValueError(f"{self.name}: give 'data' or 'settings', not both")
-        return self
-
-
-class DetectorSettings(_Section):
-    color: Literal["grey", "rgb"] = "grey"
-    image_size: int = Field(256, ge=8)
-    base_width: int = Field(64, ge=1)
-    levels: int = Field(6, ge=2, le=6)
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    shuffle_buffer: int = Field(1024, ge=1)
-    eval_every: int = Field(1, ge=1, description="Score on the test set every k epochs.")
-
-
-class FidSettings(_Section):
-    weights: str = Field(description="Local TorchScript Inception file (see cai_ray.detector.fid).")
-    samples: int = Field(500, ge=2, description="Synthetic anomalies compared per synthesizer.")
-
-
-class BenchmarkConfig(_Section):
-    name: str
-    out: str = Field(description="Folder for synthesis outputs, checkpoints and the report.")
-    target: str = Field(description="Target spec YAML (configs/targets/...).")
-    data_root: str = Field(description="Folder the target spec's paths are relative to.")
-    train_limit: int | None = Field(
-        None, ge=1, description="Use the first N normal training images (sorted) only."
-    )
-    seeds: list[int] = Field([0], min_length=1)
-    synth: dict[str, Any] = Field(
-        description="Synth settings shared by every synthesizer (no inputs, output or seed)."
-    )
-    synthesizers: list[SynthesizerEntry] = Field(min_length=1)
-    detector: DetectorSettings = DetectorSettings()
-    fid: FidSettings | None = None
-    examples: int = Field(6, ge=0, description="Test defects shown with their predictions.")
-
-
-def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"benchmark config not found: {file}")
-    try:
-        return BenchmarkConfig.model_validate(yaml.safe_load(file.read_text()))
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"invalid benchmark config {file}:\n{exc}") from exc
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +72,7 @@ def synth_output(config: BenchmarkConfig, entry: SynthesizerEntry, seed: int) ->
 def _check_given_output(out: str, seed: int, inputs: str) -> dict:
     """The manifest of a ready-made output, once it is known to be complete, made with this
     seed and only from the training normals (a test image among its inputs would leak)."""
-    from cai_ray.pipeline import layout
+    from cai_ray.io import layout
 
     manifest_url = storage.join(out, layout.MANIFEST_FILE)
     if not storage.exists(manifest_url):
@@ -252,7 +184,6 @@ def run_one(
 
 def run_benchmark(config: BenchmarkConfig) -> dict:
     """Every (synthesizer, seed) run, then the report; returns the summary."""
-    from cai_ray.pipeline.report import write_report
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +227,6 @@ def _fid_scores(
 ) -> dict[str, float]:
     """FID of each synthesizer's anomalies (first seed) against the real test defects."""
     from cai_ray.detector.fid import fid_of, load_inception
-    from cai_ray.pipeline.report import read_synth_images
 
     assert config.fid is not None
     model = load_inception(config.fid.weights)

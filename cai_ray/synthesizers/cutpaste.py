@@ -17,8 +17,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai_ray.baselines.common import color_jitter, place_box, rotate_with_mask
+from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
+from cai_ray.synthesizers.base import BuildContext, MethodSettings
+from cai_ray.synthesizers.patches import color_jitter, place_box, rotate_with_mask
 
 
 class CutPasteParams(BaseModel):
@@ -34,6 +36,18 @@ class CutPasteParams(BaseModel):
     reference_size: int = Field(256, ge=1, description="Image size the scar sizes are given at.")
     min_mask_pixels: int = Field(10, ge=1)
     max_attempts: int = Field(10, ge=1)
+
+
+class CutPasteMethod(CutPasteParams, MethodSettings):
+    """``synthesizer: {method: cutpaste, variant: normal | scar, ...}``."""
+
+    method: Literal["cutpaste"] = "cutpaste"
+
+    def anomaly_count(self, cai: CAIParams) -> int:
+        return self.anomalies_per_target
+
+    def build(self, context: BuildContext) -> CutPaste:
+        return CutPaste(self)
 
 
 class CutPaste:

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from cai_ray.baselines.common import color_jitter, rotate_with_mask
-from cai_ray.baselines.cutpaste import CutPaste, CutPasteParams
-from cai_ray.baselines.draem import AUGMENTATIONS, Draem, DraemParams, perlin_noise
-from cai_ray.baselines.nsa import NSA, NSAParams
 from cai_ray.core.synthesis import Failure, Patched
+from cai_ray.synthesizers.cutpaste import CutPaste, CutPasteParams
+from cai_ray.synthesizers.draem import AUGMENTATIONS, Draem, DraemParams, perlin_noise
+from cai_ray.synthesizers.nsa import NSA, NSAParams
+from cai_ray.synthesizers.patches import color_jitter, rotate_with_mask
 
 
 def _made(results):

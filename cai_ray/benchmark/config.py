@@ -1,0 +1,81 @@
+"""The benchmark's settings: the target, the synthesizers compared (each a name plus settings
+merged into a shared synth config, or a ready-made output), seeds, detector and FID settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cai_ray.config import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthesizerEntry(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Row name in the results.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Merged into the base synth settings, e.g. {synthesizer: {method: nsa}}.",
+    )
+    data: str | None = Field(
+        None,
+        description="A finished 'cai-ray synth' output to train on instead of synthesising here "
+        "(e.g. CDM samples made on a GPU cluster); '{seed}' is replaced by the seed. It must be "
+        "made from this benchmark's training normals, with the run's seed.",
+    )
+
+    @model_validator(mode="after")
+    def _data_or_settings(self) -> SynthesizerEntry:
+        if self.data is not None and self.settings:
+            raise ValueError(f"{self.name}: give 'data' or 'settings', not both")
+        return self
+
+
+class DetectorSettings(_Section):
+    color: Literal["grey", "rgb"] = "grey"
+    image_size: int = Field(256, ge=8)
+    base_width: int = Field(64, ge=1)
+    levels: int = Field(6, ge=2, le=6)
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    shuffle_buffer: int = Field(1024, ge=1)
+    eval_every: int = Field(1, ge=1, description="Score on the test set every k epochs.")
+
+
+class FidSettings(_Section):
+    weights: str = Field(description="Local TorchScript Inception file (see cai_ray.detector.fid).")
+    samples: int = Field(500, ge=2, description="Synthetic anomalies compared per synthesizer.")
+
+
+class BenchmarkConfig(_Section):
+    name: str
+    out: str = Field(description="Folder for synthesis outputs, checkpoints and the report.")
+    target: str = Field(description="Target spec YAML (configs/targets/...).")
+    data_root: str = Field(description="Folder the target spec's paths are relative to.")
+    train_limit: int | None = Field(
+        None, ge=1, description="Use the first N normal training images (sorted) only."
+    )
+    seeds: list[int] = Field([0], min_length=1)
+    synth: dict[str, Any] = Field(
+        description="Synth settings shared by every synthesizer (no inputs, output or seed)."
+    )
+    synthesizers: list[SynthesizerEntry] = Field(min_length=1)
+    detector: DetectorSettings = DetectorSettings()
+    fid: FidSettings | None = None
+    examples: int = Field(6, ge=0, description="Test defects shown with their predictions.")
+
+
+def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"benchmark config not found: {file}")
+    try:
+        return BenchmarkConfig.model_validate(yaml.safe_load(file.read_text()))
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"invalid benchmark config {file}:\n{exc}") from exc

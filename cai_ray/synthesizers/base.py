@@ -1,0 +1,45 @@
+"""What a method's settings provide to the job: whether it needs a DAAD, how many samples it
+makes per target, checks the driver runs before any worker starts, the paths workers need
+resolved, and how to build the synthesizer in a worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+from cai_ray.core.cai import CAIParams
+from cai_ray.core.synthesis import Synthesizer
+from cai_ray.daad.settings import DaadConfig
+from cai_ray.io.codecs import ColorMode
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """The job's settings a synthesizer may need besides its own."""
+
+    cai: CAIParams
+    daad: DaadConfig | None
+    image_size: int
+    mode: ColorMode
+
+
+class MethodSettings:
+    """Mixed into each method's pydantic settings model (one file per method, registered in
+    :mod:`cai_ray.synthesizers.registry`)."""
+
+    method: str
+    needs_daad: ClassVar[bool] = False
+
+    def anomaly_count(self, cai: CAIParams) -> int:
+        """Pseudo-anomalies made per target (CAI's quotas, or the method's own setting)."""
+        raise NotImplementedError
+
+    def check(self, context: BuildContext) -> None:
+        """Fail in the driver, before any worker starts, on a missing source or model."""
+
+    def for_workers(self) -> Self:
+        """These settings with local paths made absolute (workers run elsewhere)."""
+        return self
+
+    def build(self, context: BuildContext) -> Synthesizer:
+        raise NotImplementedError

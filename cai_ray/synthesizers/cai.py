@@ -1,0 +1,36 @@
+"""CAI itself (cai-normal, cai-mixed or paste): the injector of :mod:`cai_ray.core.cai` over a
+DAAD's patterns, read lazily. Its parameters are the job's ``cai`` section."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from cai_ray.core.cai import CAIInjector, CAIParams
+from cai_ray.daad.shards import PatternBank
+from cai_ray.synthesizers.base import BuildContext, MethodSettings
+
+
+class CAIMethod(BaseModel, MethodSettings):
+    """``synthesizer: {method: cai}`` (the default), tuned by the ``cai`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: Literal["cai"] = "cai"
+    needs_daad: ClassVar[bool] = True
+
+    def anomaly_count(self, cai: CAIParams) -> int:
+        return cai.quotas.total
+
+    def build(self, context: BuildContext) -> CAIInjector:
+        daad = context.daad
+        if daad is None:
+            raise ValueError("synthesizer 'cai' needs a DAAD")
+        patterns = PatternBank(
+            daad.path,
+            mode=context.mode,
+            exclude_domains=daad.exclude_domains,
+            include_classes=daad.include_classes,
+            cache_bytes=daad.cache_mb * 2**20,
+        )
+        return CAIInjector(patterns, context.cai)

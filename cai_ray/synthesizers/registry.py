@@ -1,0 +1,33 @@
+"""The one place synthesizers are registered: a method is a settings model (its ``method``
+name, its parameters, and the hooks of :class:`MethodSettings`) in a file of this package, listed
+here. The job's config, stages and driver use only this union and these hooks."""
+
+from __future__ import annotations
+
+from typing import Annotated, get_args
+
+from pydantic import Field
+
+from cai_ray.synthesizers.base import MethodSettings
+from cai_ray.synthesizers.cai import CAIMethod
+from cai_ray.synthesizers.cdm import CDMMethod
+from cai_ray.synthesizers.cutpaste import CutPasteMethod
+from cai_ray.synthesizers.draem import DraemMethod
+from cai_ray.synthesizers.nsa import NSAMethod
+
+SynthesizerConfig = Annotated[
+    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod,
+    Field(discriminator="method"),
+]
+"""The ``synthesizer:`` section: one of the registered methods, chosen by ``method``."""
+
+METHODS: dict[str, type[MethodSettings]] = {
+    model.model_fields["method"].default: model
+    for model in get_args(get_args(SynthesizerConfig)[0])
+}
+"""Each registered settings model by its ``method`` name."""
+
+
+def default_method() -> CAIMethod:
+    """CAI, the published method."""
+    return CAIMethod()

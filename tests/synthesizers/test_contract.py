@@ -1,0 +1,122 @@
+"""The contract every registered synthesizer keeps, tested once for all (as diffusers tests every
+scheduler with one mixin): samples are a pure function of (settings, seed, key, index); masks are
+uint8 {0, 255} of the image's size; the mask covers what visibly changed; grey and RGB targets;
+samples that cannot be made are reported, not raised; provenance is JSON-ready."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from cai_ray import api
+from cai_ray.core.synthesis import Failure
+from cai_ray.io.codecs import to_mode
+from cai_ray.synthesizers.registry import METHODS
+from tests.cdm.conftest import cai_output, tiny_cdm  # noqa: F401  (fixtures the CDM case uses)
+from tests.conftest import DEMO
+
+# id: (method, its settings, the cai section). Every registered method appears at least once.
+CASES: dict[str, tuple[str, dict, dict]] = {
+    "cai-normal": ("cai", {}, {}),
+    "cai-mixed": ("cai", {}, {"blend": "mixed"}),
+    "paste": ("cai", {}, {"blend": "paste"}),
+    "cutpaste": ("cutpaste", {}, {}),
+    "cutpaste-scar": ("cutpaste", {"variant": "scar"}, {}),
+    "nsa": ("nsa", {}, {}),
+    "nsa-mixed": ("nsa", {"blend": "mixed"}, {}),
+    "draem": ("draem", {"textures": [str(DEMO / "defects" / "MT_Crack" / "Imgs" / "*.jpg")]}, {}),
+    "cdm": ("cdm", {"steps": 3, "batch_size": 4}, {}),
+}
+SMALL = {"quotas": {"large": 1, "medium": 1, "small": 1}}
+
+
+def test_every_registered_method_is_covered():
+    assert {method for method, _, _ in CASES.values()} == set(METHODS)
+
+
+def _tiles(mode: str) -> list[np.ndarray]:
+    files = sorted((DEMO / "normal").glob("*.jpg"))[:3]
+    grey = [cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (256, 256)) for f in files]
+    return [to_mode(tile, mode) for tile in grey]
+
+
+def _make(case: str, request, demo_daad: str, **overrides) -> api.OnTheFly:
+    method, settings, cai = CASES[case]
+    settings = dict(settings)
+    if method == "cdm":
+        settings["checkpoint"] = request.getfixturevalue("tiny_cdm")
+    if method in ("cai", "cdm"):
+        cai = {**SMALL, **cai, **overrides}
+    else:
+        settings = {"anomalies_per_target": 3, **settings, **overrides}
+    daad = demo_daad if METHODS[method].needs_daad else None
+    return api.synthesizer(method, daad=daad, seed=5, cai=cai, **settings)
+
+
+def _run(synth: api.OnTheFly, tiles: list[np.ndarray], index: int, key: str) -> list:
+    others = [(tile, np.ones(tile.shape[:2], bool)) for j, tile in enumerate(tiles) if j != index]
+    return synth(tiles[index], key=key, donors=others)
+
+
+def _modes(case: str) -> list[str]:
+    # the CDM paints the colour it was trained on (grey here); the others take both
+    return ["grey"] if case == "cdm" else ["grey", "rgb"]
+
+
+@pytest.mark.parametrize(
+    ("case", "mode"), [(case, mode) for case in CASES for mode in _modes(case)]
+)
+def test_samples_keep_the_contract(case, mode, request, demo_daad):
+    tiles = _tiles(mode)
+    synth = _make(case, request, demo_daad)
+    made = [_run(synth, tiles, i, f"tile-{i}") for i in range(len(tiles))]
+    anomalies = [a for results in made for a in results if not isinstance(a, Failure)]
+    assert len(anomalies) >= 6, [r for results in made for r in results]
+    for tile, results in zip(tiles, made, strict=True):
+        assert len(results) == synth.anomalies_per_target
+        for anomaly in results:
+            if isinstance(anomaly, Failure):
+                continue
+            assert anomaly.image.shape == tile.shape and anomaly.image.dtype == np.uint8
+            assert anomaly.mask.shape == tile.shape[:2] and anomaly.mask.dtype == np.uint8
+            assert set(np.unique(anomaly.mask)) <= {0, 255} and anomaly.mask.any()
+            # what visibly changed (grey difference > 7, speckle removed by a 7x7 median, as
+            # the published label rule does) lies on or within 3 px of the mask
+            difference = cv2.absdiff(to_mode(anomaly.image, "grey"), to_mode(tile, "grey"))
+            changed = cv2.medianBlur(((difference > 7) * 255).astype(np.uint8), 7) > 0
+            near_mask = cv2.dilate(anomaly.mask, np.ones((7, 7), np.uint8)) > 0
+            assert (changed & ~near_mask).sum() <= 0.01 * max(changed.sum(), 100)
+            provenance = anomaly.provenance
+            assert json.loads(json.dumps(provenance)) == provenance
+            assert provenance["method"].startswith(case.split("-")[0])
+
+    # the same samples from a fresh synthesizer, targets in the opposite order
+    again = _make(case, request, demo_daad)
+    for i in reversed(range(len(tiles))):
+        for first, second in zip(made[i], _run(again, tiles, i, f"tile-{i}"), strict=True):
+            assert type(first) is type(second)
+            if not isinstance(first, Failure):
+                assert np.array_equal(first.image, second.image)
+                assert np.array_equal(first.mask, second.mask)
+                assert first.provenance == second.provenance
+    # another key gives other samples
+    other = _run(again, tiles, 0, "another-key")
+    assert any(
+        not np.array_equal(a.image, b.image)
+        for a, b in zip(made[0], other, strict=True)
+        if not isinstance(a, Failure) and not isinstance(b, Failure)
+    )
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_samples_that_cannot_be_made_are_reported(case, request, demo_daad):
+    """No label mask can reach a million pixels on a 256x256 image: every sample fails, with its
+    reason, and nothing is raised."""
+    synth = _make(case, request, demo_daad, min_mask_pixels=10**6)
+    tiles = _tiles("grey")
+    results = _run(synth, tiles, 0, "tile-0")
+    assert len(results) == synth.anomalies_per_target
+    assert all(isinstance(r, Failure) and r.reason for r in results)
