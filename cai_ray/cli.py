@@ -90,17 +90,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _load_training_config(path: str, model: type[Config], what: str) -> Config:
-    import yaml
-    from pydantic import ValidationError
+    from cai_ray.io.settings import load_settings
 
-    from cai_ray.config import ConfigError
-
-    try:
-        return model.model_validate(yaml.safe_load(storage.read_bytes(path)))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{what} config not found: {path}") from exc
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"invalid {what} config {path}:\n{exc}") from exc
+    return load_settings(path, model, f"{what} config")
 
 
 def _train(args: argparse.Namespace, loop: Callable[..., dict], config: BaseModel) -> dict:

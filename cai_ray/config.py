@@ -1,5 +1,7 @@
 """Typed configuration of the synthesis job, loaded from YAML (see ``configs/``).
 
+``ConfigError`` (from :mod:`cai_ray.io.settings`) is raised for a missing or invalid file.
+
 Relative paths are relative to the directory the command runs in, like any command-line tool.
 """
 
@@ -8,23 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod
 from cai_ray.daad.settings import DaadConfig
-from cai_ray.io import storage
 from cai_ray.io.codecs import ImageFormat
-from cai_ray.io.storage import DEFAULT_MAX_ATTEMPTS
+from cai_ray.io.settings import ConfigError as ConfigError
+from cai_ray.io.settings import Settings, read_yaml, validate_settings
+from cai_ray.io.storage import DEFAULT_REQUEST_ATTEMPTS
 from cai_ray.synthesizers.registry import SynthesizerConfig, default_method
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InputsConfig(_Section):
+class InputsConfig(Settings):
     paths: list[str] = Field(
         min_length=1,
         description="Normal images: folders (searched recursively), glob patterns, .txt lists.",
@@ -32,7 +30,7 @@ class InputsConfig(_Section):
     limit: int | None = Field(None, ge=1, description="Use only the first N images (sorted).")
 
 
-class ForegroundConfig(_Section):
+class ForegroundConfig(Settings):
     method: ForegroundMethod = "full"
     model_path: str | None = Field(None, description="Local ONNX file for method 'rembg'.")
     min_fraction: float = Field(
@@ -40,7 +38,7 @@ class ForegroundConfig(_Section):
     )
 
 
-class OutputConfig(_Section):
+class OutputConfig(Settings):
     path: str
     samples_key_prefix: str = Field("s", pattern=r"^[A-Za-z0-9_-]+$")
     targets_per_shard: int = Field(32, ge=1)
@@ -49,7 +47,7 @@ class OutputConfig(_Section):
     preview_samples: int = Field(8, ge=0)
 
 
-class ResourcesConfig(_Section):
+class ResourcesConfig(Settings):
     executor: Literal["ray", "local"] = Field(
         "ray",
         description="'local' runs the same stages shard by shard in this process, without Ray "
@@ -74,14 +72,15 @@ class ResourcesConfig(_Section):
     )
 
 
-class StorageConfig(_Section):
+class StorageConfig(Settings):
     endpoint_url: str | None = Field(
         None,
         description="S3-compatible endpoint (e.g. http://127.0.0.1:8333); None: the AWS chain's "
         "(AWS_ENDPOINT_URL or the profile). Credentials always come from the AWS chain.",
     )
-    max_attempts: int = Field(
-        DEFAULT_MAX_ATTEMPTS,
+    renamed = {"max_attempts": "request_attempts"}
+    request_attempts: int = Field(
+        DEFAULT_REQUEST_ATTEMPTS,
         ge=1,
         description="Attempts per object-store request: throttling, connection resets and "
         "server errors are retried with exponential backoff (capped at 20 s), then the job "
@@ -89,7 +88,11 @@ class StorageConfig(_Section):
     )
 
 
-class SynthConfig(_Section):
+class SynthConfig(Settings):
+    renamed = {
+        "cai.max_attempts": "cai.max_draws",
+        "synthesizer.max_attempts": "synthesizer.max_draws",
+    }
     name: str = "cai"
     seed: int = Field(0, ge=0)
     image_size: int = Field(256, ge=16, description="Targets are resized to size x size.")
@@ -127,25 +130,10 @@ class SynthConfig(_Section):
         return self.anomalies_per_target + int(self.output.include_normal)
 
 
-class ConfigError(ValueError):
-    """A configuration file that is missing, not YAML, or not valid; the message says where."""
-
-
 def load_config(path: str | Path, *, out: str | None = None) -> SynthConfig:
-    """Load and validate a synthesis config (a local file or an s3:// object, so cluster jobs
-    can keep their configs next to their data); ``out`` overrides ``output.path``."""
-    file = str(path)
-    if not storage.exists(file) or (storage.is_local(file) and not Path(file).is_file()):
-        raise ConfigError(f"config file not found: {file}")
-    try:
-        raw = yaml.safe_load(storage.read_bytes(file))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file} must hold a mapping at the top level")
+    """Load and validate a synthesis config (a local file or an s3:// object);
+    ``out`` overrides ``output.path``."""
+    raw = read_yaml(path)
     if out is not None:
         raw.setdefault("output", {})["path"] = out
-    try:
-        return SynthConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid config {file}:\n{exc}") from exc
+    return validate_settings(raw, SynthConfig, "config", str(path))

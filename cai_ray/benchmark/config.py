@@ -6,17 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from cai_ray.config import ConfigError
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from cai_ray.io.settings import Settings, load_settings
 
 
-class SynthesizerEntry(_Section):
+class SynthesizerEntry(Settings):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Row name in the results.")
     settings: dict[str, Any] = Field(
         default_factory=dict,
@@ -36,7 +31,7 @@ class SynthesizerEntry(_Section):
         return self
 
 
-class DetectorSettings(_Section):
+class DetectorSettings(Settings):
     color: Literal["grey", "rgb"] = "grey"
     image_size: int = Field(256, ge=8)
     base_width: int = Field(64, ge=1)
@@ -48,12 +43,12 @@ class DetectorSettings(_Section):
     eval_every: int = Field(1, ge=1, description="Score on the test set every k epochs.")
 
 
-class FidSettings(_Section):
+class FidSettings(Settings):
     weights: str = Field(description="Local TorchScript Inception file (see cai_ray.detector.fid).")
     samples: int = Field(500, ge=2, description="Synthetic anomalies compared per synthesizer.")
 
 
-class BenchmarkConfig(_Section):
+class BenchmarkConfig(Settings):
     name: str
     out: str = Field(description="Folder for synthesis outputs, checkpoints and the report.")
     target: str = Field(description="Target spec YAML (configs/targets/...).")
@@ -72,10 +67,4 @@ class BenchmarkConfig(_Section):
 
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"benchmark config not found: {file}")
-    try:
-        return BenchmarkConfig.model_validate(yaml.safe_load(file.read_text()))
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"invalid benchmark config {file}:\n{exc}") from exc
+    return load_settings(path, BenchmarkConfig, "benchmark config")

@@ -77,7 +77,7 @@ class CAIParams:
     ``blend``: Poisson guidance 'normal', 'mixed', or 'paste' (no Poisson). ``stm``: source-target
     matching (off pastes patterns unscaled). ``ils``: injection location selection (off ignores
     the foreground). ``min_mask_pixels``: smaller label masks are redrawn, at most
-    ``max_attempts`` times. ``mask_kernel``: close then dilate the pattern mask (8x8).
+    ``max_draws`` times. ``mask_kernel``: close then dilate the pattern mask (8x8).
     ``blend_margin``: pixels of target around the Poisson region.
     """
 
@@ -91,7 +91,7 @@ class CAIParams:
     median_size: int = 7
     pattern_dilation: int = 5
     min_mask_pixels: int = 10
-    max_attempts: int = 10
+    max_draws: int = 10
     mask_kernel: int = 8
     blend_margin: int = 8
 
@@ -108,7 +108,7 @@ class CAIParams:
             "median_size",
             "pattern_dilation",
             "min_mask_pixels",
-            "max_attempts",
+            "max_draws",
             "mask_kernel",
             "blend_margin",
         )
@@ -244,7 +244,7 @@ def draw_by_quota(
     """One draw per quota slot (large first), slot ``k`` from ``rngs[k]``: the slot's scale
     (falling to a smaller one where no pattern of ``classes`` can make it, with STM), the
     patterns eligible for it, then ``attempt(scale, eligible, rng)`` until it returns a dict
-    (given its ``attempts``) or ``params.max_attempts`` string reasons have been collected."""
+    (given its ``attempts``) or ``params.max_draws`` string reasons have been collected."""
     results: list[dict | Failure] = []
     for requested, rng in zip(params.quotas.schedule(), rngs, strict=True):
         scale = fallback_scale(requested, classes) if params.stm else requested
@@ -253,7 +253,7 @@ def draw_by_quota(
             continue
         eligible = np.flatnonzero(classes >= scale) if params.stm else None
         reason = "unknown"
-        for number in range(1, params.max_attempts + 1):
+        for number in range(1, params.max_draws + 1):
             outcome = attempt(scale, eligible, rng)
             if isinstance(outcome, str):
                 reason = outcome
@@ -261,8 +261,8 @@ def draw_by_quota(
             results.append({**outcome, "attempts": number})
             break
         else:
-            failure = f"gave up after {params.max_attempts} attempts: {reason}"
-            results.append(Failure(failure, params.max_attempts))
+            failure = f"gave up after {params.max_draws} draws: {reason}"
+            results.append(Failure(failure, params.max_draws))
     return results
 
 

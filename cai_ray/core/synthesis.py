@@ -103,7 +103,7 @@ def synthesize_each(
     count: int,
     seed: int,
     target_key: str,
-    max_attempts: int,
+    max_draws: int,
     min_mask_pixels: int,
 ) -> list[Patched | Failure]:
     """``count`` samples of one target, sample ``k`` drawn with :func:`sample_rng` ``(seed,
@@ -113,7 +113,7 @@ def synthesize_each(
     for index in range(count):
         rng = sample_rng(seed, target_key, index)
         reason = "unknown"
-        for number in range(1, max_attempts + 1):
+        for number in range(1, max_draws + 1):
             outcome = attempt(rng)
             if isinstance(outcome, str):
                 reason = outcome
@@ -125,7 +125,5 @@ def synthesize_each(
                 )
                 break
         else:
-            results.append(
-                Failure(f"gave up after {max_attempts} attempts: {reason}", max_attempts)
-            )
+            results.append(Failure(f"gave up after {max_draws} draws: {reason}", max_draws))
     return results

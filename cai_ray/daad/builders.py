@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import DaadRecord, make_record, safe_key_part
 from cai_ray.io import storage
 from cai_ray.io.codecs import DecodeError, decode_mask, decode_mat_mask
+from cai_ray.io.settings import load_settings
 from cai_ray.io.tar import build_tar, sample_spans
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class DaadSpec(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DaadSpec:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+        return load_settings(path, cls, "DAAD spec")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.io import storage
@@ -24,6 +23,7 @@ from cai_ray.io.codecs import (
     resize,
     resize_mask,
 )
+from cai_ray.io.settings import read_yaml, validate_settings
 
 
 class _Spec(BaseModel):
@@ -66,7 +66,8 @@ class _SpecFile(_Spec):
 
 
 def load_target_spec(path: str | Path) -> FolderTarget | MvtecTarget:
-    return _SpecFile.model_validate({"target": yaml.safe_load(Path(path).read_text())}).target
+    raw = {"target": read_yaml(path, "target spec")}
+    return validate_settings(raw, _SpecFile, "target spec", str(path)).target
 
 
 @dataclass(frozen=True)

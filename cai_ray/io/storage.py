@@ -24,9 +24,9 @@ from cai_ray.extras import require
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-DEFAULT_MAX_ATTEMPTS = 8
+DEFAULT_REQUEST_ATTEMPTS = 8
 
-_settings: dict[str, Any] = {"endpoint_url": None, "max_attempts": DEFAULT_MAX_ATTEMPTS}
+_settings: dict[str, Any] = {"endpoint_url": None, "request_attempts": DEFAULT_REQUEST_ATTEMPTS}
 _filesystems: dict[tuple[str, str | None, int], Any] = {}
 
 
@@ -34,17 +34,19 @@ class StorageError(OSError):
     """An object-store operation that failed after retries; the message names the object."""
 
 
-def configure(*, endpoint_url: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+def configure(
+    *, endpoint_url: str | None = None, request_attempts: int = DEFAULT_REQUEST_ATTEMPTS
+) -> None:
     """Set the S3 endpoint for this process (``None``: the AWS chain's, e.g. AWS_ENDPOINT_URL)
     and the attempts per request (throttling, resets and 5xx are retried with exponential
     backoff, capped at 20 s), and drop cached connections so changed credentials take effect.
 
     Ray workers are separate processes: each stage calls this with the job's settings.
     """
-    if max_attempts < 1:
-        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    if request_attempts < 1:
+        raise ValueError(f"request_attempts must be at least 1, got {request_attempts}")
     _settings["endpoint_url"] = endpoint_url
-    _settings["max_attempts"] = max_attempts
+    _settings["request_attempts"] = request_attempts
     _filesystems.clear()  # credentials are read when a filesystem is made: re-read them too
 
 
@@ -63,7 +65,7 @@ def absolute(url: str) -> str:
     return url if not is_local(url) else os.path.abspath(local_path(url))
 
 
-def _s3_filesystem(endpoint_url: str | None, max_attempts: int) -> Any:
+def _s3_filesystem(endpoint_url: str | None, request_attempts: int) -> Any:
     require("s3", ("s3fs",), "s3:// locations")
     import s3fs
 
@@ -71,7 +73,7 @@ def _s3_filesystem(endpoint_url: str | None, max_attempts: int) -> Any:
     return s3fs.S3FileSystem(
         client_kwargs=client_kwargs,
         config_kwargs={
-            "retries": {"max_attempts": max_attempts, "mode": "standard"},
+            "retries": {"max_attempts": request_attempts, "mode": "standard"},
             "connect_timeout": 10,
             "read_timeout": 60,
         },
@@ -84,9 +86,11 @@ def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for ``url`` and the path within it."""
     protocol, _, rest = url.partition("://")
     if protocol in ("s3", "s3a"):
-        key = (protocol, _settings["endpoint_url"], _settings["max_attempts"])
+        key = (protocol, _settings["endpoint_url"], _settings["request_attempts"])
         if key not in _filesystems:
-            _filesystems[key] = _s3_filesystem(_settings["endpoint_url"], _settings["max_attempts"])
+            _filesystems[key] = _s3_filesystem(
+                _settings["endpoint_url"], _settings["request_attempts"]
+            )
         return _filesystems[key], rest
     import fsspec
 
@@ -109,7 +113,7 @@ def _remote(action: str, url: str) -> Iterator[None]:
         raise
     except Exception as exc:  # botocore, aiohttp and s3fs raise many unrelated types
         raise StorageError(
-            f"cannot {action} {url} (gave up after {_settings['max_attempts']} attempts with "
+            f"cannot {action} {url} (gave up after {_settings['request_attempts']} attempts with "
             f"backoff): {type(exc).__name__}: {exc}"
         ) from exc
 

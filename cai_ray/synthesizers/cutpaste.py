@@ -35,7 +35,7 @@ class CutPasteParams(BaseModel):
     jitter: float = Field(0.1, ge=0, lt=1)
     reference_size: int = Field(256, ge=1, description="Image size the scar sizes are given at.")
     min_mask_pixels: int = Field(10, ge=1)
-    max_attempts: int = Field(10, ge=1)
+    max_draws: int = Field(10, ge=1, description="Draws per sample before it is given up.")
 
 
 class CutPasteMethod(CutPasteParams, MethodSettings):
@@ -72,7 +72,7 @@ class CutPaste:
             count=self.anomalies_per_target,
             seed=seed,
             target_key=target_key,
-            max_attempts=p.max_attempts,
+            max_draws=p.max_draws,
             min_mask_pixels=p.min_mask_pixels,
         )
 

@@ -42,7 +42,7 @@ class DraemParams(BaseModel):
     augmentations: int = Field(3, ge=0, le=10)
     max_beta: float = Field(0.8, ge=0, le=1)
     min_mask_pixels: int = Field(10, ge=1)
-    max_attempts: int = Field(10, ge=1)
+    max_draws: int = Field(10, ge=1, description="Draws per sample before it is given up.")
 
 
 def _fade(t: np.ndarray) -> np.ndarray:
@@ -217,7 +217,7 @@ class Draem:
             count=self.anomalies_per_target,
             seed=seed,
             target_key=target_key,
-            max_attempts=p.max_attempts,
+            max_draws=p.max_draws,
             min_mask_pixels=p.min_mask_pixels,
         )
 

@@ -39,7 +39,7 @@ class NSAParams(BaseModel):
     resize_bounds: tuple[float, float] = (0.7, 1.3)
     label_threshold: int = Field(7, ge=0, le=254, description="NSA's logistic midpoint x0.")
     min_mask_pixels: int = Field(10, ge=1)
-    max_attempts: int = Field(10, ge=1)
+    max_draws: int = Field(10, ge=1, description="Draws per sample before it is given up.")
 
 
 class NSAMethod(NSAParams, MethodSettings):
@@ -79,7 +79,7 @@ class NSA:
             count=self.anomalies_per_target,
             seed=seed,
             target_key=target_key,
-            max_attempts=p.max_attempts,
+            max_draws=p.max_draws,
             min_mask_pixels=p.min_mask_pixels,
         )
 

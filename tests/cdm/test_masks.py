@@ -54,8 +54,8 @@ def test_no_fitting_pattern_is_a_counted_failure():
     pattern = SourcePattern.from_full_image(
         np.zeros((200, 200), np.uint8), huge, anomaly_class="crack", domain="d", record_id="r"
     )
-    generator = MaskGenerator([pattern], CAIParams(min_mask_pixels=20, max_attempts=2))
+    generator = MaskGenerator([pattern], CAIParams(min_mask_pixels=20, max_draws=2))
     foreground = np.zeros((64, 64), bool)
     foreground[30:34, 30:34] = True  # a 4x4 object: no region reaches 20 pixels
     result = generator.draw(foreground, [np.random.default_rng(k) for k in range(10)])[0]
-    assert not isinstance(result, GenerationMask) and "attempts" in result.reason
+    assert not isinstance(result, GenerationMask) and "gave up after 2 draws" in result.reason

@@ -52,11 +52,11 @@ def faulty_store(s3_server):
 
     proxies: list[FaultProxy] = []
 
-    def make(schedule: list[str], max_attempts: int) -> FaultProxy:
+    def make(schedule: list[str], request_attempts: int) -> FaultProxy:
         port = int(s3_server.endpoint.rsplit(":", 1)[1])
         proxy = FaultProxy(("127.0.0.1", port), schedule)
         proxies.append(proxy)
-        storage.configure(endpoint_url=proxy.endpoint, max_attempts=max_attempts)
+        storage.configure(endpoint_url=proxy.endpoint, request_attempts=request_attempts)
         return proxy
 
     yield make
@@ -66,13 +66,13 @@ def faulty_store(s3_server):
 
 
 def test_resets_and_throttling_are_retried(s3_bucket, faulty_store):
-    proxy = faulty_store(["reset", "throttle", "pass"], max_attempts=5)
+    proxy = faulty_store(["reset", "throttle", "pass"], request_attempts=5)
     payloads = {f"{s3_bucket}/retried/{i}.bin": bytes([i]) * (1000 + i) for i in range(6)}
     for url, data in payloads.items():
         # a fresh client per call opens fresh connections, which the proxy then disrupts
-        storage.configure(endpoint_url=proxy.endpoint, max_attempts=5)
+        storage.configure(endpoint_url=proxy.endpoint, request_attempts=5)
         storage.write_bytes_atomic(url, data)
-        storage.configure(endpoint_url=proxy.endpoint, max_attempts=5)
+        storage.configure(endpoint_url=proxy.endpoint, request_attempts=5)
         assert storage.read_bytes(url) == data
         assert storage.read_range(url, 10, 20) == data[10:20]
     assert proxy.counts["reset"] >= 6 and proxy.counts["throttle"] >= 6
@@ -80,11 +80,11 @@ def test_resets_and_throttling_are_retried(s3_bucket, faulty_store):
 
 
 def test_an_unreachable_store_fails_after_retries_naming_the_object(s3_bucket, faulty_store):
-    proxy = faulty_store(["reset"], max_attempts=3)
+    proxy = faulty_store(["reset"], request_attempts=3)
     with pytest.raises(storage.StorageError, match=f"{s3_bucket}/gone.bin"):
         storage.read_bytes(f"{s3_bucket}/gone.bin")
     assert proxy.counts["reset"] >= 3
-    faulty_store(["throttle"], max_attempts=2)
+    faulty_store(["throttle"], request_attempts=2)
     with pytest.raises(
         storage.StorageError,
         match=f"write {s3_bucket}/gone.bin.*2 attempts.*reduce your request rate",

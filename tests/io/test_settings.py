@@ -1,0 +1,60 @@
+"""Settings files: one loader, errors that name the file and every offending key, renamed keys
+refused with their new names."""
+
+import pytest
+
+from cai_ray.config import load_config
+from cai_ray.io.settings import ConfigError
+
+VALID = "inputs: {paths: [x]}\noutput: {path: o}\n"
+
+
+def _write(tmp_path, text: str) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_errors_name_the_file_and_each_key(tmp_path):
+    path = _write(tmp_path, VALID + "cai: {blend: glue, quotas: {large: -1}}\nseed: -3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"invalid config file {path}:")
+    for key in ("cai.blend", "cai.quotas", "seed"):
+        assert f"\n  {key}: " in message
+    assert "large must be >= 0" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("inputs: [unclosed\n", "is not valid YAML"),
+        ("- a list\n", "must hold a mapping"),
+        (VALID + "outputs: {}\n", "outputs: Extra inputs are not permitted"),
+    ],
+)
+def test_unreadable_or_misspelt_files(tmp_path, text, problem):
+    with pytest.raises(ConfigError, match=problem):
+        load_config(_write(tmp_path, text))
+    with pytest.raises(ConfigError, match="config file not found: .*nothing.yaml"):
+        load_config(tmp_path / "nothing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("section", "old", "new"),
+    [
+        ("storage: {max_attempts: 3}", "max_attempts", "request_attempts"),
+        ("cai: {max_attempts: 3}", "cai.max_attempts", "cai.max_draws"),
+        ("synthesizer: {method: nsa, max_attempts: 3}", "synthesizer.max_attempts", "max_draws"),
+    ],
+)
+def test_renamed_keys_are_refused_with_their_new_name(tmp_path, section, old, new):
+    with pytest.raises(ConfigError, match=f"'{old}' was renamed: it is now '.*{new}'"):
+        load_config(_write(tmp_path, VALID + section + "\n"))
+
+
+def test_the_new_names_load(tmp_path):
+    text = VALID + "daad: {path: d}\nstorage: {request_attempts: 3}\ncai: {max_draws: 4}\n"
+    config = load_config(_write(tmp_path, text))
+    assert config.storage.request_attempts == 3 and config.cai.max_draws == 4
