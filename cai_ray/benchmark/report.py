@@ -14,8 +14,9 @@ import numpy as np
 
 from cai_ray.extras import require
 from cai_ray.io import storage
-from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, resize
+from cai_ray.io.codecs import ColorMode, resize
 from cai_ray.io.layout import committed_shards, shard_name
+from cai_ray.io.samples import decode_sample, read_meta
 from cai_ray.io.tar import iter_tar
 
 if TYPE_CHECKING:
@@ -29,9 +30,8 @@ def read_synth_images(out: str, size: int, mode: ColorMode, count: int) -> np.nd
     images: list[np.ndarray] = []
     for index in sorted(committed_shards(out)):
         for _, files in iter_tar(storage.read_bytes(storage.join(out, shard_name(index)))):
-            if decode_mask(files["mask.png"]).any():
-                ext = "png" if "png" in files else "jpg"
-                images.append(resize(decode_image(files[ext], mode), size))
+            if read_meta(files)["label"] == 1:
+                images.append(resize(decode_sample(files, mode)[0], size))
             if len(images) == count:
                 return np.stack(images)
     if len(images) < 2:

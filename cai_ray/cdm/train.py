@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai_ray import __version__
 from cai_ray.cdm.classes import class_id
 from cai_ray.cdm.model import CDMModelConfig, build_unet, network_input
-from cai_ray.io import storage, stream
-from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
+from cai_ray.io import samples, storage, stream
+from cai_ray.io.codecs import resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
 from cai_ray.train.runner import resumable
 
@@ -96,13 +96,12 @@ def decode_example(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(image (C, S, S) in [-1, 1], mask (1, S, S) in {0, 1}, class id), or ``None`` for a
     sample without an anomaly class (a normal image, a baseline's anomaly)."""
-    meta = json.loads(files["json"])
-    if "anomaly_class" not in meta:
+    if "anomaly_class" not in samples.read_meta(files):
         return None
-    ext = "png" if "png" in files else "jpg"
-    image = resize(decode_image(files[ext], mode), size)
+    image, mask, meta = samples.decode_sample(files, mode)
+    image = resize(image, size)
     image = image if image.ndim == 3 else image[..., None]
-    mask = resize_mask(decode_mask(files["mask.png"]), size).astype(np.uint8)
+    mask = resize_mask(mask, size).astype(np.uint8)
     if growth:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * growth + 1, 2 * growth + 1))
         mask = np.asarray(cv2.dilate(mask, kernel), np.uint8)

@@ -22,8 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.detector.model import DiscriminativeUNet, focal_loss
-from cai_ray.io import storage, stream
-from cai_ray.io.codecs import decode_image, decode_mask, resize, resize_mask
+from cai_ray.io import samples, storage, stream
+from cai_ray.io.codecs import resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
 from cai_ray.train.runner import resumable
 
@@ -50,15 +50,15 @@ class DetectorConfig(BaseModel):
     )
 
 
-def decode_sample(
+def network_sample(
     files: dict[str, bytes], size: int, mode: Literal["grey", "rgb"]
 ) -> tuple[np.ndarray, np.ndarray]:
     """One shard sample as the network takes it: image (C, S, S) float32 in [0, 1] and mask
     (S, S) int64 in {0, 1}."""
-    ext = "png" if "png" in files else "jpg"
-    image = resize(decode_image(files[ext], mode), size)
+    image, mask, _ = samples.decode_sample(files, mode)
+    image = resize(image, size)
     image = image if image.ndim == 3 else image[..., None]
-    mask = resize_mask(decode_mask(files["mask.png"]), size)
+    mask = resize_mask(mask, size)
     return np.ascontiguousarray(image.transpose(2, 0, 1), np.float32) / 255, mask.astype(np.int64)
 
 
@@ -74,7 +74,7 @@ def epoch_batches(
     :func:`cai_ray.io.stream.epoch_batches`."""
 
     def decode(files: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
-        return decode_sample(files, config.image_size, config.color)
+        return network_sample(files, config.image_size, config.color)
 
     settings = StreamSettings(
         config.batch_size, config.shuffle_buffer, config.seed, config.decode_workers

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from cai_ray.io import layout, storage
-from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, encode_png, load_image, to_mode
+from cai_ray.io.codecs import ColorMode, encode_png, load_image, to_mode
+from cai_ray.io.samples import decode_sample, read_meta
 from cai_ray.io.tar import iter_tar
 
 
@@ -40,7 +40,7 @@ def _candidates(out: str, wanted_targets: int, max_shards: int) -> list[PreviewS
     for index in sorted(layout.committed_shards(out))[:max_shards]:
         data = storage.read_bytes(storage.join(out, layout.shard_name(index)))
         for _, files in iter_tar(data):
-            meta = json.loads(files["json"])
+            meta = read_meta(files)
             if meta["label"] == 1:
                 kind = meta.get("anomaly_class") or meta["method"]  # baselines have no class
                 found.append(PreviewSample(meta["target"], kind, files, meta))
@@ -85,8 +85,7 @@ def write_preview(out: str, image_size: int, mode: ColorMode, count: int) -> Non
     rows: list[np.ndarray] = []
     for pick in pick_varied(_candidates(out, count, max_shards=max(4, count)), count):
         files = pick.files
-        image = decode_image(files.get("png") or files["jpg"], mode)
-        mask = decode_mask(files["mask.png"])
+        image, mask, _ = decode_sample(files, mode)
         normal = load_image(storage.join(job["inputs_root"], pick.target), image_size, mode)
         caption = f"{pick.anomaly_class} {pick.meta.get('scale') or ''}".strip()
         cells = [to_mode(normal, "rgb"), _caption(to_mode(image, "rgb").copy(), caption)]

@@ -31,10 +31,10 @@ from cai_ray.io.codecs import (
     ColorMode,
     DecodeError,
     ImageFormat,
-    encode_image,
     load_image,
 )
 from cai_ray.io.layout import entry_name, sample_key, shard_name, write_json
+from cai_ray.io.samples import encode_sample
 from cai_ray.io.tar import Sample, build_tar
 from cai_ray.synthesizers.base import BuildContext
 from cai_ray.synthesizers.registry import SynthesizerConfig
@@ -143,11 +143,7 @@ class InjectionStage:
         self.anomalies_per_target = self.synthesizer.anomalies_per_target
 
     def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Sample:
-        return key, {
-            self.image_format: encode_image(image, self.image_format),
-            "mask.png": encode_image(mask, "png"),
-            "json": json.dumps(meta, sort_keys=True).encode(),
-        }
+        return key, encode_sample(image, mask, meta, self.image_format)
 
     def process_shard(
         self,

@@ -18,6 +18,7 @@ import numpy as np
 
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import DecodeError, decode_image
+from cai_ray.io.samples import MASK_MEMBER, SampleError, image_member, read_meta
 from cai_ray.io.tar import iter_tar
 
 
@@ -33,15 +34,13 @@ class VerifyReport:
 
 
 def _check_sample(key: str, files: dict[str, bytes], problems: list[str]) -> dict | None:
-    image_ext = [ext for ext in ("png", "jpg") if ext in files]
-    missing = [ext for ext in ("mask.png", "json") if ext not in files]
-    if len(image_ext) != 1 or missing:
-        problems.append(f"{key}: expected one image and mask.png + json, got {sorted(files)}")
-        return None
     try:
-        meta = json.loads(files["json"])
-        image = decode_image(files[image_ext[0]])
-        raw_mask = decode_image(files["mask.png"])
+        image = decode_image(files[image_member(files)])
+        meta = read_meta(files)
+        raw_mask = decode_image(files[MASK_MEMBER])
+    except SampleError as exc:
+        problems.append(f"{key}: {exc}")
+        return None
     except (json.JSONDecodeError, DecodeError) as exc:
         problems.append(f"{key}: unreadable member ({exc})")
         return None
