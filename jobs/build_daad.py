@@ -1,6 +1,6 @@
 """Entry point for building a DAAD as a Ray job:
 
-    ray job submit --working-dir . -- python jobs/build_daad.py \
+    ray job submit --working-dir . -- python -m jobs.build_daad \
         --spec configs/daad/shared_data.yaml --data-root ../shared/data --out out/daad-shared
 
 Arguments are those of ``cai-ray daad build``.

@@ -150,11 +150,12 @@ def test_help_opens_with_what_the_tool_does():
     )
 
 
-def _run_job(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """A jobs/ script started by path, as Ray jobs do, outside the repository."""
+def _run_job(script: str, *args: str) -> subprocess.CompletedProcess:
+    """A jobs/ entry point as a Ray job runs it: ``python -m jobs.<name>`` in the uploaded
+    working dir (here the repository), with nothing added to the Python path."""
     return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / script), *args],
-        cwd=cwd,
+        [sys.executable, "-m", f"jobs.{script.removesuffix('.py')}", *args],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
@@ -168,15 +169,14 @@ def test_job_scripts_build_and_synthesize(tmp_path):
         "build_daad.py",
         *("--spec", str(REPO / "configs/daad/demo.yaml")),
         *("--data-root", str(DEMO / "defects"), "--out", str(tmp_path / "daad")),
-        cwd=tmp_path,
     )
     assert built.returncode == 0, built.stderr
     assert "20 records" in built.stdout
     config = _demo_config(tmp_path)
-    made = _run_job("synthesize.py", "--config", str(config), "--local", cwd=tmp_path)
+    made = _run_job("synthesize.py", "--config", str(config), "--local")
     assert made.returncode == 0, made.stderr
     assert "120 samples in 3 shard(s)" in made.stdout
-    again = _run_job("synthesize.py", "--config", str(config), "--local", cwd=tmp_path)
+    again = _run_job("synthesize.py", "--config", str(config), "--local")
     assert "nothing to do: 3 of 3 shards committed" in again.stdout
 
 
@@ -186,7 +186,7 @@ def test_job_scripts_build_and_synthesize(tmp_path):
 )
 def test_training_job_scripts_load_their_command(script, what, tmp_path):
     """Each training script imports its command and reads its config (a missing one here)."""
-    done = _run_job(script, "--config", str(tmp_path / "none.yaml"), cwd=tmp_path)
+    done = _run_job(script, "--config", str(tmp_path / "none.yaml"))
     assert done.returncode == 2
     assert "not found" in done.stderr and "none.yaml" in done.stderr, done.stderr
 

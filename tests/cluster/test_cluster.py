@@ -140,7 +140,7 @@ def test_ray_job_submit_writes_to_s3_and_verifies(local_cluster, s3_server):
     assert upload.returncode == 0 and "copied 12 new file(s)" in upload.stdout, upload.stderr
     result = subprocess.run(
         ["ray", "job", "submit", "--address", local_cluster.dashboard, "--working-dir", "."]
-        + ["--", "python", "jobs/synthesize.py", "--config", "configs/cluster_demo.yaml"]
+        + ["--", "python", "-m", "jobs.synthesize", "--config", "configs/cluster_demo.yaml"]
         + [*endpoint, "--no-progress"],
         cwd=REPO,
         capture_output=True,
