@@ -98,20 +98,23 @@ def filesystem(url: str) -> tuple[Any, str]:
 
 
 @contextmanager
-def _remote(action: str, url: str) -> Iterator[None]:
-    """Turn an object-store failure into an error that names the object and what to check."""
+def _located(action: str, url: str) -> Iterator[tuple[Any, str]]:
+    """The fsspec filesystem and path for ``url`` (local or object store: one code path), with
+    failures turned into errors that name the location and, for a store, what to check."""
     try:
-        yield
+        yield filesystem(url)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"cannot {action} {url}: not found ({exc})") from exc
-    except PermissionError as exc:
-        raise StorageError(
-            f"cannot {action} {url}: access denied ({exc}); check the credentials "
-            "(AWS_* variables, profile or instance role) and the endpoint"
-        ) from exc
     except ImportError:
         raise
     except Exception as exc:  # botocore, aiohttp and s3fs raise many unrelated types
+        if is_local(url):
+            raise
+        if isinstance(exc, PermissionError):
+            raise StorageError(
+                f"cannot {action} {url}: access denied ({exc}); check the credentials "
+                "(AWS_* variables, profile or instance role) and the endpoint"
+            ) from exc
         raise StorageError(
             f"cannot {action} {url} (gave up after {_settings['request_attempts']} attempts with "
             f"backoff): {type(exc).__name__}: {exc}"
@@ -123,46 +126,36 @@ def join(base: str, *parts: str) -> str:
 
 
 def read_bytes(url: str) -> bytes:
-    if is_local(url):
-        return local_path(url).read_bytes()
-    with _remote("read", url):
-        fs, path = filesystem(url)
+    with _located("read", url) as (fs, path):
         return bytes(fs.cat_file(path))
 
 
 def read_range(url: str, start: int, end: int) -> bytes:
     """Bytes ``start`` to ``end`` (exclusive) of a file or object: one ranged GET on S3."""
-    if is_local(url):
-        with local_path(url).open("rb") as file:
-            file.seek(start)
-            data = file.read(end - start)
-    else:
-        with _remote("read", url):
-            fs, path = filesystem(url)
-            data = bytes(fs.cat_file(path, start=start, end=end))
+    with _located("read", url) as (fs, path):
+        data = bytes(fs.cat_file(path, start=start, end=end))
     if len(data) != end - start:
         raise StorageError(f"{url} is shorter than expected: bytes {start}-{end} are not all there")
     return data
 
 
 def exists(url: str) -> bool:
-    if is_local(url):
-        return local_path(url).exists()
-    with _remote("look up", url):
-        fs, path = filesystem(url)
+    with _located("look up", url) as (fs, path):
         return bool(fs.exists(path))
 
 
 def makedirs(url: str) -> None:
+    """Create a local folder; object stores have no folders (nor a bucket made by accident)."""
     if is_local(url):
         local_path(url).mkdir(parents=True, exist_ok=True)
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write ``data`` so that ``url`` holds either its old content or all of ``data``."""
+    """Write ``data`` so that ``url`` holds either its old content or all of ``data``: an
+    object-store upload is visible only once complete; a local file is written to a temporary
+    sibling, fsynced and renamed over the target."""
     if not is_local(url):
-        with _remote("write", url):
-            fs, remote = filesystem(url)
+        with _located("write", url) as (fs, remote):
             fs.pipe_file(remote, data)
         return
     path = local_path(url)
@@ -190,23 +183,22 @@ def remove_stale_temporaries(url: str) -> int:
     return len(stale)
 
 
+def _as_url(like: str, path: str) -> str:
+    """A path that fsspec returned, in the form of ``like`` (with its protocol, if any)."""
+    return path if is_local(like) else f"{like.split('://', 1)[0]}://{path}"
+
+
 def list_files(url: str, suffix: str) -> list[str]:
-    """Files directly under a directory URL whose names end with ``suffix``, sorted."""
-    if is_local(url):
-        directory = local_path(url)
-        if not directory.is_dir():
-            return []
-        return sorted(str(p) for p in directory.iterdir() if p.name.endswith(suffix))
-    protocol = url.split("://", 1)[0]
-    with _remote("list", url):
-        fs, path = filesystem(url)
+    """Files directly under a folder or prefix whose names end with ``suffix``, sorted; none
+    for a folder or prefix that does not exist (a missing bucket is an error)."""
+    with _located("list", url) as (fs, path):
         try:
             names = fs.ls(path.rstrip("/"), detail=False)
         except FileNotFoundError:
-            if not fs.exists(path.split("/", 1)[0]):
-                raise  # a missing bucket is an error, an empty prefix is not
+            if not is_local(url) and not fs.exists(path.split("/", 1)[0]):
+                raise
             return []
-    return sorted(f"{protocol}://{p}" for p in names if p.endswith(suffix))
+    return sorted(_as_url(url, name) for name in names if name.endswith(suffix))
 
 
 def copy_folder(source: str, destination: str) -> int:
@@ -227,10 +219,7 @@ def copy_folder(source: str, destination: str) -> int:
 
 
 def _size(url: str) -> int:
-    if is_local(url):
-        return local_path(url).stat().st_size
-    with _remote("look up", url):
-        fs, path = filesystem(url)
+    with _located("look up", url) as (fs, path):
         return int(fs.size(path))
 
 
@@ -250,9 +239,7 @@ def _expand_local(source: str) -> list[str]:
 
 
 def _expand_remote(source: str) -> list[str]:
-    protocol = source.split("://", 1)[0]
-    with _remote("list", source):
-        fs, path = filesystem(source)
+    with _located("list", source) as (fs, path):
         if path.lower().endswith(".txt"):
             return _listed(bytes(fs.cat_file(path)).decode())
         if globlib.has_magic(path):
@@ -263,7 +250,8 @@ def _expand_remote(source: str) -> list[str]:
             return [source]
         else:
             return []
-    return sorted(f"{protocol}://{n}" for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS)
+    images = (n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(_as_url(source, name) for name in images)
 
 
 def is_image_file_path(source: str) -> bool:
