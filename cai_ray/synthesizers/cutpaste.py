@@ -15,18 +15,15 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.patches import color_jitter, place_box, rotate_with_mask
+from cai_ray.synthesizers.patches import SampleBudget, color_jitter, place_box, rotate_with_mask
 
 
-class CutPasteParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class CutPasteParams(SampleBudget):
     variant: Literal["normal", "scar"] = "normal"
-    anomalies_per_target: int = Field(10, ge=1)
     area_ratio: tuple[float, float] = (0.02, 0.15)
     aspect_ratio: float = Field(0.3, gt=0, le=1, description="Log-uniform in [r, 1/r].")
     scar_width: tuple[float, float] = (2, 16)
@@ -34,17 +31,12 @@ class CutPasteParams(BaseModel):
     scar_rotation: float = Field(45, ge=0, le=180)
     jitter: float = Field(0.1, ge=0, lt=1)
     reference_size: int = Field(256, ge=1, description="Image size the scar sizes are given at.")
-    min_mask_pixels: int = Field(10, ge=1)
-    max_draws: int = Field(10, ge=1, description="Draws per sample before it is given up.")
 
 
 class CutPasteMethod(CutPasteParams, MethodSettings):
     """``synthesizer: {method: cutpaste, variant: normal | scar, ...}``."""
 
     method: Literal["cutpaste"] = "cutpaste"
-
-    def anomaly_count(self, cai: CAIParams) -> int:
-        return self.anomalies_per_target
 
     def build(self, context: BuildContext) -> CutPaste:
         return CutPaste(self)

@@ -16,13 +16,13 @@ from typing import Literal, Protocol
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, load_image
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
+from cai_ray.synthesizers.patches import SampleBudget
 
 
 class TextureLibrary(Protocol):
@@ -33,16 +33,12 @@ class TextureLibrary(Protocol):
     def __getitem__(self, index: int) -> np.ndarray: ...
 
 
-class DraemParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    anomalies_per_target: int = Field(10, ge=1)
+class DraemParams(SampleBudget):
     max_perlin_exponent: int = Field(6, ge=1, description="Lattice 2^[0, this) cells per axis.")
     threshold: float = Field(0.5, ge=-1, le=1)
     max_rotation: float = Field(90, ge=0, le=180)
     augmentations: int = Field(3, ge=0, le=10)
     max_beta: float = Field(0.8, ge=0, le=1)
-    min_mask_pixels: int = Field(10, ge=1)
-    max_draws: int = Field(10, ge=1, description="Draws per sample before it is given up.")
 
 
 def _fade(t: np.ndarray) -> np.ndarray:
@@ -169,9 +165,6 @@ class DraemMethod(DraemParams, MethodSettings):
         min_length=1,
         description="Texture images (folders, globs, .txt lists), e.g. DTD or DAAD images.",
     )
-
-    def anomaly_count(self, cai: CAIParams) -> int:
-        return self.anomalies_per_target
 
     def _texture_files(self) -> list[str]:
         return sorted(dict.fromkeys(storage.expand_image_sources(self.textures)))

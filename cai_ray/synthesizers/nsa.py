@@ -18,28 +18,23 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.labels import grey_difference
 from cai_ray.core.poisson import poisson_blend
 from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.patches import place_box
+from cai_ray.synthesizers.patches import SampleBudget, place_box
 
 
-class NSAParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class NSAParams(SampleBudget):
     blend: Literal["normal", "mixed"] = "normal"
-    anomalies_per_target: int = Field(10, ge=1)
     width_bounds: tuple[float, float] = Field((0.03, 0.4), description="Patch side / image side.")
     gamma_shape: float = Field(2.0, gt=0)
     gamma_scale: float = Field(0.05, gt=0)
     max_patches: int = Field(4, ge=1)
     resize_bounds: tuple[float, float] = (0.7, 1.3)
     label_threshold: int = Field(7, ge=0, le=254, description="NSA's logistic midpoint x0.")
-    min_mask_pixels: int = Field(10, ge=1)
-    max_draws: int = Field(10, ge=1, description="Draws per sample before it is given up.")
 
 
 class NSAMethod(NSAParams, MethodSettings):
@@ -47,9 +42,6 @@ class NSAMethod(NSAParams, MethodSettings):
     normal images of the same output shard."""
 
     method: Literal["nsa"] = "nsa"
-
-    def anomaly_count(self, cai: CAIParams) -> int:
-        return self.anomalies_per_target
 
     def build(self, context: BuildContext) -> NSA:
         return NSA(self)

@@ -1,11 +1,27 @@
-"""Pieces the baselines share: placing a box on the foreground, colour jitter, rotation."""
+"""Pieces the baselines share: their sample budget, placing a box on the foreground, colour
+jitter, rotation."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from cai_ray.core.cai import CAIParams
 from cai_ray.core.geometry import choose_location
+
+
+class SampleBudget(BaseModel):
+    """How many samples a baseline makes per target, and how hard it tries for each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    anomalies_per_target: int = Field(10, ge=1)
+    min_mask_pixels: int = Field(10, ge=1, description="Smaller label masks are redrawn.")
+    max_draws: int = Field(10, ge=1, description="Draws per sample before it is given up.")
+
+    def anomaly_count(self, cai: CAIParams) -> int:
+        """The job's count per target (the ``MethodSettings`` hook): the baseline's own."""
+        return self.anomalies_per_target
 
 
 def place_box(
