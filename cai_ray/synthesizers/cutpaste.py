@@ -17,9 +17,15 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
+from cai_ray.core.synthesis import Donor, Patched
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.patches import SampleBudget, color_jitter, place_box, rotate_with_mask
+from cai_ray.synthesizers.patches import (
+    PatchSynthesizer,
+    SampleBudget,
+    color_jitter,
+    place_box,
+    rotate_with_mask,
+)
 
 
 class CutPasteParams(SampleBudget):
@@ -42,30 +48,13 @@ class CutPasteMethod(CutPasteParams, MethodSettings):
         return CutPaste(self)
 
 
-class CutPaste:
+class CutPaste(PatchSynthesizer):
+    """Cut from the target itself: donors are not used."""
+
     def __init__(self, params: CutPasteParams | None = None) -> None:
         self.params = params or CutPasteParams()
-        self.method = "cutpaste" if self.params.variant == "normal" else "cutpaste-scar"
-        self.anomalies_per_target = self.params.anomalies_per_target
-
-    def synthesize(
-        self,
-        target: np.ndarray,
-        foreground: np.ndarray,
-        *,
-        seed: int,
-        target_key: str,
-        donors: Sequence[Donor] = (),
-    ) -> list[Patched | Failure]:
-        """Cut from the target itself: ``donors`` are not used."""
-        p = self.params
-        return synthesize_each(
-            lambda rng: self._attempt(target, foreground, rng),
-            count=self.anomalies_per_target,
-            seed=seed,
-            target_key=target_key,
-            max_draws=p.max_draws,
-            min_mask_pixels=p.min_mask_pixels,
+        super().__init__(
+            "cutpaste" if self.params.variant == "normal" else "cutpaste-scar", self.params
         )
 
     def _cut_size(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -80,8 +69,12 @@ class CutPaste:
             cut_h = rng.uniform(*p.scar_height) * unit
         return min(height, max(1, round(cut_h))), min(width, max(1, round(cut_w)))
 
-    def _attempt(
-        self, target: np.ndarray, foreground: np.ndarray, rng: np.random.Generator
+    def attempt(
+        self,
+        target: np.ndarray,
+        foreground: np.ndarray,
+        donors: Sequence[Donor],
+        rng: np.random.Generator,
     ) -> Patched | str:
         p = self.params
         height, width = target.shape[:2]

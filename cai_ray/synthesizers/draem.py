@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
+from cai_ray.core.synthesis import Donor, Patched
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, load_image
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.patches import SampleBudget
+from cai_ray.synthesizers.patches import PatchSynthesizer, SampleBudget
 
 
 class TextureLibrary(Protocol):
@@ -185,37 +185,22 @@ class DraemMethod(DraemParams, MethodSettings):
         return Draem(TextureFolder(files, context.image_size, context.mode), self)
 
 
-class Draem:
+class Draem(PatchSynthesizer):
+    """Textures come from the texture library: donors are not used."""
+
     def __init__(self, textures: TextureLibrary, params: DraemParams | None = None) -> None:
         if not len(textures):
             raise ValueError("DRAEM needs at least one texture image (is the folder empty?)")
         self.textures = textures
         self.params = params or DraemParams()
-        self.method = "draem"
-        self.anomalies_per_target = self.params.anomalies_per_target
+        super().__init__("draem", self.params)
 
-    def synthesize(
+    def attempt(
         self,
         target: np.ndarray,
         foreground: np.ndarray,
-        *,
-        seed: int,
-        target_key: str,
-        donors: Sequence[Donor] = (),
-    ) -> list[Patched | Failure]:
-        """Textures come from the texture library: ``donors`` are not used."""
-        p = self.params
-        return synthesize_each(
-            lambda rng: self._attempt(target, foreground, rng),
-            count=self.anomalies_per_target,
-            seed=seed,
-            target_key=target_key,
-            max_draws=p.max_draws,
-            min_mask_pixels=p.min_mask_pixels,
-        )
-
-    def _attempt(
-        self, target: np.ndarray, foreground: np.ndarray, rng: np.random.Generator
+        donors: Sequence[Donor],
+        rng: np.random.Generator,
     ) -> Patched | str:
         p = self.params
         height, width = target.shape[:2]

@@ -22,9 +22,9 @@ from pydantic import Field
 
 from cai_ray.core.labels import grey_difference
 from cai_ray.core.poisson import poisson_blend
-from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
+from cai_ray.core.synthesis import Donor, Patched
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.patches import SampleBudget, place_box
+from cai_ray.synthesizers.patches import PatchSynthesizer, SampleBudget, place_box
 
 
 class NSAParams(SampleBudget):
@@ -47,33 +47,15 @@ class NSAMethod(NSAParams, MethodSettings):
         return NSA(self)
 
 
-class NSA:
+class NSA(PatchSynthesizer):
     def __init__(self, params: NSAParams | None = None) -> None:
         self.params = params or NSAParams()
-        self.method = "nsa" if self.params.blend == "normal" else "nsa-mixed"
-        self.anomalies_per_target = self.params.anomalies_per_target
+        super().__init__("nsa" if self.params.blend == "normal" else "nsa-mixed", self.params)
 
-    def synthesize(
-        self,
-        target: np.ndarray,
-        foreground: np.ndarray,
-        *,
-        seed: int,
-        target_key: str,
-        donors: Sequence[Donor] = (),
-    ) -> list[Patched | Failure]:
-        p = self.params
+    def refuse(self, donors: Sequence[Donor]) -> str | None:
         if not donors:
-            reason = "NSA needs another normal image in the same shard to take patches from"
-            return [Failure(reason, 0)] * self.anomalies_per_target
-        return synthesize_each(
-            lambda rng: self._attempt(target, foreground, donors, rng),
-            count=self.anomalies_per_target,
-            seed=seed,
-            target_key=target_key,
-            max_draws=p.max_draws,
-            min_mask_pixels=p.min_mask_pixels,
-        )
+            return "NSA needs another normal image in the same shard to take patches from"
+        return None
 
     def _side(self, length: int, rng: np.random.Generator) -> int:
         p = self.params
@@ -81,7 +63,7 @@ class NSA:
         fraction = np.clip(low + rng.gamma(p.gamma_shape, p.gamma_scale), low, high)
         return max(2, round(fraction * length))
 
-    def _attempt(
+    def attempt(
         self,
         target: np.ndarray,
         foreground: np.ndarray,

@@ -3,12 +3,15 @@ jitter, rotation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.geometry import choose_location
+from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
 
 
 class SampleBudget(BaseModel):
@@ -22,6 +25,51 @@ class SampleBudget(BaseModel):
     def anomaly_count(self, cai: CAIParams) -> int:
         """The job's count per target (the ``MethodSettings`` hook): the baseline's own."""
         return self.anomalies_per_target
+
+
+class PatchSynthesizer:
+    """A baseline synthesizer: :meth:`attempt` draws one sample; :meth:`synthesize` makes the
+    budget's samples of a target, each redrawn until its mask is large enough."""
+
+    def __init__(self, method: str, params: SampleBudget) -> None:
+        self.method = method
+        self.budget = params
+        self.anomalies_per_target = params.anomalies_per_target
+
+    def synthesize(
+        self,
+        target: np.ndarray,
+        foreground: np.ndarray,
+        *,
+        seed: int,
+        target_key: str,
+        donors: Sequence[Donor] = (),
+    ) -> list[Patched | Failure]:
+        refused = self.refuse(donors)
+        if refused is not None:
+            return [Failure(refused, 0)] * self.anomalies_per_target
+        return synthesize_each(
+            lambda rng: self.attempt(target, foreground, donors, rng),
+            count=self.anomalies_per_target,
+            seed=seed,
+            target_key=target_key,
+            max_draws=self.budget.max_draws,
+            min_mask_pixels=self.budget.min_mask_pixels,
+        )
+
+    def refuse(self, donors: Sequence[Donor]) -> str | None:
+        """Why no sample can be made from these donors (``None``: they will do)."""
+        return None
+
+    def attempt(
+        self,
+        target: np.ndarray,
+        foreground: np.ndarray,
+        donors: Sequence[Donor],
+        rng: np.random.Generator,
+    ) -> Patched | str:
+        """One sample, or why this draw failed."""
+        raise NotImplementedError
 
 
 def place_box(
