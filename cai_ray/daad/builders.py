@@ -20,16 +20,17 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import DaadRecord, make_record, safe_key_part
 from cai_ray.io import storage
-from cai_ray.io.codecs import DecodeError, decode_mask, decode_mat_mask
+from cai_ray.io.codecs import DecodeError, decode_class_mask, decode_mask, decode_mat_mask
 from cai_ray.io.settings import load_settings
 from cai_ray.io.tar import build_tar, sample_spans
 
@@ -79,12 +80,25 @@ class _SourceBase(BaseModel):
 
 class FolderSource(_SourceBase):
     layout: Literal["folder"]
-    anomaly_class: AnomalyClass
+    anomaly_class: AnomalyClass | None = Field(None, description="The class of every defect.")
+    mask_classes: dict[int, AnomalyClass] | None = Field(
+        None,
+        description="Masks hold class values instead (e.g. NEU-Seg: 1 inclusion, 2 patches, "
+        "3 scratches): one record per class present in an image, its pixels of that value.",
+    )
     images: str = Field(description="Folder of images, relative to the data root.")
     image_glob: str = "*"
     masks: str | None = Field(None, description="Folder of masks; defaults to the image folder.")
     mask_name: str = Field("{stem}.png", description="Mask file name from the image's {stem}.")
     mask_mat: MatMask | None = None
+
+    @model_validator(mode="after")
+    def _one_class_rule(self) -> FolderSource:
+        if (self.anomaly_class is None) == (self.mask_classes is None):
+            raise ValueError("give either anomaly_class or mask_classes")
+        if self.mask_classes is not None and 0 in self.mask_classes:
+            raise ValueError("mask value 0 is the background; map values from 1")
+        return self
 
 
 class MvtecSource(_SourceBase):
@@ -156,7 +170,39 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in storage.IMAGE_EXTENSIONS
 
 
-def _folder_candidates(source: FolderSource, root: Path) -> Iterator[Candidate]:
+def _class_value_candidates(
+    source: FolderSource, image_path: Path, mask_path: Path, relative: str, report: BuildReport
+) -> Iterator[Candidate]:
+    """One candidate per mapped class value present in the mask; unmapped values are skips."""
+    assert source.mask_classes is not None
+    if not mask_path.is_file():
+        report.skip(relative, "no mask file")
+        return
+    try:
+        values = decode_class_mask(mask_path.read_bytes())
+    except (OSError, DecodeError) as exc:
+        report.skip(relative, f"bad mask ({exc})")
+        return
+    for value in sorted(int(v) for v in np.unique(values) if v):
+        if value not in source.mask_classes:
+            report.skip(relative, f"mask value {value} has no class mapping")
+            continue
+        anomaly_class = source.mask_classes[value]
+        yield Candidate(
+            record_id=safe_key_part(
+                f"{source.domain}-{Path(relative).with_suffix('')}-{anomaly_class}"
+            ),
+            image_path=image_path,
+            relative_path=relative,
+            anomaly_class=anomaly_class,
+            source=source,
+            load_mask=partial(np.equal, values, value),
+        )
+
+
+def _folder_candidates(
+    source: FolderSource, root: Path, report: BuildReport
+) -> Iterator[Candidate]:
     image_dir = root / source.images
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
@@ -164,6 +210,10 @@ def _folder_candidates(source: FolderSource, root: Path) -> Iterator[Candidate]:
     for image_path in sorted(p for p in image_dir.glob(source.image_glob) if _is_image(p)):
         mask_path = mask_dir / source.mask_name.format(stem=image_path.stem, name=image_path.name)
         relative = image_path.relative_to(root).as_posix()
+        if source.mask_classes is not None:
+            yield from _class_value_candidates(source, image_path, mask_path, relative, report)
+            continue
+        assert source.anomaly_class is not None
         yield Candidate(
             record_id=safe_key_part(f"{source.domain}-{Path(relative).with_suffix('')}"),
             image_path=image_path,
@@ -232,7 +282,7 @@ def _to_record(candidate: Candidate) -> DaadRecord:
 def iter_candidates(spec: DaadSpec, data_root: Path, report: BuildReport) -> Iterator[Candidate]:
     for source in spec.sources:
         if isinstance(source, FolderSource):
-            yield from _folder_candidates(source, data_root)
+            yield from _folder_candidates(source, data_root, report)
         else:
             yield from _mvtec_candidates(source, data_root, report)
 

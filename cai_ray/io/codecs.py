@@ -84,6 +84,15 @@ def decode_mask(data: bytes) -> np.ndarray:
     return np.asarray(array >= 128) if array.ndim == 2 else np.asarray((array >= 128).any(axis=2))
 
 
+def decode_class_mask(data: bytes) -> np.ndarray:
+    """Decode a mask of class values (0 background, 1, 2, ... one per defect class) as they
+    are: (M, N) uint8, no thresholding."""
+    array = _to_uint8_array(_open(data))
+    if array.ndim != 2:
+        raise DecodeError(f"a class-value mask has one channel, not shape {array.shape}")
+    return array
+
+
 def decode_mat_mask(data: bytes, *, field_path: str, foreground_value: int) -> np.ndarray:
     """A mask stored in a MATLAB file, e.g. CrackForest's ``groundTruth.Segmentation == 2``."""
     from scipy.io import loadmat

@@ -132,26 +132,84 @@ def test_mvtec_layout(tmp_path):
     ] * 2
 
 
-def test_shared_data_spec_builds_all_three_datasets(shared_data, tmp_path):
+def test_shared_data_spec_builds_every_dataset_it_names(shared_data, tmp_path):
     spec = DaadSpec.from_yaml(REPO / "configs" / "daad" / "shared_data.yaml")
     index = build_daad(spec, shared_data, str(tmp_path / "daad"))
     report = index["report"]
-    assert set(report["by_domain"]) == {"magnetic_tile", "deepcrack", "crackforest"}
+    assert set(report["by_domain"]) == {
+        "magnetic_tile",
+        "deepcrack",
+        "crackforest",
+        "neu_seg",
+        "leather",
+    }
     assert report["by_domain"]["deepcrack"] == 537
     assert report["by_domain"]["crackforest"] == 118  # 155 images, 118 with ground truth
+    # NEU-Seg: 1,123 images, 225 of them with two or three classes (one record per class)
+    assert report["by_domain"]["neu_seg"] >= 1123 + 225
     assert report["skipped_by_reason"]["no mask file"] == 37
     assert sum(report["by_class"].values()) == report["records"]
+    assert sum(1 for count in report["by_class"].values() if count >= 50) >= 6
     stats = daad_stats(str(tmp_path / "daad"))
     assert stats["records"] == report["records"]
     assert sum(stats["by_source_scale"].values()) == report["records"]
-    patterns = PatternBank(str(tmp_path / "daad"), mode="grey", exclude_domains=["magnetic_tile"])
-    assert len(patterns) == 537 + 118
-    assert {patterns[i].domain for i in range(len(patterns))} == {"deepcrack", "crackforest"}
+    cracks = PatternBank(
+        str(tmp_path / "daad"),
+        mode="grey",
+        exclude_domains=["magnetic_tile", "neu_seg", "leather"],
+    )
+    assert len(cracks) == 537 + 118
+    assert {cracks[i].domain for i in range(len(cracks))} == {"deepcrack", "crackforest"}
+    leather = PatternBank(str(tmp_path / "daad"), mode="rgb", include_classes=["pits"])
+    assert len(leather) == 18 and leather[0].image.shape[2] == 3  # RGBA photos read as RGB
     with pytest.raises(ValueError, match="no source patterns"):
         PatternBank(
             str(tmp_path / "daad"),
             mode="grey",
-            exclude_domains=["magnetic_tile", "deepcrack", "crackforest"],
+            exclude_domains=["magnetic_tile", "deepcrack", "crackforest", "neu_seg", "leather"],
+        )
+
+
+def test_class_value_masks_give_a_record_per_class(tmp_path):
+    """A mask of class values (NEU-Seg's layout): one record per mapped class present, its
+    pixels that value; an unmapped value is a counted skip; an image without a class is none."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    tile = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    values = np.zeros((64, 64), np.uint8)
+    values[5:20, 5:20] = 1
+    values[30:50, 30:40] = 3
+    values[60:62, 60:62] = 7  # no mapping
+    for name, mask in (("two", values), ("none", np.zeros_like(values))):
+        (root / "images" / f"{name}.png").write_bytes(_png(tile))
+        (root / "masks" / f"{name}.png").write_bytes(_png(mask))
+    spec = DaadSpec.model_validate(
+        {
+            "name": "values",
+            "sources": [
+                {
+                    "layout": "folder",
+                    "domain": "steel",
+                    "license": "test",
+                    "images": "images",
+                    "masks": "masks",
+                    "mask_classes": {1: "impurity", 2: "stain", 3: "scratch"},
+                }
+            ],
+        }
+    )
+    index = build_daad(spec, root, str(tmp_path / "daad"))
+    assert index["report"]["by_class"] == {"impurity": 1, "scratch": 1}
+    assert [s["reason"] for s in index["report"]["skipped"]] == [
+        "mask value 7 has no class mapping"
+    ]
+    masks = {label.anomaly_class: mask for label, _, mask in iter_records(str(tmp_path / "daad"))}
+    assert np.array_equal(masks["impurity"], values == 1)
+    assert np.array_equal(masks["scratch"], values == 3)
+    with pytest.raises(ValueError, match="either anomaly_class or mask_classes"):
+        DaadSpec.model_validate(
+            {"name": "x", "sources": [{**spec.sources[0].model_dump(), "anomaly_class": "pits"}]}
         )
 
 
