@@ -30,8 +30,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import DaadRecord, make_record, safe_key_part
 from cai_ray.io import storage
-from cai_ray.io.codecs import DecodeError, decode_class_mask, decode_mask, decode_mat_mask
-from cai_ray.io.settings import load_settings
+from cai_ray.io.codecs import (
+    DecodeError,
+    decode_class_mask,
+    decode_mask,
+    decode_mat_mask,
+    image_size,
+    parse_yolo_polygons,
+    polygon_mask,
+)
+from cai_ray.io.settings import ConfigError, load_settings, read_yaml
 from cai_ray.io.tar import build_tar, sample_spans
 
 log = logging.getLogger(__name__)
@@ -107,7 +115,21 @@ class MvtecSource(_SourceBase):
     classes: dict[str, AnomalyClass] = Field(description="Defect folder name -> anomaly class.")
 
 
-Source = Annotated[FolderSource | MvtecSource, Field(discriminator="layout")]
+class YoloSource(_SourceBase):
+    """A YOLO segmentation export (Roboflow, Ultralytics): ``images/<name>.jpg`` with
+    ``labels/<name>.txt`` polygons; label names come from the export's ``data.yaml``."""
+
+    layout: Literal["yolo"]
+    images: str = Field(description="Folder of images, relative to the data root.")
+    labels: str = Field(description="Folder of label .txt files, relative to the data root.")
+    names: str = Field(description="The export's data.yaml (its 'names' list), from the root.")
+    classes: dict[str, AnomalyClass] = Field(
+        description="Label name -> anomaly class; labels not listed (the background, e.g. "
+        "'cotton' or 'conveyor belt') are not defects."
+    )
+
+
+Source = Annotated[FolderSource | MvtecSource | YoloSource, Field(discriminator="layout")]
 
 
 class DaadSpec(BaseModel):
@@ -279,10 +301,62 @@ def _to_record(candidate: Candidate) -> DaadRecord:
     )
 
 
+def _label_names(source: YoloSource, root: Path) -> list[str]:
+    names = read_yaml(root / source.names, "label names").get("names")
+    if isinstance(names, dict):  # Ultralytics also writes {0: name, 1: name}
+        names = [names[k] for k in sorted(names)]
+    if not isinstance(names, list):
+        raise ConfigError(f"{root / source.names} has no 'names' list")
+    unknown = sorted(set(source.classes) - set(names))
+    if unknown:
+        raise ConfigError(f"labels {unknown} are not in {root / source.names} ({names})")
+    return [str(name) for name in names]
+
+
+def _yolo_candidates(source: YoloSource, root: Path, report: BuildReport) -> Iterator[Candidate]:
+    """One candidate per anomaly class present in an image: its polygons filled."""
+    image_dir, label_dir = root / source.images, root / source.labels
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    names = _label_names(source, root)
+    for image_path in sorted(p for p in image_dir.iterdir() if _is_image(p)):
+        relative = image_path.relative_to(root).as_posix()
+        label_path = label_dir / f"{image_path.stem}.txt"
+        if not label_path.is_file():
+            report.skip(relative, "no label file")
+            continue
+        try:
+            polygons = parse_yolo_polygons(label_path.read_text())
+            height, width = image_size(image_path.read_bytes())
+        except (OSError, DecodeError) as exc:
+            report.skip(relative, f"bad label or image ({exc})")
+            continue
+        by_class: dict[AnomalyClass, list[np.ndarray]] = {}
+        for label, polygon in polygons:
+            name = names[label] if 0 <= label < len(names) else None
+            if name is None:
+                report.skip(relative, f"label index {label} is not in the names list")
+            elif name in source.classes:
+                by_class.setdefault(source.classes[name], []).append(polygon)
+        for anomaly_class, shapes in sorted(by_class.items()):
+            yield Candidate(
+                record_id=safe_key_part(
+                    f"{source.domain}-{Path(relative).with_suffix('')}-{anomaly_class}"
+                ),
+                image_path=image_path,
+                relative_path=relative,
+                anomaly_class=anomaly_class,
+                source=source,
+                load_mask=partial(polygon_mask, shapes, height, width),
+            )
+
+
 def iter_candidates(spec: DaadSpec, data_root: Path, report: BuildReport) -> Iterator[Candidate]:
     for source in spec.sources:
         if isinstance(source, FolderSource):
             yield from _folder_candidates(source, data_root, report)
+        elif isinstance(source, YoloSource):
+            yield from _yolo_candidates(source, data_root, report)
         else:
             yield from _mvtec_candidates(source, data_root, report)
 

@@ -6,6 +6,7 @@ JSON label: class, domain, source dataset and path, license tag and the mask's b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -16,10 +17,19 @@ from cai_ray.core.geometry import mask_bbox
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.io.codecs import decode_image, decode_mask, encode_image
 
+MAX_KEY_LENGTH = 80
+"""Tar member names (key + "." + member) must fit ustar's 100 characters."""
+
 
 def safe_key_part(text: str) -> str:
-    """A key fragment without dots or slashes (WebDataset splits member names at the first dot)."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+    """A key fragment without dots or slashes (WebDataset splits member names at the first dot),
+    at most :data:`MAX_KEY_LENGTH` long: a longer one (an export's hashed file names) keeps its
+    start and ends with a digest of the whole, so it stays unique."""
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    return f"{key[: MAX_KEY_LENGTH - len(digest) - 1]}_{digest}"
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,7 @@ def test_shared_data_spec_builds_every_dataset_it_names(shared_data, tmp_path):
         "crackforest",
         "neu_seg",
         "leather",
+        "cotton_impurity",
     }
     assert report["by_domain"]["deepcrack"] == 537
     assert report["by_domain"]["crackforest"] == 118  # 155 images, 118 with ground truth
@@ -150,13 +151,15 @@ def test_shared_data_spec_builds_every_dataset_it_names(shared_data, tmp_path):
     assert report["skipped_by_reason"]["no mask file"] == 37
     assert sum(report["by_class"].values()) == report["records"]
     assert sum(1 for count in report["by_class"].values() if count >= 50) >= 6
+    # cotton: every labelled image has foreign matter (polygons of cloth, jute, packet, thread)
+    assert 130 <= report["by_domain"]["cotton_impurity"] <= 141
     stats = daad_stats(str(tmp_path / "daad"))
     assert stats["records"] == report["records"]
     assert sum(stats["by_source_scale"].values()) == report["records"]
     cracks = PatternBank(
         str(tmp_path / "daad"),
         mode="grey",
-        exclude_domains=["magnetic_tile", "neu_seg", "leather"],
+        exclude_domains=["magnetic_tile", "neu_seg", "leather", "cotton_impurity"],
     )
     assert len(cracks) == 537 + 118
     assert {cracks[i].domain for i in range(len(cracks))} == {"deepcrack", "crackforest"}
@@ -166,7 +169,7 @@ def test_shared_data_spec_builds_every_dataset_it_names(shared_data, tmp_path):
         PatternBank(
             str(tmp_path / "daad"),
             mode="grey",
-            exclude_domains=["magnetic_tile", "deepcrack", "crackforest", "neu_seg", "leather"],
+            exclude_domains=sorted(report["by_domain"]),
         )
 
 
@@ -216,3 +219,50 @@ def test_class_value_masks_give_a_record_per_class(tmp_path):
 def test_shipped_specs_are_valid():
     for path in (REPO / "configs" / "daad").glob("*.yaml"):
         DaadSpec.model_validate(yaml.safe_load(path.read_text()))
+
+
+def test_yolo_polygons_are_filled_at_the_images_size(tmp_path):
+    """A YOLO segmentation export: mapped labels become records (one per class present),
+    background labels none; a broken label file or a label index past the names is reported."""
+    root = tmp_path / "data"
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+    (root / "data.yaml").write_text("names: [cotton, thread, packet]\nnc: 3\n")
+    tile = np.full((40, 80, 3), 128, np.uint8)
+    for name in ("a", "b", "c", "d"):
+        (root / "images" / f"{name}.png").write_bytes(_png(tile))
+    square = "0.25 0.25 0.75 0.25 0.75 0.75 0.25 0.75"
+    (root / "labels" / "a.txt").write_text(f"0 0 0 1 0 1 1\n1 {square}\n2 0 0 0.1 0 0.1 0.1\n")
+    (root / "labels" / "b.txt").write_text(f"0 {square}\n")  # background only: no record
+    (root / "labels" / "c.txt").write_text("1 0.5 0.5 0.6\n")  # an odd coordinate count
+    (root / "labels" / "d.txt").write_text(f"7 {square}\n")
+    spec = DaadSpec.model_validate(
+        {
+            "name": "yolo",
+            "sources": [
+                {
+                    "layout": "yolo",
+                    "domain": "cotton",
+                    "license": "test",
+                    "images": "images",
+                    "labels": "labels",
+                    "names": "data.yaml",
+                    "classes": {"thread": "impurity", "packet": "stain"},
+                }
+            ],
+        }
+    )
+    index = build_daad(spec, root, str(tmp_path / "daad"))
+    assert index["report"]["by_class"] == {"impurity": 1, "stain": 1}
+    reasons = sorted(s["reason"] for s in index["report"]["skipped"])
+    assert reasons[0].startswith("bad label or image (line 1 has 3 coordinates")
+    assert reasons[1] == "label index 7 is not in the names list"
+    masks = {label.anomaly_class: mask for label, _, mask in iter_records(str(tmp_path / "daad"))}
+    assert masks["impurity"].shape == (40, 80)
+    ys, xs = np.nonzero(masks["impurity"])
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 29, 20, 59)
+    bad = {**spec.sources[0].model_dump(), "classes": {"rope": "impurity"}}
+    with pytest.raises(ValueError, match="labels \\['rope'\\] are not in"):
+        build_daad(
+            DaadSpec.model_validate({"name": "x", "sources": [bad]}), root, str(tmp_path / "x")
+        )
