@@ -19,14 +19,16 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cai_ray.core.geometry import mask_bbox
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import DaadRecord, make_record, safe_key_part
 from cai_ray.io import storage
@@ -84,6 +86,15 @@ class _SourceBase(BaseModel):
     domain: str = Field(description="Where the defects come from; used to exclude leakage.")
     dataset: str | None = Field(None, description="Source dataset name; defaults to the domain.")
     license: str = Field(description="License or terms tag, kept on every record.")
+    regions: Literal["whole", "split"] = Field(
+        "whole",
+        description="'split': one record per connected defect region (8-connected), so source-"
+        "target matching sees each defect at its own scale, not the box around several; "
+        "'whole': one record per mask (a crack whose annotation has gaps stays one crack).",
+    )
+    min_region_pixels: int = Field(
+        20, ge=1, description="With 'split', smaller regions (specks) are dropped and counted."
+    )
 
 
 class FolderSource(_SourceBase):
@@ -161,6 +172,7 @@ class BuildReport:
     by_class: Counter[str] = field(default_factory=Counter)
     by_domain: Counter[str] = field(default_factory=Counter)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    dropped_regions: int = 0
 
     def skip(self, path: str, reason: str) -> None:
         log.info("skipped %s: %s", path, reason)
@@ -173,6 +185,7 @@ class BuildReport:
             "by_class": dict(sorted(self.by_class.items())),
             "by_domain": dict(sorted(self.by_domain.items())),
             "skipped_count": len(self.skipped),
+            "dropped_regions": self.dropped_regions,
             "skipped_by_reason": dict(sorted(reasons.items())),
             "skipped": self.skipped,
         }
@@ -271,6 +284,35 @@ def _mvtec_candidates(source: MvtecSource, root: Path, report: BuildReport) -> I
                 source=source,
                 load_mask=_mask_loader(mask_path, None),
             )
+
+
+def split_regions(mask: np.ndarray, min_pixels: int) -> tuple[list[np.ndarray], int]:
+    """The 8-connected regions of ``mask`` with at least ``min_pixels`` pixels, in label order,
+    and how many smaller ones were dropped."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8
+    )
+    kept = [labels == k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= min_pixels]
+    return kept, count - 1 - len(kept)
+
+
+def _to_records(candidate: Candidate, report: BuildReport) -> list[DaadRecord]:
+    """The candidate's record, or with ``regions: split`` one per region (``<id>-r<n>``)."""
+    record = _to_record(candidate)
+    if candidate.source.regions == "whole":
+        return [record]
+    regions, dropped = split_regions(record.mask, candidate.source.min_region_pixels)
+    report.dropped_regions += dropped
+    if not regions:
+        raise ValueError(f"no region of {candidate.source.min_region_pixels}+ pixels")
+    made = []
+    for number, region in enumerate(regions, start=1):
+        box = mask_bbox(region)
+        assert box is not None
+        record_id = record.label.record_id + (f"-r{number}" if len(regions) > 1 else "")
+        label = replace(record.label, record_id=record_id, bbox=box)
+        made.append(replace(record, mask=region, label=label))
+    return made
 
 
 def _to_record(candidate: Candidate) -> DaadRecord:
@@ -399,17 +441,18 @@ def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
             report.skip(candidate.relative_path, f"duplicate record id {candidate.record_id}")
             continue
         try:
-            record = _to_record(candidate)
+            records = _to_records(candidate, report)
         except (ValueError, DecodeError) as exc:
             report.skip(candidate.relative_path, str(exc))
             continue
         seen.add(candidate.record_id)
-        report.records += 1
-        report.by_class[str(record.label.anomaly_class)] += 1
-        report.by_domain[record.label.domain] += 1
-        pending.append(record)
-        if len(pending) >= spec.records_per_shard:
-            flush()
+        for record in records:
+            report.records += 1
+            report.by_class[str(record.label.anomaly_class)] += 1
+            report.by_domain[record.label.domain] += 1
+            pending.append(record)
+            if len(pending) >= spec.records_per_shard:
+                flush()
     if pending:
         flush()
     if report.records == 0:

@@ -151,8 +151,8 @@ def test_shared_data_spec_builds_every_dataset_it_names(shared_data, tmp_path):
     assert report["skipped_by_reason"]["no mask file"] == 37
     assert sum(report["by_class"].values()) == report["records"]
     assert sum(1 for count in report["by_class"].values() if count >= 50) >= 6
-    # cotton: every labelled image has foreign matter (polygons of cloth, jute, packet, thread)
-    assert 130 <= report["by_domain"]["cotton_impurity"] <= 141
+    # cotton and NEU-Seg are split into regions: one record per object or defect
+    assert report["by_domain"]["cotton_impurity"] > 141 and report["dropped_regions"] > 0
     stats = daad_stats(str(tmp_path / "daad"))
     assert stats["records"] == report["records"]
     assert sum(stats["by_source_scale"].values()) == report["records"]
@@ -266,3 +266,41 @@ def test_yolo_polygons_are_filled_at_the_images_size(tmp_path):
         build_daad(
             DaadSpec.model_validate({"name": "x", "sources": [bad]}), root, str(tmp_path / "x")
         )
+
+
+def test_split_regions_make_a_record_per_defect(tmp_path):
+    """regions: split: one record per 8-connected region, specks below the floor dropped and
+    counted; an image with one region keeps its plain record id."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    tile = np.full((60, 60), 100, np.uint8)
+    two = np.zeros((60, 60), np.uint8)
+    two[5:15, 5:15] = 255
+    two[30:50, 35:45] = 255
+    two[55, 55] = 255  # a one-pixel speck
+    one = np.zeros((60, 60), np.uint8)
+    one[10:30, 10:20] = 255
+    for name, mask in (("two", two), ("one", one)):
+        (root / "images" / f"{name}.png").write_bytes(_png(tile))
+        (root / "images" / f"{name}_mask.png").write_bytes(_png(mask))
+    source = {
+        "layout": "folder",
+        "domain": "d",
+        "license": "test",
+        "anomaly_class": "stain",
+        "images": "images",
+        "image_glob": "*[eo].png",
+        "mask_name": "{stem}_mask.png",
+        "regions": "split",
+        "min_region_pixels": 5,
+    }
+    index = build_daad(
+        DaadSpec.model_validate({"name": "s", "sources": [source]}), root, str(tmp_path / "daad")
+    )
+    assert index["report"]["records"] == 3 and index["report"]["dropped_regions"] == 1
+    boxes = {label.record_id: label.bbox for label, _, _ in iter_records(str(tmp_path / "daad"))}
+    assert boxes == {
+        "d-images_one": (10, 10, 30, 20),
+        "d-images_two-r1": (5, 5, 15, 15),
+        "d-images_two-r2": (30, 35, 50, 45),
+    }
