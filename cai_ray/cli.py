@@ -45,6 +45,17 @@ def _daad_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _daad_preview(args: argparse.Namespace) -> int:
+    from cai_ray.daad.preview import contact_sheet
+    from cai_ray.io.codecs import encode_png
+
+    out = args.out or storage.join(args.daad, "preview.png")
+    sheet = contact_sheet(args.daad, per_class=args.per_class, cell=args.cell)
+    storage.write_bytes_atomic(out, encode_png(sheet))
+    print(f"preview of {args.daad}: a row per class, {args.per_class} patterns each -> {out}")
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     from cai_ray.config import load_config
     from cai_ray.pipeline.synth import run_synth
@@ -246,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="target side that source scales are measured against",
     )
     stats.set_defaults(handler=_daad_stats)
+    preview = daad.add_parser(
+        "preview", help="contact sheet: a row per class, patterns with masks outlined", parents=late
+    )
+    preview.add_argument("daad", help="a DAAD folder")
+    preview.add_argument("--out", help="PNG to write (default: DAAD/preview.png)")
+    preview.add_argument("--per-class", type=int, default=8, help="patterns shown per class")
+    preview.add_argument("--cell", type=int, default=128, help="pixels per pattern")
+    preview.set_defaults(handler=_daad_preview)
 
     synth = commands.add_parser("synth", help="run the CAI synthesis job on Ray", parents=late)
     synth.add_argument("--config", required=True, help="YAML job config, e.g. configs/demo.yaml")
