@@ -270,6 +270,14 @@ def _slices(y0: int, x0: int, y1: int, x1: int) -> tuple[slice, slice]:
     return slice(y0, y1), slice(x0, x1)
 
 
+def class_weights(classes: np.ndarray, weights: dict[str, float]) -> np.ndarray:
+    """Per-pattern sampling weights that draw class ``c`` with probability proportional to
+    ``weights[c]`` (then uniformly within it), whatever its number of patterns."""
+    names, counts = np.unique(classes, return_counts=True)
+    per_class = {name: weights[name] / count for name, count in zip(names, counts, strict=True)}
+    return np.array([per_class[name] for name in classes], np.float64)
+
+
 @runtime_checkable
 class PatternLibrary(Protocol):
     """Source patterns by position, with every pattern's longest side known without loading it
@@ -308,16 +316,22 @@ class CAIInjector:
         Already in the targets' channel layout ((M, N) grey or (M, N, 3) RGB, uint8). Only the
         patterns drawn are ever accessed.
     params : CAIParams
+    weights : per-pattern sampling weights (> 0), e.g. from :func:`class_weights`; None: every
+        pattern alike.
     """
 
     def __init__(
         self,
         patterns: Sequence[SourcePattern] | PatternLibrary,
         params: CAIParams | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         if not len(patterns):
             raise ValueError("CAI needs at least one source pattern (is the DAAD empty?)")
         self.patterns = patterns if isinstance(patterns, PatternLibrary) else PatternList(patterns)
+        if weights is not None and (len(weights) != len(patterns) or not (weights > 0).all()):
+            raise ValueError("weights must be positive, one per pattern")
+        self.weights = weights
         self.params = params or CAIParams()
         self._longest = np.asarray(self.patterns.longest_sides, dtype=np.float64)
         kernel = self.params.mask_kernel
@@ -351,6 +365,16 @@ class CAIInjector:
         drawn = draw_by_quota(attempt, classes, self.params, rngs)
         return [Injection(**d) if isinstance(d, dict) else d for d in drawn]
 
+    def _pick(self, eligible: np.ndarray | None, rng: np.random.Generator) -> int:
+        """A pattern index: uniform over ``eligible`` (all with ``None``), or by weight."""
+        if self.weights is None:
+            if eligible is None:
+                return int(rng.integers(len(self.patterns)))
+            return int(eligible[rng.integers(eligible.size)])
+        pool = np.arange(len(self.patterns)) if eligible is None else eligible
+        chances = self.weights[pool]
+        return int(pool[rng.choice(pool.size, p=chances / chances.sum())])
+
     def _attempt(
         self,
         target: np.ndarray,
@@ -362,11 +386,9 @@ class CAIInjector:
     ) -> dict | str:
         params = self.params
         img_h, img_w = target.shape[:2]
-        if eligible is None:
-            pattern = self.patterns[int(rng.integers(len(self.patterns)))]
-            factor = 1.0
-        else:
-            pattern = self.patterns[int(eligible[rng.integers(eligible.size)])]
+        pattern = self.patterns[self._pick(eligible, rng)]
+        factor = 1.0
+        if eligible is not None:
             factor = synthesis_factor(scale, fg_longest, pattern.longest_side, rng)
         allowed = foreground if params.ils else np.ones_like(foreground)
         placement = place_pattern(pattern.mask, pattern.box, factor, allowed, rng)

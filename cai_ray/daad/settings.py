@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cai_ray.daad.classes import AnomalyClass
 
@@ -24,9 +24,35 @@ class DaadConfig(BaseModel):
         description="Never use these domains as sources: the dataset being evaluated (leakage).",
     )
     include_classes: list[AnomalyClass] | None = None
+    class_weights: dict[AnomalyClass, float] | None = Field(
+        None,
+        description="Draw each listed class with probability proportional to its weight, "
+        "whatever its number of patterns (e.g. {crack: 2, stain: 1}); classes not listed, or "
+        "with weight 0, are not drawn. None: every pattern alike.",
+    )
     cache_mb: int = Field(
         512,
         ge=1,
         description="Decoded source patterns each injection actor keeps (LRU); the rest of the "
         "DAAD is read on demand, so a DAAD larger than memory works.",
     )
+
+    @field_validator("class_weights")
+    @classmethod
+    def _usable_weights(
+        cls, weights: dict[AnomalyClass, float] | None
+    ) -> dict[AnomalyClass, float] | None:
+        if weights is not None:
+            if any(w < 0 for w in weights.values()):
+                raise ValueError("class weights must be >= 0")
+            if not any(w > 0 for w in weights.values()):
+                raise ValueError("at least one class weight must be above 0")
+        return weights
+
+    def drawn_classes(self) -> list[AnomalyClass] | None:
+        """The classes patterns may come from (``include_classes`` and positive weights)."""
+        classes = self.include_classes
+        if self.class_weights is not None:
+            weighted = [c for c, w in self.class_weights.items() if w > 0]
+            classes = [c for c in weighted if classes is None or c in classes]
+        return classes

@@ -106,6 +106,7 @@ class PatternBank:
         self._end = table["end"].to_numpy()
         columns = [table[name].to_numpy() for name in ("y0", "x0", "y1", "x1")]
         self.longest_sides = np.maximum(columns[2] - columns[0], columns[3] - columns[1])
+        self.classes = np.asarray(table["anomaly_class"].to_pylist())
         self._cache: OrderedDict[int, SourcePattern] = OrderedDict()
         self.cached_bytes = 0
         self.reads = 0

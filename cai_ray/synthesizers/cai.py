@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from cai_ray.core.cai import CAIInjector, CAIParams
+from cai_ray.core.cai import CAIInjector, CAIParams, class_weights
 from cai_ray.daad.shards import PatternBank
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
 
@@ -30,7 +30,11 @@ class CAIMethod(BaseModel, MethodSettings):
             daad.path,
             mode=context.mode,
             exclude_domains=daad.exclude_domains,
-            include_classes=daad.include_classes,
+            include_classes=daad.drawn_classes(),
             cache_bytes=daad.cache_mb * 2**20,
         )
-        return CAIInjector(patterns, context.cai)
+        weights = None
+        if daad.class_weights is not None:
+            named = {str(c): w for c, w in daad.class_weights.items()}
+            weights = class_weights(patterns.classes, named)
+        return CAIInjector(patterns, context.cai, weights)
