@@ -48,9 +48,9 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     try:
         raw = yaml.safe_load(storage.read_bytes(file))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} file {file} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"invalid {what} file {file}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{what} file {file} must hold a mapping at the top level")
+        raise ConfigError(f"invalid {what} file {file}: it must hold a mapping at the top level")
     return raw
 
 

@@ -29,8 +29,8 @@ def test_errors_name_the_file_and_each_key(tmp_path):
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("inputs: [unclosed\n", "is not valid YAML"),
-        ("- a list\n", "must hold a mapping"),
+        ("inputs: [unclosed\n", "invalid config file .*: not valid YAML"),
+        ("- a list\n", "invalid config file .*: it must hold a mapping"),
         (VALID + "outputs: {}\n", "outputs: Extra inputs are not permitted"),
     ],
 )
