@@ -59,10 +59,6 @@ class OnTheFly:
         self._built: dict[tuple[ColorMode, int], Synthesizer] = {}
 
     @property
-    def method(self) -> str:
-        return self.settings.method
-
-    @property
     def anomalies_per_target(self) -> int:
         return self.settings.anomaly_count(self.cai)
 

@@ -7,18 +7,17 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 from pydantic import BaseModel
 
 from cai_ray.extras import explain, require
 from cai_ray.io import storage
 from cai_ray.io.layout import OutputMismatchError
+from cai_ray.io.settings import load_settings
 
 # torch is imported only by the commands that need it
 PROGRESS_LOGGER = "cai_ray.pipeline.progress"
 DESCRIPTION = "cai-ray injects real defects into normal images to train anomaly detectors."
-Config = TypeVar("Config", bound=BaseModel)
 
 
 def _daad_build(args: argparse.Namespace) -> int:
@@ -100,12 +99,6 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _load_training_config(path: str, model: type[Config], what: str) -> Config:
-    from cai_ray.io.settings import load_settings
-
-    return load_settings(path, model, f"{what} config")
-
-
 def _train(args: argparse.Namespace, loop: Callable[..., dict], config: BaseModel) -> dict:
     """Run a training loop here (on the GPU if any) or, with --workers, on Ray Train; return
     the final state (read back from the checkpoint after Ray Train)."""
@@ -139,7 +132,7 @@ def _detector_train(args: argparse.Namespace) -> int:
         train_detector,
     )
 
-    config = _load_training_config(args.config, DetectorConfig, "detector")
+    config = load_settings(args.config, DetectorConfig, "detector config")
     state = _train(args, train_detector, config) or read_checkpoint(checkpoint_url(config))
     print(f"trained {state['epoch']} epochs, final loss {state['losses'][-1]:.5f}")
     print(f"  checkpoint: {checkpoint_url(config)}")
@@ -150,7 +143,7 @@ def _cdm_train(args: argparse.Namespace) -> int:
     require("cdm", ("torch", "diffusers"), "the CDM")
     from cai_ray.cdm.train import CDMConfig, read_state, train_cdm
 
-    config = _load_training_config(args.config, CDMConfig, "CDM")
+    config = load_settings(args.config, CDMConfig, "CDM config")
     state = _train(args, train_cdm, config) or read_state(config.checkpoint_dir) or {}
     print(f"trained {state['epoch']} epochs, final loss {state['losses'][-1]:.5f}")
     print(f"  model (diffusers format): {config.checkpoint_dir}/unet")

@@ -1,7 +1,5 @@
 """Typed configuration of the synthesis job, loaded from YAML (see ``configs/``).
 
-``ConfigError`` (from :mod:`cai_ray.io.settings`) is raised for a missing or invalid file.
-
 Relative paths are relative to the directory the command runs in, like any command-line tool.
 """
 
@@ -16,7 +14,6 @@ from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io.codecs import ImageFormat
-from cai_ray.io.settings import ConfigError as ConfigError
 from cai_ray.io.settings import Settings, read_yaml, validate_settings
 from cai_ray.io.storage import DEFAULT_REQUEST_ATTEMPTS
 from cai_ray.synthesizers.registry import SynthesizerConfig, default_method

@@ -13,7 +13,7 @@ import yaml
 from cai_ray.benchmark.config import BenchmarkConfig, SynthesizerEntry, load_benchmark_config
 from cai_ray.benchmark.run import _check_given_output, run_benchmark
 from cai_ray.cli import main
-from cai_ray.config import ConfigError
+from cai_ray.io.settings import ConfigError
 from tests.conftest import DEMO
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_local")]

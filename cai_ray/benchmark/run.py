@@ -22,12 +22,13 @@ from pydantic import ValidationError
 
 from cai_ray.benchmark.config import BenchmarkConfig, SynthesizerEntry
 from cai_ray.benchmark.report import read_synth_images, write_report
-from cai_ray.config import ConfigError, SynthConfig
+from cai_ray.config import SynthConfig
 from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint
 from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
 from cai_ray.detector.train import DetectorConfig, checkpoint_url, read_checkpoint, train_detector
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode
+from cai_ray.io.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

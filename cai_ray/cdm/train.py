@@ -96,9 +96,10 @@ def decode_example(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(image (C, S, S) in [-1, 1], mask (1, S, S) in {0, 1}, class id), or ``None`` for a
     sample without an anomaly class (a normal image, a baseline's anomaly)."""
-    if "anomaly_class" not in samples.read_meta(files):
+    meta = samples.read_meta(files)
+    if "anomaly_class" not in meta:
         return None
-    image, mask, meta = samples.decode_sample(files, mode)
+    image, mask = samples.decode_sample(files, mode)
     image = resize(image, size)
     image = image if image.ndim == 3 else image[..., None]
     mask = resize_mask(mask, size).astype(np.uint8)

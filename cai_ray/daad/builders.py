@@ -205,6 +205,26 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in storage.IMAGE_EXTENSIONS
 
 
+def _class_candidate(
+    source: _SourceBase,
+    image_path: Path,
+    relative: str,
+    anomaly_class: AnomalyClass,
+    load_mask: Callable[[], np.ndarray],
+) -> Candidate:
+    """One of several records an image gives, one per anomaly class: the class names it."""
+    return Candidate(
+        record_id=safe_key_part(
+            f"{source.domain}-{Path(relative).with_suffix('')}-{anomaly_class}"
+        ),
+        image_path=image_path,
+        relative_path=relative,
+        anomaly_class=anomaly_class,
+        source=source,
+        load_mask=load_mask,
+    )
+
+
 def _class_value_candidates(
     source: FolderSource, image_path: Path, mask_path: Path, relative: str, report: BuildReport
 ) -> Iterator[Candidate]:
@@ -222,17 +242,8 @@ def _class_value_candidates(
         if value not in source.mask_classes:
             report.skip(relative, f"mask value {value} has no class mapping")
             continue
-        anomaly_class = source.mask_classes[value]
-        yield Candidate(
-            record_id=safe_key_part(
-                f"{source.domain}-{Path(relative).with_suffix('')}-{anomaly_class}"
-            ),
-            image_path=image_path,
-            relative_path=relative,
-            anomaly_class=anomaly_class,
-            source=source,
-            load_mask=partial(np.equal, values, value),
-        )
+        mask = partial(np.equal, values, value)
+        yield _class_candidate(source, image_path, relative, source.mask_classes[value], mask)
 
 
 def _folder_candidates(
@@ -381,16 +392,8 @@ def _yolo_candidates(source: YoloSource, root: Path, report: BuildReport) -> Ite
             elif name in source.classes:
                 by_class.setdefault(source.classes[name], []).append(polygon)
         for anomaly_class, shapes in sorted(by_class.items()):
-            yield Candidate(
-                record_id=safe_key_part(
-                    f"{source.domain}-{Path(relative).with_suffix('')}-{anomaly_class}"
-                ),
-                image_path=image_path,
-                relative_path=relative,
-                anomaly_class=anomaly_class,
-                source=source,
-                load_mask=partial(polygon_mask, shapes, height, width),
-            )
+            mask = partial(polygon_mask, shapes, height, width)
+            yield _class_candidate(source, image_path, relative, anomaly_class, mask)
 
 
 def iter_candidates(spec: DaadSpec, data_root: Path, report: BuildReport) -> Iterator[Candidate]:

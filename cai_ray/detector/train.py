@@ -55,7 +55,7 @@ def network_sample(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One shard sample as the network takes it: image (C, S, S) float32 in [0, 1] and mask
     (S, S) int64 in {0, 1}."""
-    image, mask, _ = samples.decode_sample(files, mode)
+    image, mask = samples.decode_sample(files, mode)
     image = resize(image, size)
     image = image if image.ndim == 3 else image[..., None]
     mask = resize_mask(mask, size)

@@ -128,7 +128,12 @@ def polygon_mask(polygons: list[Polygon], height: int, width: int) -> np.ndarray
 
 def image_size(data: bytes) -> tuple[int, int]:
     """(height, width) from an image's header, without decoding its pixels."""
-    width, height = _open(data).size
+    if not data:
+        raise DecodeError("empty file")
+    try:
+        width, height = Image.open(io.BytesIO(data)).size  # lazy: reads the header only
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(f"unreadable image ({exc})") from exc
     return height, width
 
 

@@ -45,7 +45,7 @@ def read_meta(files: dict[str, bytes]) -> dict[str, Any]:
 
 def decode_sample(
     files: dict[str, bytes], mode: ColorMode | None = None
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(image in ``mode``, bool mask, metadata) of one sample."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image in ``mode``, bool mask) of one sample; :func:`read_meta` reads its metadata."""
     image = decode_image(files[image_member(files)], mode)
-    return image, decode_mask(files[MASK_MEMBER]), read_meta(files)
+    return image, decode_mask(files[MASK_MEMBER])

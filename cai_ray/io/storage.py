@@ -254,11 +254,6 @@ def _expand_remote(source: str) -> list[str]:
     return sorted(_as_url(source, name) for name in images)
 
 
-def is_image_file_path(source: str) -> bool:
-    """Whether ``source`` names one image file (no folder, glob or .txt list to expand)."""
-    return Path(source).suffix.lower() in IMAGE_EXTENSIONS and not globlib.has_magic(source)
-
-
 def _listed(text: str) -> list[str]:
     lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]

@@ -85,7 +85,7 @@ def write_preview(out: str, image_size: int, mode: ColorMode, count: int) -> Non
     rows: list[np.ndarray] = []
     for pick in pick_varied(_candidates(out, count, max_shards=max(4, count)), count):
         files = pick.files
-        image, mask, _ = decode_sample(files, mode)
+        image, mask = decode_sample(files, mode)
         normal = load_image(storage.join(job["inputs_root"], pick.target), image_size, mode)
         caption = f"{pick.anomaly_class} {pick.meta.get('scale') or ''}".strip()
         cells = [to_mode(normal, "rgb"), _caption(to_mode(image, "rgb").copy(), caption)]

@@ -166,23 +166,15 @@ class DraemMethod(DraemParams, MethodSettings):
         description="Texture images (folders, globs, .txt lists), e.g. DTD or DAAD images.",
     )
 
-    def _texture_files(self) -> list[str]:
-        return sorted(dict.fromkeys(storage.expand_image_sources(self.textures)))
-
-    def check(self, context: BuildContext) -> None:
-        if not self._texture_files():
-            raise ValueError(f"no texture images in {self.textures}")
-
     def for_workers(self) -> DraemMethod:
-        """The texture list expanded to absolute file paths, in a fixed order."""
-        textures = [storage.absolute(path) for path in self._texture_files()]
-        return self.model_copy(update={"textures": textures})
+        """The texture list expanded to absolute file paths, in a fixed order (a source that
+        matches no image is an error here, in the driver)."""
+        found = sorted(dict.fromkeys(storage.expand_image_sources(self.textures)))
+        return self.model_copy(update={"textures": [storage.absolute(p) for p in found]})
 
     def build(self, context: BuildContext) -> Draem:
-        files = self.textures
-        if not all(storage.is_image_file_path(path) for path in files):  # not yet expanded
-            files = self._texture_files()
-        return Draem(TextureFolder(files, context.image_size, context.mode), self)
+        """Over ``textures`` as :meth:`for_workers` expanded them."""
+        return Draem(TextureFolder(self.textures, context.image_size, context.mode), self)
 
 
 class Draem(PatchSynthesizer):

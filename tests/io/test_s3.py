@@ -93,7 +93,8 @@ def test_an_unreachable_store_fails_after_retries_naming_the_object(s3_bucket, f
 
 
 def test_a_job_config_can_live_in_the_bucket(s3_bucket):
-    from cai_ray.config import ConfigError, load_config
+    from cai_ray.config import load_config
+    from cai_ray.io.settings import ConfigError
 
     text = (REPO / "configs" / "cluster_demo.yaml").read_bytes()
     storage.write_bytes_atomic(f"{s3_bucket}/configs/job.yaml", text)
