@@ -38,9 +38,10 @@ def _daad_build(args: argparse.Namespace) -> int:
 
 
 def _daad_stats(args: argparse.Namespace) -> int:
-    from cai_ray.daad.shards import daad_stats
+    from cai_ray.daad.stats import daad_stats, format_stats
 
-    print(json.dumps(daad_stats(args.daad, reference_size=args.reference_size), indent=2))
+    stats = daad_stats(args.daad, reference_size=args.reference_size)
+    print(json.dumps(stats, indent=2) if args.json else f"DAAD {args.daad}: {format_stats(stats)}")
     return 0
 
 
@@ -241,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True, help="output folder for the DAAD")
     build.add_argument("--show-skipped", type=int, default=10, help="skips to print")
     build.set_defaults(handler=_daad_build)
-    stats = daad.add_parser("stats", help="counts per class, domain and source scale", parents=late)
+    stats = daad.add_parser(
+        "stats", help="counts by class, domain and source scale; near-duplicates", parents=late
+    )
     stats.add_argument("daad", help="a DAAD folder")
     stats.add_argument(
         "--reference-size",
@@ -249,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="target side that source scales are measured against",
     )
+    stats.add_argument("--json", action="store_true", help="everything, as JSON")
     stats.set_defaults(handler=_daad_stats)
     preview = daad.add_parser(
         "preview", help="contact sheet: a row per class, patterns with masks outlined", parents=late

@@ -30,9 +30,13 @@ def test_daad_build_and_stats(tmp_path, capsys):
         == 0
     )
     assert "20 records" in capsys.readouterr().out
-    assert main(["daad", "stats", str(out)]) == 0
+    assert main(["daad", "stats", str(out), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["records"] == 20 and stats["by_domain"] == {"magnetic_tile": 20}
+    assert main(["daad", "stats", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"DAAD {out}: 20 records, 4 classes, 1 domains")
+    assert "near-duplicate images" in text
 
 
 def test_bad_config_is_a_clear_error(tmp_path, capsys):
@@ -109,7 +113,7 @@ def test_base_install_runs_synthesis_without_torch(tmp_path):
     assert "120 samples in 3 shard(s)" in done.stdout
     verified = _cli_without_torch("verify", str(tmp_path / "out"), cwd=tmp_path)
     assert verified.returncode == 0 and "OK: 3 shard(s), 120 samples" in verified.stdout
-    stats = _cli_without_torch("daad", "stats", str(tmp_path / "daad"), cwd=tmp_path)
+    stats = _cli_without_torch("daad", "stats", str(tmp_path / "daad"), "--json", cwd=tmp_path)
     assert stats.returncode == 0 and json.loads(stats.stdout)["records"] == 20
 
 

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cai_ray.core.duplicates import FINGERPRINT_BYTES
 from cai_ray.core.geometry import mask_bbox
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import DaadRecord, make_record, safe_key_part
@@ -48,13 +49,16 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = "daad.json"
 RECORDS_NAME = "records.parquet"
-FORMAT_VERSION = 2  # 2: a records table with each record's byte range, for lazy reads
+FORMAT_VERSION = 3
+"""2: a records table with each record's byte range, for lazy reads; 3: with each record's
+source path, image size and near-duplicate fingerprint (read by ``daad stats``)."""
 
 
 def _records_table(rows: list[dict]) -> bytes:
     """One row per record: what sampling needs without opening a shard (class, domain, mask
-    box) and where the record lies (shard number, byte range). About 40 bytes a record in
-    memory, so an actor can index millions of records."""
+    box), where the record lies (shard number, byte range) and what finds duplicates (source
+    path, image size, fingerprint). Sampling reads about 40 bytes a record of it, so an actor
+    can index millions of records."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -68,6 +72,12 @@ def _records_table(rows: list[dict]) -> bytes:
     }
     for axis, name in enumerate(("y0", "x0", "y1", "x1")):
         columns[name] = pa.array([r["bbox"][axis] for r in rows], pa.int32())
+    columns["path"] = pa.array([r["path"] for r in rows], pa.string())
+    columns["height"] = pa.array([r["height"] for r in rows], pa.int32())
+    columns["width"] = pa.array([r["width"] for r in rows], pa.int32())
+    columns["fingerprint"] = pa.array(
+        [r["fingerprint"].tobytes() for r in rows], pa.binary(FINGERPRINT_BYTES)
+    )
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), sink, compression="zstd")
     return sink.getvalue().to_pybytes()
@@ -431,6 +441,10 @@ def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
                     "start": start,
                     "end": end,
                     "bbox": record.label.bbox,
+                    "path": record.label.path,
+                    "height": record.label.height,
+                    "width": record.label.width,
+                    "fingerprint": record.fingerprint,
                 }
             )
         storage.write_bytes_atomic(storage.join(out, name), data)

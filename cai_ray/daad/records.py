@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cai_ray.core.duplicates import fingerprint
 from cai_ray.core.geometry import mask_bbox
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.io.codecs import decode_image, decode_mask, encode_image
@@ -51,6 +52,9 @@ class DaadRecord:
     label: RecordLabel
     image_bytes: bytes
     mask: np.ndarray
+    fingerprint: np.ndarray
+    """The image's near-duplicate fingerprint (:mod:`cai_ray.core.duplicates`), for the
+    records table; not stored in the shard."""
 
     def to_sample(self) -> tuple[str, dict[str, bytes]]:
         label = asdict(self.label)
@@ -94,7 +98,9 @@ def make_record(
         width=int(mask.shape[1]),
         image_ext=image_ext,
     )
-    return DaadRecord(label=label, image_bytes=image_bytes, mask=mask)
+    return DaadRecord(
+        label=label, image_bytes=image_bytes, mask=mask, fingerprint=fingerprint(image)
+    )
 
 
 def parse_sample(key: str, files: dict[str, bytes]) -> tuple[RecordLabel, bytes, np.ndarray]:

@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 
 from cai_ray.core.cai import SourcePattern
-from cai_ray.core.geometry import Scale, scale_classes
 from cai_ray.daad.builders import FORMAT_VERSION, INDEX_NAME, RECORDS_NAME, DaadSpec, build_daad
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import RecordLabel, parse_sample
@@ -40,20 +39,33 @@ def iter_records(daad: str) -> Iterator[tuple[RecordLabel, bytes, np.ndarray]]:
             yield parse_sample(key, files)
 
 
-def read_records_table(daad: str, index: dict | None = None) -> pa.Table:
-    """The DAAD's per-record table (class, domain, mask box, shard and byte range)."""
+SAMPLING_COLUMNS = ["anomaly_class", "domain", "shard", "start", "end", "y0", "x0", "y1", "x1"]
+
+
+def read_records_table(
+    daad: str,
+    index: dict | None = None,
+    *,
+    columns: list[str] | None = None,
+    min_version: int = 2,
+    needed_for: str = "sampling",
+) -> pa.Table:
+    """The DAAD's per-record table (see ``builders._records_table``), or ``columns`` of it.
+    A DAAD older than ``min_version`` fails with what to do (rebuild)."""
     import pyarrow.parquet as pq
 
     index = index if index is not None else read_index(daad)
-    if index.get("format_version", 1) < FORMAT_VERSION:
+    version = index.get("format_version", 1)
+    if version < min_version:
         raise ValueError(
-            f"DAAD {daad} was built by an older cai-ray without a records table; "
+            f"DAAD {daad} was built by an older cai-ray (format {version}; {needed_for} needs "
+            f"{min_version}, this one writes {FORMAT_VERSION}): "
             "rebuild it with 'cai-ray daad build'"
         )
     # One thread: the table is small, and Arrow's reader thread pool can abort the process at
     # interpreter exit ("terminate called without an active exception", apache/arrow#34314).
     data = io.BytesIO(storage.read_bytes(storage.join(daad, RECORDS_NAME)))
-    return pq.read_table(data, use_threads=False)
+    return pq.read_table(data, columns=columns, use_threads=False)
 
 
 class PatternBank:
@@ -82,7 +94,7 @@ class PatternBank:
         import pyarrow.compute as pc
 
         index = read_index(daad)
-        table = read_records_table(daad, index)
+        table = read_records_table(daad, index, columns=SAMPLING_COLUMNS)
         keep = pc.invert(pc.is_in(table["domain"], pa.array(list(exclude_domains), pa.string())))
         if include_classes:
             wanted = pa.array([str(c) for c in include_classes], pa.string())
@@ -148,31 +160,6 @@ class PatternBank:
         return pattern
 
 
-def daad_stats(daad: str, *, reference_size: int = 256) -> dict:
-    """Counts per class, domain and source scale.
-
-    Source scale is a pattern's class against a ``reference_size`` square target whose whole
-    image is foreground: what it can make on a default target (trivial patterns are never used).
-    """
-    table = read_records_table(daad)
-    sides = np.maximum(
-        table["y1"].to_numpy() - table["y0"].to_numpy(),
-        table["x1"].to_numpy() - table["x0"].to_numpy(),
-    )
-    scales = [Scale(int(c)).label for c in scale_classes(sides / reference_size)]
-    classes = table["anomaly_class"].to_pylist()
-    return {
-        "records": table.num_rows,
-        "reference_size": reference_size,
-        "by_class": dict(sorted(Counter(classes).items())),
-        "by_domain": dict(sorted(Counter(table["domain"].to_pylist()).items())),
-        "by_source_scale": dict(sorted(Counter(scales).items())),
-        "by_class_and_scale": dict(
-            sorted(Counter(f"{c}/{s}" for c, s in zip(classes, scales, strict=True)).items())
-        ),
-    }
-
-
 def prepare_daad(daad: DaadConfig) -> None:
     """Build the DAAD if the settings say how and it is missing; check it opens and that the
     leakage filter leaves sources (a clear error before any worker starts beats a failed one)."""
@@ -180,7 +167,7 @@ def prepare_daad(daad: DaadConfig) -> None:
         log.info("building DAAD %s from %s", daad.path, daad.build.spec)
         build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
     index = read_index(daad.path)
-    read_records_table(daad.path, index)  # an old-format DAAD fails here, with what to do
+    read_records_table(daad.path, index, columns=["domain"])  # an old one fails, saying so
     domains = index["report"]["by_domain"]
     if not set(domains) - set(daad.exclude_domains):
         raise ValueError(

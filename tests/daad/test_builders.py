@@ -2,6 +2,7 @@
 
 import io
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import yaml
 from PIL import Image
 
 from cai_ray.daad.builders import DaadSpec, build_daad
-from cai_ray.daad.shards import PatternBank, daad_stats, iter_records
+from cai_ray.daad.shards import PatternBank, iter_records
+from cai_ray.daad.stats import daad_stats
 from tests.conftest import DEMO, REPO
 
 CRACKS = DEMO / "defects" / "MT_Crack" / "Imgs"
@@ -156,6 +158,18 @@ def test_shared_data_spec_builds_every_dataset_it_names(shared_data, tmp_path):
     stats = daad_stats(str(tmp_path / "daad"))
     assert stats["records"] == report["records"]
     assert sum(stats["by_source_scale"].values()) == report["records"]
+    # a magnetic-tile target excludes its own domain: five classes must still be well stocked
+    others = Counter()
+    for domain, counts in stats["by_domain_and_class"].items():
+        if domain != "magnetic_tile":
+            others.update(counts)
+    assert sum(1 for count in others.values() if count >= 50) >= 5
+    # magnetic tile shoots one tile at several exposures (exp1..exp6): found as near-duplicates
+    dup = stats["near_duplicates"]
+    assert dup["images"] < report["records"]  # split sources give several records per image
+    exposures = [g for g in dup["listed"] if all(p.startswith("magnetic_tile/") for p in g)]
+    assert len(exposures) >= 10
+    assert any(len({Path(p).stem.split("_")[0] for p in group}) >= 5 for group in exposures)
     cracks = PatternBank(
         str(tmp_path / "daad"),
         mode="grey",
