@@ -29,6 +29,10 @@ def _daad_build(args: argparse.Namespace) -> int:
     print(f"DAAD {index['name']!r}: {report['records']} records in {shards} shard(s) -> {args.out}")
     print(f"  by class:  {report['by_class']}")
     print(f"  by domain: {report['by_domain']}")
+    if report["dropped_regions"]:
+        print(f"  dropped:   {report['dropped_regions']} regions below min_region_pixels")
+    if report["unmapped_labels"]:
+        print(f"  background (labels with no class): {report['unmapped_labels']}")
     print(f"  skipped:   {report['skipped_count']} {report['skipped_by_reason']}")
     for item in report["skipped"][: args.show_skipped]:
         print(f"    {item['path']}: {item['reason']}")

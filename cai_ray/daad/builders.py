@@ -7,6 +7,8 @@ Layouts:
   anomaly class and domain per entry.
 * ``mvtec``: the MVTec AD layout, ``test/<defect>/<n>.png`` with
   ``ground_truth/<defect>/<n>_mask.png``, and a defect-to-class mapping.
+* ``yolo``, ``labelme``, ``coco``: polygon (and COCO run-length) exports of labelling tools,
+  label names mapped to classes, filled at each image's size (:mod:`cai_ray.io.annotations`).
 
 Nothing here crashes on a bad file: unreadable images or masks, empty masks, size mismatches and
 images without masks are skipped and counted with a reason in the build report.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -33,14 +36,20 @@ from cai_ray.core.geometry import mask_bbox
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import DaadRecord, make_record, safe_key_part
 from cai_ray.io import storage
+from cai_ray.io.annotations import (
+    Shape,
+    parse_coco,
+    parse_labelme,
+    parse_yolo_polygons,
+    shapes_mask,
+    yolo_to_pixels,
+)
 from cai_ray.io.codecs import (
     DecodeError,
     decode_class_mask,
     decode_mask,
     decode_mat_mask,
     image_size,
-    parse_yolo_polygons,
-    polygon_mask,
 )
 from cai_ray.io.settings import ConfigError, load_settings, read_yaml
 from cai_ray.io.tar import build_tar, sample_spans
@@ -150,7 +159,40 @@ class YoloSource(_SourceBase):
     )
 
 
-Source = Annotated[FolderSource | MvtecSource | YoloSource, Field(discriminator="layout")]
+class LabelmeSource(_SourceBase):
+    """labelme JSON files, one per image: polygons, rectangles and circles are regions; points
+    and lines enclose nothing and are noted. The image is the file's ``imagePath``, relative to
+    the JSON file (labelme's own rule), or looked up by name in ``images``."""
+
+    layout: Literal["labelme"]
+    annotations: str = Field(description="Folder of labelme .json files, from the data root.")
+    annotation_glob: str = "*.json"
+    images: str | None = Field(
+        None,
+        description="Folder holding the images (by imagePath's file name); default: "
+        "imagePath relative to each JSON file.",
+    )
+    classes: dict[str, AnomalyClass] = Field(
+        description="Label -> anomaly class; labels not listed are background, counted."
+    )
+
+
+class CocoSource(_SourceBase):
+    """A COCO instances file (CVAT, Label Studio, Roboflow, detectron2 exports): polygons or
+    run-length masks per annotation, category names mapped to anomaly classes."""
+
+    layout: Literal["coco"]
+    annotations: str = Field(description="The instances .json file, from the data root.")
+    images: str = Field(description="Folder that the images' file_name is relative to.")
+    classes: dict[str, AnomalyClass] = Field(
+        description="Category name -> anomaly class; categories not listed are background."
+    )
+
+
+Source = Annotated[
+    FolderSource | MvtecSource | YoloSource | LabelmeSource | CocoSource,
+    Field(discriminator="layout"),
+]
 
 
 class DaadSpec(BaseModel):
@@ -183,6 +225,7 @@ class BuildReport:
     by_domain: Counter[str] = field(default_factory=Counter)
     skipped: list[dict[str, str]] = field(default_factory=list)
     dropped_regions: int = 0
+    unmapped_labels: Counter[str] = field(default_factory=Counter)
 
     def skip(self, path: str, reason: str) -> None:
         log.info("skipped %s: %s", path, reason)
@@ -196,6 +239,7 @@ class BuildReport:
             "by_domain": dict(sorted(self.by_domain.items())),
             "skipped_count": len(self.skipped),
             "dropped_regions": self.dropped_regions,
+            "unmapped_labels": dict(sorted(self.unmapped_labels.items())),
             "skipped_by_reason": dict(sorted(reasons.items())),
             "skipped": self.skipped,
         }
@@ -376,13 +420,37 @@ def _label_names(source: YoloSource, root: Path) -> list[str]:
     return [str(name) for name in names]
 
 
+def _shape_candidates(
+    source: YoloSource | LabelmeSource | CocoSource,
+    image_path: Path,
+    relative: str,
+    shapes: list[Shape],
+    size: tuple[int, int],
+    report: BuildReport,
+) -> Iterator[Candidate]:
+    """One candidate per anomaly class among an image's shapes: their union, filled at the
+    image's size. Labels without a class are background, counted in the report."""
+    by_class: dict[AnomalyClass, list[Shape]] = {}
+    for shape in shapes:
+        if shape.label in source.classes:
+            by_class.setdefault(source.classes[shape.label], []).append(shape)
+        else:
+            report.unmapped_labels[shape.label] += 1
+    for anomaly_class, chosen in sorted(by_class.items()):
+        mask = partial(shapes_mask, chosen, *size)
+        yield _class_candidate(source, image_path, relative, anomaly_class, mask)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if _is_image(p))
+
+
 def _yolo_candidates(source: YoloSource, root: Path, report: BuildReport) -> Iterator[Candidate]:
-    """One candidate per anomaly class present in an image: its polygons filled."""
-    image_dir, label_dir = root / source.images, root / source.labels
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    label_dir = root / source.labels
     names = _label_names(source, root)
-    for image_path in sorted(p for p in image_dir.iterdir() if _is_image(p)):
+    for image_path in _images_in(root / source.images):
         relative = image_path.relative_to(root).as_posix()
         label_path = label_dir / f"{image_path.stem}.txt"
         if not label_path.is_file():
@@ -390,20 +458,96 @@ def _yolo_candidates(source: YoloSource, root: Path, report: BuildReport) -> Ite
             continue
         try:
             polygons = parse_yolo_polygons(label_path.read_text())
-            height, width = image_size(image_path.read_bytes())
+            size = image_size(image_path.read_bytes())
         except (OSError, DecodeError) as exc:
             report.skip(relative, f"bad label or image ({exc})")
             continue
-        by_class: dict[AnomalyClass, list[np.ndarray]] = {}
+        shapes = []
         for label, polygon in polygons:
-            name = names[label] if 0 <= label < len(names) else None
-            if name is None:
+            if 0 <= label < len(names):
+                shapes.append(Shape(label=names[label], polygon=yolo_to_pixels(polygon, *size)))
+            else:
                 report.skip(relative, f"label index {label} is not in the names list")
-            elif name in source.classes:
-                by_class.setdefault(source.classes[name], []).append(polygon)
-        for anomaly_class, shapes in sorted(by_class.items()):
-            mask = partial(polygon_mask, shapes, height, width)
-            yield _class_candidate(source, image_path, relative, anomaly_class, mask)
+        yield from _shape_candidates(source, image_path, relative, shapes, size, report)
+
+
+def _checked_size(image_path: Path, declared: tuple[object, object]) -> tuple[int, int]:
+    """The image's (height, width) from its header; an annotation made for another size (a
+    resized copy) would land in the wrong place, so a disagreement is an error."""
+    size = image_size(image_path.read_bytes())
+    if all(value is not None for value in declared) and tuple(declared) != size:
+        height, width = declared
+        raise DecodeError(f"annotated for {height}x{width}, the image is {size[0]}x{size[1]}")
+    return size
+
+
+def _labelme_candidates(
+    source: LabelmeSource, root: Path, report: BuildReport
+) -> Iterator[Candidate]:
+    folder = root / source.annotations
+    if not folder.is_dir():
+        raise FileNotFoundError(f"annotation folder not found: {folder}")
+    for json_path in sorted(folder.glob(source.annotation_glob)):
+        where = json_path.relative_to(root).as_posix()
+        try:
+            header, shapes, notes = parse_labelme(json_path.read_text())
+        except (OSError, UnicodeDecodeError, DecodeError) as exc:
+            report.skip(where, f"bad labelme file ({exc})")
+            continue
+        for note in notes:
+            report.skip(where, note)
+        image_ref = Path(header["imagePath"].replace("\\", "/"))
+        if source.images is not None:
+            image_path = root / source.images / image_ref.name
+        else:
+            image_path = Path(os.path.normpath(json_path.parent / image_ref))
+        if not image_path.is_file():
+            report.skip(where, f"image file not found ({image_path})")
+            continue
+        try:
+            size = _checked_size(image_path, (header["imageHeight"], header["imageWidth"]))
+        except (OSError, DecodeError) as exc:
+            report.skip(where, f"bad image ({exc})")
+            continue
+        relative = _relative(image_path, root)
+        yield from _shape_candidates(source, image_path, relative, shapes, size, report)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """The path from the data root where it lies below it (else as given): a record's source."""
+    try:
+        return Path(os.path.normpath(path)).relative_to(os.path.normpath(root)).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _coco_candidates(source: CocoSource, root: Path, report: BuildReport) -> Iterator[Candidate]:
+    path = root / source.annotations
+    try:
+        coco = parse_coco(path.read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"COCO annotation file not found: {path}") from exc
+    except (UnicodeDecodeError, DecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    unknown = sorted(set(source.classes) - coco.categories)
+    if unknown:
+        raise ConfigError(f"categories {unknown} are not in {path} ({sorted(coco.categories)})")
+    for note in coco.notes:
+        report.skip(source.annotations, note)
+    for image_id in sorted(coco.shapes, key=lambda i: coco.images[i]["file_name"]):
+        image = coco.images[image_id]
+        image_path = root / source.images / image["file_name"]
+        relative = _relative(image_path, root)
+        if not image_path.is_file():
+            report.skip(relative, "image file not found")
+            continue
+        try:
+            size = _checked_size(image_path, (image["height"], image["width"]))
+        except (OSError, DecodeError) as exc:
+            report.skip(relative, f"bad image ({exc})")
+            continue
+        shapes = coco.shapes[image_id]
+        yield from _shape_candidates(source, image_path, relative, shapes, size, report)
 
 
 def iter_candidates(spec: DaadSpec, data_root: Path, report: BuildReport) -> Iterator[Candidate]:
@@ -412,6 +556,10 @@ def iter_candidates(spec: DaadSpec, data_root: Path, report: BuildReport) -> Ite
             yield from _folder_candidates(source, data_root, report)
         elif isinstance(source, YoloSource):
             yield from _yolo_candidates(source, data_root, report)
+        elif isinstance(source, LabelmeSource):
+            yield from _labelme_candidates(source, data_root, report)
+        elif isinstance(source, CocoSource):
+            yield from _coco_candidates(source, data_root, report)
         else:
             yield from _mvtec_candidates(source, data_root, report)
 

@@ -93,39 +93,6 @@ def decode_class_mask(data: bytes) -> np.ndarray:
     return array
 
 
-Polygon = np.ndarray
-"""(K, 2) points (x, y) in [0, 1], relative to the image's width and height."""
-
-
-def parse_yolo_polygons(text: str) -> list[tuple[int, Polygon]]:
-    """The (label index, polygon) pairs of a YOLO segmentation label file: one
-    ``label x1 y1 x2 y2 ...`` line per polygon, coordinates normalised to [0, 1]."""
-    polygons = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            label, coordinates = int(fields[0]), np.array(fields[1:], np.float64)
-        except ValueError as exc:
-            raise DecodeError(f"line {number} is not 'label x y x y ...': {exc}") from exc
-        if coordinates.size < 6 or coordinates.size % 2:
-            raise DecodeError(f"line {number} has {coordinates.size} coordinates, not 3+ points")
-        if coordinates.min() < -0.01 or coordinates.max() > 1.01:
-            raise DecodeError(f"line {number} has coordinates outside [0, 1]")
-        polygons.append((label, coordinates.reshape(-1, 2).clip(0, 1)))
-    return polygons
-
-
-def polygon_mask(polygons: list[Polygon], height: int, width: int) -> np.ndarray:
-    """Polygons in relative coordinates, filled at ``height x width``: (H, W) bool."""
-    mask = np.zeros((height, width), np.uint8)
-    scale = np.array([width - 1, height - 1], np.float64)
-    for polygon in polygons:
-        cv2.fillPoly(mask, [np.rint(polygon * scale).astype(np.int32)], 1)
-    return mask.astype(bool)
-
-
 def image_size(data: bytes) -> tuple[int, int]:
     """(height, width) from an image's header, without decoding its pixels."""
     if not data:

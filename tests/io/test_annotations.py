@@ -1,0 +1,151 @@
+"""Annotation exports read strictly: labelme shapes, COCO polygons and run lengths (against
+pycocotools on the bundled real masks), and a clear error for each malformed input."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as coco_mask
+
+from cai_ray.io.annotations import (
+    Shape,
+    parse_coco,
+    parse_labelme,
+    rle_counts_from_string,
+    rle_mask,
+    shapes_mask,
+)
+from cai_ray.io.codecs import DecodeError, decode_mask
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
+REAL_MASKS = sorted(DEMO.glob("defects/*/Imgs/*.png"))
+
+
+@pytest.mark.parametrize("path", REAL_MASKS[::3], ids=lambda p: p.stem)
+def test_compressed_and_plain_run_lengths_decode_to_the_real_mask(path):
+    mask = decode_mask(path.read_bytes())
+    height, width = mask.shape
+    encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    counts = encoded["counts"].decode()
+    assert rle_counts_from_string(counts) == _plain_counts(mask)
+    assert np.array_equal(
+        rle_mask({"size": [height, width], "counts": counts}, height, width), mask
+    )
+    plain = {"size": [height, width], "counts": _plain_counts(mask)}
+    assert np.array_equal(rle_mask(plain, height, width), mask)
+
+
+def _plain_counts(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO runs, column by column, starting with background (written here by
+    hand from the definition, independently of the decoder)."""
+    flat = mask.T.reshape(-1).astype(np.int8)
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return runs if flat[0] == 0 else [0, *runs]
+
+
+def test_run_lengths_that_do_not_fit_the_image_are_errors():
+    with pytest.raises(DecodeError, match="RLE size"):
+        rle_mask({"size": [4, 5], "counts": [20]}, 5, 4)
+    with pytest.raises(DecodeError, match="cover 19 pixels, not 20"):
+        rle_mask({"size": [4, 5], "counts": [19]}, 4, 5)
+    with pytest.raises(DecodeError, match="bad character"):
+        rle_counts_from_string("a b")
+    with pytest.raises(DecodeError, match="ends inside a number"):
+        rle_counts_from_string("0o")  # 'o' carries the continuation bit
+
+
+def test_labelme_polygons_rectangles_and_circles_have_area_points_do_not():
+    text = json.dumps(
+        {
+            "imagePath": "..\\images\\a.png",
+            "imageHeight": 40,
+            "imageWidth": 60,
+            "shapes": [
+                {"label": "thread", "shape_type": "polygon", "points": [[2, 2], [10, 2], [2, 10]]},
+                {"label": "hole", "shape_type": "rectangle", "points": [[20, 5], [29, 14]]},
+                {"label": "hole", "shape_type": "circle", "points": [[45, 20], [45, 26]]},
+                {"label": "dust", "shape_type": "point", "points": [[50, 30]]},
+            ],
+        }
+    )
+    header, shapes, notes = parse_labelme(text)
+    assert header == {"imagePath": "..\\images\\a.png", "imageHeight": 40, "imageWidth": 60}
+    assert [s.label for s in shapes] == ["thread", "hole", "hole"]
+    assert notes == ["point shape 'dust' has no area"]
+    rectangle = shapes_mask([shapes[1]], 40, 60)
+    assert rectangle.sum() == 100 and rectangle[5:15, 20:30].all()
+    circle = shapes_mask([shapes[2]], 40, 60)
+    assert np.pi * 6**2 <= circle.sum() <= np.pi * 7**2 and circle[20, 45]  # rim included
+    assert not circle[20, 52] and not circle[27, 45]
+    assert shapes_mask(shapes, 40, 60).sum() == (
+        shapes_mask(shapes[:1], 40, 60).sum() + rectangle.sum() + circle.sum()
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "not JSON"),
+        ('{"imagePath": "a.png"}', "no 'shapes' list"),
+        ('{"shapes": []}', "no 'imagePath'"),
+        ('{"imagePath": "a", "shapes": [{"points": [[1, 1]]}]}', "shape 0 has no label"),
+        (
+            '{"imagePath": "a", "shapes": [{"label": "x", "points": [[1, 1], [2, 2]]}]}',
+            "a polygon needs 3\\+ points",
+        ),
+        (
+            '{"imagePath": "a", "shapes": [{"label": "x", "shape_type": "mask", "points": []}]}',
+            "shape_type 'mask' with 0 points is not read",
+        ),
+        (
+            '{"imagePath": "a", "shapes": [{"label": "x", "points": [["a", 1], [2, 2]]}]}',
+            "not numbers",
+        ),
+    ],
+)
+def test_malformed_labelme_files_say_what_is_wrong(content, message):
+    with pytest.raises(DecodeError, match=message):
+        parse_labelme(content)
+
+
+def test_coco_keeps_every_readable_annotation_and_notes_the_rest():
+    square = [[10, 10, 20, 10, 20, 20, 10, 20]]
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+        "categories": [{"id": 3, "name": "stain"}, {"id": 4, "name": "belt"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, "segmentation": square},
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 4,
+                "segmentation": {"size": [30, 40], "counts": [1199, 1]},
+            },
+            {"id": 3, "image_id": 1, "category_id": 9, "segmentation": square},
+            {"id": 4, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2]},
+            {
+                "id": 5,
+                "image_id": 1,
+                "category_id": 3,
+                "segmentation": {"size": [3, 4], "counts": [12]},
+            },
+        ],
+    }
+    parsed = parse_coco(json.dumps(coco))
+    assert parsed.categories == {"stain", "belt"}
+    assert [s.label for s in parsed.shapes[1]] == ["stain", "belt"]
+    assert parsed.shapes[1][1].mask is not None and parsed.shapes[1][1].mask[29, 39]
+    assert [note.split(":")[0] for note in parsed.notes] == [
+        "annotation 3",
+        "annotation 4",
+        "annotation 5",
+    ]
+    assert "no segmentation" in parsed.notes[1] and "RLE size" in parsed.notes[2]
+    assert shapes_mask([Shape("stain", polygon=np.array(square[0], float).reshape(-1, 2))], 30, 40)[
+        10:21, 10:21
+    ].all()
+    with pytest.raises(DecodeError, match="not a COCO file"):
+        parse_coco('{"images": []}')
