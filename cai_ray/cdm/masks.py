@@ -21,7 +21,9 @@ from cai_ray.core.cai import (
     PatternLibrary,
     PatternList,
     SourcePattern,
+    check_weights,
     draw_by_quota,
+    pick_pattern,
     place_pattern,
     synthesis_factor,
 )
@@ -94,16 +96,21 @@ def warp_mask(mask: np.ndarray, params: AffineParams, rng: np.random.Generator) 
 
 
 class MaskGenerator:
-    """Generation masks for one target at a time, ``params.quotas`` of them (large first)."""
+    """Generation masks for one target at a time, ``params.quotas`` of them (large first);
+    source masks drawn uniformly, or in proportion to per-pattern ``weights`` (the DAAD's class
+    weights, as CAI draws them)."""
 
     def __init__(
         self,
         patterns: Sequence[SourcePattern] | PatternLibrary,
         params: CAIParams | None = None,
         affine: AffineParams | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         if not len(patterns):
             raise ValueError("the CDM's masks need at least one DAAD pattern")
+        check_weights(weights, len(patterns))
+        self.weights = weights
         self.patterns = patterns if isinstance(patterns, PatternLibrary) else PatternList(patterns)
         self.params = params or CAIParams()
         self.affine = affine or AffineParams()
@@ -139,8 +146,7 @@ class MaskGenerator:
         rng: np.random.Generator,
     ) -> dict[str, Any] | str:
         params = self.params
-        choices = eligible if eligible is not None else np.arange(len(self.patterns))
-        pattern = self.patterns[int(choices[rng.integers(choices.size)])]
+        pattern = self.patterns[pick_pattern(len(self.patterns), eligible, self.weights, rng)]
         y0, x0, y1, x1 = pattern.box
         shape = warp_mask(pattern.mask[y0:y1, x0:x1], self.affine, rng)
         box: BBox = (0, 0, *shape.shape)

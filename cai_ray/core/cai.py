@@ -278,6 +278,25 @@ def class_weights(classes: np.ndarray, weights: dict[str, float]) -> np.ndarray:
     return np.array([per_class[name] for name in classes], np.float64)
 
 
+def pick_pattern(
+    count: int, eligible: np.ndarray | None, weights: np.ndarray | None, rng: np.random.Generator
+) -> int:
+    """A pattern index among ``count``: uniform over ``eligible`` (all with ``None``), or in
+    proportion to ``weights`` (per pattern, e.g. from :func:`class_weights`)."""
+    if weights is None:
+        if eligible is None:
+            return int(rng.integers(count))
+        return int(eligible[rng.integers(eligible.size)])
+    pool = np.arange(count) if eligible is None else eligible
+    chances = weights[pool]
+    return int(pool[rng.choice(pool.size, p=chances / chances.sum())])
+
+
+def check_weights(weights: np.ndarray | None, count: int) -> None:
+    if weights is not None and (len(weights) != count or not (weights > 0).all()):
+        raise ValueError("weights must be positive, one per pattern")
+
+
 @runtime_checkable
 class PatternLibrary(Protocol):
     """Source patterns by position, with every pattern's longest side known without loading it
@@ -329,8 +348,7 @@ class CAIInjector:
         if not len(patterns):
             raise ValueError("CAI needs at least one source pattern (is the DAAD empty?)")
         self.patterns = patterns if isinstance(patterns, PatternLibrary) else PatternList(patterns)
-        if weights is not None and (len(weights) != len(patterns) or not (weights > 0).all()):
-            raise ValueError("weights must be positive, one per pattern")
+        check_weights(weights, len(patterns))
         self.weights = weights
         self.params = params or CAIParams()
         self._longest = np.asarray(self.patterns.longest_sides, dtype=np.float64)
@@ -365,16 +383,6 @@ class CAIInjector:
         drawn = draw_by_quota(attempt, classes, self.params, rngs)
         return [Injection(**d) if isinstance(d, dict) else d for d in drawn]
 
-    def _pick(self, eligible: np.ndarray | None, rng: np.random.Generator) -> int:
-        """A pattern index: uniform over ``eligible`` (all with ``None``), or by weight."""
-        if self.weights is None:
-            if eligible is None:
-                return int(rng.integers(len(self.patterns)))
-            return int(eligible[rng.integers(eligible.size)])
-        pool = np.arange(len(self.patterns)) if eligible is None else eligible
-        chances = self.weights[pool]
-        return int(pool[rng.choice(pool.size, p=chances / chances.sum())])
-
     def _attempt(
         self,
         target: np.ndarray,
@@ -386,7 +394,7 @@ class CAIInjector:
     ) -> dict | str:
         params = self.params
         img_h, img_w = target.shape[:2]
-        pattern = self.patterns[self._pick(eligible, rng)]
+        pattern = self.patterns[pick_pattern(len(self.patterns), eligible, self.weights, rng)]
         factor = 1.0
         if eligible is not None:
             factor = synthesis_factor(scale, fg_longest, pattern.longest_side, rng)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cai_ray.daad.classes import AnomalyClass
 
@@ -49,8 +49,18 @@ class DaadConfig(BaseModel):
                 raise ValueError("at least one class weight must be above 0")
         return weights
 
+    @model_validator(mode="after")
+    def _some_class_drawn(self) -> DaadConfig:
+        if self.drawn_classes() == []:
+            raise ValueError(
+                f"no class is drawn: include_classes {sorted(map(str, self.include_classes or []))}"
+                " and the classes with a positive weight do not overlap"
+            )
+        return self
+
     def drawn_classes(self) -> list[AnomalyClass] | None:
-        """The classes patterns may come from (``include_classes`` and positive weights)."""
+        """The classes patterns may come from (``include_classes`` and positive weights);
+        None: all."""
         classes = self.include_classes
         if self.class_weights is not None:
             weighted = [c for c, w in self.class_weights.items() if w > 0]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.cdm.classes import generated_classes
 from cai_ray.cdm.masks import AffineParams
-from cai_ray.core.cai import CAIParams
+from cai_ray.core.cai import CAIParams, class_weights
 from cai_ray.core.synthesis import Synthesizer
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.shards import PatternBank
@@ -79,8 +79,14 @@ class CDMMethod(BaseModel, MethodSettings):
 
         unet, schedule, info = load_cdm(self.checkpoint)
         classes = generated_classes(info["classes"], self.classes, self.checkpoint)
-        if daad.include_classes:
-            classes = [c for c in classes if c in set(map(str, daad.include_classes))]
+        drawn = daad.drawn_classes()
+        if drawn is not None:
+            classes = [c for c in classes if c in set(map(str, drawn))]
+        if not classes:
+            raise ValueError(
+                f"the CDM at {self.checkpoint} generates none of the DAAD classes drawn "
+                f"({sorted(map(str, drawn or []))})"
+            )
         patterns = PatternBank(
             daad.path,
             mode=context.mode,
@@ -88,6 +94,10 @@ class CDMMethod(BaseModel, MethodSettings):
             include_classes=[AnomalyClass(c) for c in classes],
             cache_bytes=daad.cache_mb * 2**20,
         )
+        weights = None
+        if daad.class_weights is not None:
+            named = {str(c): w for c, w in daad.class_weights.items()}
+            weights = class_weights(patterns.classes, named)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("synthesizer.device is 'cuda' but this worker sees no GPU")
         use_gpu = self.device != "cpu" and torch.cuda.is_available()
@@ -96,7 +106,7 @@ class CDMMethod(BaseModel, MethodSettings):
         return CDMSynthesizer(
             unet,
             make_scheduler(self.scheduler, schedule),
-            MaskGenerator(patterns, cai, self.affine),
+            MaskGenerator(patterns, cai, self.affine, weights),
             image_size=info["image_size"],
             channels=info["channels"],
             steps=self.steps,

@@ -49,6 +49,11 @@ def test_a_subset_of_the_classes_is_generated(tiny_cdm, demo_daad, tmp_path):
     manifest = run_synth(config, show_progress=False)
     assert manifest["counts"]["anomaly_class"] == {"crack": 6}
     assert (tmp_path / "crack" / "preview.png").is_file()
+    weighted = _config(tmp_path / "weighted", demo_daad, tiny_cdm)
+    weighted.daad.class_weights = {"stain": 1, "crack": 0}
+    weighted.resources.executor = "local"
+    manifest = run_synth(weighted, show_progress=False)
+    assert manifest["counts"]["anomaly_class"] == {"stain": 6}  # the DAAD's class weights
 
 
 def test_a_missing_or_unsuitable_model_is_named_before_the_job_starts(

@@ -59,3 +59,26 @@ def test_no_fitting_pattern_is_a_counted_failure():
     foreground[30:34, 30:34] = True  # a 4x4 object: no region reaches 20 pixels
     result = generator.draw(foreground, [np.random.default_rng(k) for k in range(10)])[0]
     assert not isinstance(result, GenerationMask) and "gave up after 2 draws" in result.reason
+
+
+def test_masks_follow_the_daads_class_weights(demo_daad, tile_targets):
+    """The CDM draws its masks' classes as CAI does: crack 3 : hole 1, others not at all (no
+    STM and large quotas, so every pattern fits every slot and only the weights decide)."""
+    from cai_ray.core.cai import Quotas, class_weights
+    from cai_ray.daad.shards import PatternBank
+
+    bank = PatternBank(demo_daad, mode="grey", include_classes=["crack", "hole"])
+    weights = class_weights(bank.classes, {"crack": 3, "hole": 1})
+    params = CAIParams(stm=False, quotas=Quotas(large=10, medium=0, small=0))
+    generator = MaskGenerator(bank, params, weights=weights)
+    foreground = np.ones(tile_targets[0].shape, bool)
+    drawn = [
+        mask.anomaly_class
+        for target in range(12)
+        for mask in generator.draw(foreground, [sample_rng(0, f"t{target}", k) for k in range(10)])
+        if isinstance(mask, GenerationMask)
+    ]
+    assert set(drawn) == {"crack", "hole"} and len(drawn) >= 100
+    assert 0.6 <= drawn.count("crack") / len(drawn) <= 0.9  # 0.75 expected
+    with pytest.raises(ValueError, match="weights must be positive"):
+        MaskGenerator(bank, params, weights=weights[:-1])

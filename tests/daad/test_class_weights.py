@@ -10,6 +10,7 @@ from cai_ray import api
 from cai_ray.config import SynthConfig
 from cai_ray.core.cai import class_weights
 from cai_ray.core.synthesis import Failure
+from cai_ray.daad.settings import DaadConfig
 from cai_ray.pipeline.synth import run_synth
 from tests.conftest import DEMO
 
@@ -60,3 +61,11 @@ def test_the_job_manifest_counts_follow_them(demo_daad, tmp_path):
         SynthConfig.model_validate(
             {**config.model_dump(), "daad": {"path": "d", "class_weights": {"crack": 0}}}
         )
+    with pytest.raises(ValueError, match="no class is drawn"):
+        DaadConfig(path="d", include_classes=["hole"], class_weights={"crack": 1})
+    with pytest.raises(ValueError, match="no class is drawn"):
+        DaadConfig(path="d", include_classes=[])  # an empty list is not 'all classes'
+    assert DaadConfig(path="d", include_classes=["hole", "crack"]).drawn_classes() == [
+        "hole",
+        "crack",
+    ]
