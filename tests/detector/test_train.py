@@ -111,6 +111,23 @@ def test_training_learns_and_resumes_to_the_same_weights(synth_output, tmp_path,
         torch.testing.assert_close(resumed["model"][name], weights)
 
 
+def test_extending_a_run_follows_the_new_epoch_counts_schedule(synth_output, tmp_path):
+    """DRAEM's steps (x0.2 at 80% and 90% of the epochs) follow the epochs asked for now: a
+    2-epoch run decays at epoch 1; extended to 10 epochs it runs at the full rate again until
+    epoch 8. The optimiser's rate after each epoch is the one that epoch trained with."""
+    rates = []
+
+    def record(state):
+        rates.append(state["optimiser"]["param_groups"][0]["lr"])
+
+    config = _config(synth_output, tmp_path / "ext", 2)
+    train_detector(config, on_epoch=record)
+    train_detector(config.model_copy(update={"epochs": 10}), on_epoch=record)
+    full = config.learning_rate
+    expected = [full, full * 0.04] + [full] * 6 + [full * 0.2, full * 0.04]
+    assert rates == pytest.approx(expected)
+
+
 def test_a_checkpoint_of_another_config_is_refused(synth_output, tmp_path):
     train_detector(_config(synth_output, tmp_path / "c", 1))
     other = _config(synth_output, tmp_path / "c", 2).model_copy(update={"base_width": 8})
