@@ -33,6 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray import __version__
+from cai_ray.cdm.checkpoint import EXPORTED_FILES, INFO_NAME, STATE_NAME
 from cai_ray.cdm.classes import class_id
 from cai_ray.cdm.model import CDMModelConfig, build_unet, network_input
 from cai_ray.io import samples, storage, stream
@@ -42,14 +43,6 @@ from cai_ray.train.runner import resumable
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "training_state.pt"
-INFO_NAME = "cdm.json"
-EXPORTED_FILES = (
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "scheduler/scheduler_config.json",
-    INFO_NAME,
-)
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -146,17 +139,6 @@ def _export(
     buffer = io.BytesIO()
     torch.save(state, buffer)
     storage.write_bytes_atomic(storage.join(config.checkpoint_dir, STATE_NAME), buffer.getvalue())
-
-
-def read_info(checkpoint_dir: str) -> dict[str, Any]:
-    """A checkpoint's ``cdm.json`` (image size, channels, colour, classes learnt)."""
-    url = storage.join(checkpoint_dir, INFO_NAME)
-    if not storage.exists(url):
-        raise FileNotFoundError(
-            f"{checkpoint_dir} is not a CDM checkpoint (no {INFO_NAME}): train one with "
-            "'cai-ray cdm train'"
-        )
-    return dict(json.loads(storage.read_bytes(url)))
 
 
 def load_cdm(checkpoint_dir: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:

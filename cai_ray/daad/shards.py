@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -40,6 +41,15 @@ def iter_records(daad: str) -> Iterator[tuple[RecordLabel, bytes, np.ndarray]]:
 
 
 SAMPLING_COLUMNS = ["anomaly_class", "domain", "shard", "start", "end", "y0", "x0", "y1", "x1"]
+
+
+def content_digest(daad: str) -> str:
+    """A digest of the DAAD's contents (its shards' checksums, from the index): a DAAD rebuilt
+    in place from other sources gets another, a copy elsewhere the same."""
+    index = read_index(daad)
+    shards = [(shard["name"], shard["sha256"]) for shard in index["shards"]]
+    identity = {"format_version": index.get("format_version", 1), "shards": shards}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def read_records_table(

@@ -1,7 +1,9 @@
 """Names of everything a synthesis job writes, and the per-shard entries that commit shards.
 
-An output folder holds ``job.json`` (the config and a fingerprint of config + inputs),
-``inputs.txt`` (the normal images in order), ``shard-NNNNNN.tar`` with ``shard-NNNNNN.json``
+An output folder holds ``job.json`` (the config and a fingerprint of what the samples depend
+on), ``inputs.txt`` (the normal images in order, itself a valid input list),
+``input_stamps.txt`` (each input's size and modification time when the job started, in the same
+order), ``shard-NNNNNN.tar`` with ``shard-NNNNNN.json``
 beside each (written after the tar: its presence commits the shard), ``manifest.json`` and
 ``preview.png``.
 """
@@ -15,6 +17,7 @@ from cai_ray.io import storage
 
 JOB_FILE = "job.json"
 INPUTS_FILE = "inputs.txt"
+INPUT_STAMPS_FILE = "input_stamps.txt"
 MANIFEST_FILE = "manifest.json"
 PREVIEW_FILE = "preview.png"
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.(tar|json)$")

@@ -218,6 +218,35 @@ def copy_folder(source: str, destination: str) -> int:
     return written
 
 
+def stamps(urls: list[str]) -> list[str]:
+    """A change stamp per file, as rsync compares them: size and modification time (local:
+    ``os.stat``; object stores: size and ETag from one listing per folder, not a request per
+    object). ``"missing"`` for a file that is not there."""
+    found: dict[str, str] = {}
+    remote: dict[str, list[str]] = {}
+    for url in urls:
+        if is_local(url):
+            try:
+                info = local_path(url).stat()
+            except FileNotFoundError:
+                continue
+            found[url] = f"{info.st_size}:{info.st_mtime_ns}"
+        else:
+            remote.setdefault(url.rsplit("/", 1)[0], []).append(url)
+    for folder, members in remote.items():
+        with _located("list", folder) as (fs, path):
+            try:
+                listing = {entry["name"]: entry for entry in fs.ls(path, detail=True)}
+            except FileNotFoundError:
+                listing = {}
+        for url in members:
+            entry = listing.get(url.split("://", 1)[1])
+            if entry is not None:
+                tag = entry.get("ETag") or entry.get("LastModified") or entry.get("mtime")
+                found[url] = f"{entry.get('size')}:{tag}"
+    return [found.get(url, "missing") for url in urls]
+
+
 def _size(url: str) -> int:
     with _located("look up", url) as (fs, path):
         return int(fs.size(path))

@@ -3,6 +3,9 @@ baseline) -> committed WebDataset shards, then the manifest and a preview sheet.
 
 Resumable: a shard is done once its entry file exists next to it, and a re-run over the same
 output skips done shards. Deterministic: shard contents depend only on the config and the inputs.
+A re-run refuses an output whose job changed since it was started (:func:`job_identity`): the
+config, the input list, an input's size or modification time, the DAAD's contents, or a
+synthesizer's files; the error names what changed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 from cai_ray import __version__
 from cai_ray.config import SynthConfig
 from cai_ray.core.foreground import make_foreground_extractor
-from cai_ray.daad.shards import prepare_daad
+from cai_ray.daad.shards import content_digest, prepare_daad
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.io.layout import OutputMismatchError
@@ -38,10 +41,17 @@ log = logging.getLogger(__name__)
 class JobPlan:
     targets: list[dict]
     mode: ColorMode
-    fingerprint: str
+    identity: dict
+    """What the samples depend on, by part (:func:`job_identity`)."""
+    stamps: list[str]
+    """Each target's change stamp (size and modification time) when planned."""
     targets_per_shard: int
     inputs_root: str
     """The inputs' common folder (a local path or object URL): target keys are relative to it."""
+
+    @property
+    def fingerprint(self) -> str:
+        return _digest(self.identity)
 
     @property
     def num_shards(self) -> int:
@@ -72,6 +82,47 @@ def _location(path: str) -> str:
     return "/" + path.split("://", 1)[1]
 
 
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _shaping(dumped: dict) -> dict:
+    """A dumped config as far as it shapes samples (not where they go, nor how many workers)."""
+    shaping = {k: v for k, v in dumped.items() if k not in ("resources", "storage")}
+    output = {
+        k: v for k, v in dumped.get("output", {}).items() if k not in ("path", "preview_samples")
+    }
+    return {**shaping, "output": output}
+
+
+def _identity_config(config: SynthConfig) -> dict:
+    return _shaping(config.model_dump(mode="json"))
+
+
+def job_identity(
+    config: SynthConfig, targets: list[dict], stamps: list[str], targets_per_shard: int
+) -> dict:
+    """What the samples depend on, part by part, so that a refused resume can say which part
+    changed: the config, the input list, each shard's inputs' change stamps (size and
+    modification time, as rsync compares them), the DAAD's contents and the synthesizer's and
+    the foreground model's files (their stamps). ``stamps``: the targets' change stamps."""
+    per_shard = [
+        _digest(stamps[start : start + targets_per_shard])[:16]
+        for start in range(0, len(targets), targets_per_shard)
+    ]
+    model_files = list(config.synthesizer.source_files())
+    if config.foreground.model_path is not None:
+        model_files.append(config.foreground.model_path)
+    return {
+        "version": __version__,
+        "config": _digest(_identity_config(config)),
+        "inputs": _digest([t["key"] for t in targets]),
+        "input_stamps": per_shard,
+        "daad": content_digest(config.daad.path) if config.daad is not None else None,
+        "files": _digest(list(zip(model_files, storage.stamps(model_files), strict=True))),
+    }
+
+
 def plan_job(config: SynthConfig) -> JobPlan:
     """List the inputs, give each a stable key and index, and fingerprint config + inputs.
 
@@ -89,20 +140,72 @@ def plan_job(config: SynthConfig) -> JobPlan:
         {"index": index, "key": posixpath.relpath(location, common), "path": storage.absolute(path)}
         for index, (path, location) in enumerate(zip(paths, locations, strict=True))
     ]
-    identity = config.model_dump(
-        mode="json",
-        exclude={"output": {"path", "preview_samples"}, "resources": True, "storage": True},
-    )
-    digest = hashlib.sha256(
-        json.dumps(
-            {"config": identity, "targets": [t["key"] for t in targets], "version": __version__},
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
     root = common if storage.is_local(paths[0]) else f"{paths[0].split('://', 1)[0]}:/{common}"
-    return JobPlan(
-        targets, _resolve_mode(config, paths), digest, config.output.targets_per_shard, root
-    )
+    per_shard = config.output.targets_per_shard
+    stamps = storage.stamps([str(t["path"]) for t in targets])
+    identity = job_identity(config, targets, stamps, per_shard)
+    return JobPlan(targets, _resolve_mode(config, paths), identity, stamps, per_shard, root)
+
+
+def _what_changed(config: SynthConfig, plan: JobPlan, previous: dict) -> str:
+    """The parts of the job that differ from the one that started the output, in words."""
+    before = previous.get("identity")
+    if not isinstance(before, dict):
+        return "it was started by an older cai-ray"
+    now = plan.identity
+    changes = []
+    if before.get("version") != now["version"]:
+        changes.append(f"cai-ray version {before.get('version')} -> {now['version']}")
+    if before.get("config") != now["config"]:
+        keys = _differing_keys(_shaping(previous.get("config", {})), _identity_config(config))
+        changes.append(f"config differs: {', '.join(keys) or 'settings'}")
+    if before.get("inputs") != now["inputs"]:
+        changes.append("the input list differs (images added, removed or renamed)")
+    elif before.get("input_stamps") != now["input_stamps"]:
+        shards = [
+            index
+            for index, (old, new) in enumerate(
+                zip(before.get("input_stamps", []), now["input_stamps"], strict=False)
+            )
+            if old != new
+        ]
+        changed = _changed_inputs(plan, shards, config.output.path)
+        changes.append(
+            f"{len(changed)} input changed (size or modification time): {', '.join(changed[:5])}"
+            if len(changed) == 1
+            else f"{len(changed)} inputs changed (size or modification time): "
+            f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}"
+        )
+    if before.get("daad") != now["daad"]:
+        where = config.daad.path if config.daad is not None else "(none)"
+        changes.append(f"the DAAD at {where} changed (rebuilt or replaced)")
+    if before.get("files") != now["files"]:
+        changes.append("the synthesizer's files changed (its model or textures)")
+    return "; ".join(changes) or "its fingerprint differs"
+
+
+def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differing_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _changed_inputs(plan: JobPlan, shards: list[int], out: str) -> list[str]:
+    """The keys of the inputs, in the given shards, whose stamps differ from those recorded."""
+    url = storage.join(out, layout.INPUT_STAMPS_FILE)
+    recorded = storage.read_bytes(url).decode().split("\n") if storage.exists(url) else []
+    changed = []
+    for shard in shards:
+        for target in plan.shard_targets(shard):
+            index = target["index"]
+            if index >= len(recorded) or recorded[index] != plan.stamps[index]:
+                changed.append(target["key"])
+    return changed
 
 
 def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
@@ -112,9 +215,10 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
     if storage.exists(job_url):
         previous = layout.read_json(job_url)
         if previous.get("fingerprint") != plan.fingerprint:
+            changed = _what_changed(config, plan, previous)
             raise OutputMismatchError(
-                f"{out} holds the output of a different job (config, inputs or version differ); "
-                "choose another output path or delete that folder"
+                f"{out} holds the output of a different job ({changed}); resuming would mix two "
+                "jobs' samples: choose another output path, or delete that folder to start again"
             )
         removed = storage.remove_stale_temporaries(out)
         if removed:
@@ -123,10 +227,13 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
     storage.makedirs(out)
     inputs = "".join(f"{t['path']}\n" for t in plan.targets).encode()
     storage.write_bytes_atomic(storage.join(out, layout.INPUTS_FILE), inputs)
+    stamps = "\n".join(plan.stamps).encode()
+    storage.write_bytes_atomic(storage.join(out, layout.INPUT_STAMPS_FILE), stamps)
     layout.write_json(
         job_url,
         {
             "fingerprint": plan.fingerprint,
+            "identity": plan.identity,
             "version": __version__,
             "mode": plan.mode,
             "targets": len(plan.targets),

@@ -37,6 +37,11 @@ class MethodSettings:
     def check(self, context: BuildContext) -> None:
         """Fail in the driver, before any worker starts, on a missing source or model."""
 
+    def source_files(self) -> list[str]:
+        """Files besides the inputs and the DAAD whose contents shape the samples (a model,
+        textures): a resume refuses an output whose files changed since it was started."""
+        return []
+
     def for_workers(self) -> Self:
         """These settings with local paths made absolute (workers run elsewhere)."""
         return self

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai_ray.cdm.checkpoint import EXPORTED_FILES, read_info
 from cai_ray.cdm.classes import generated_classes
 from cai_ray.cdm.masks import AffineParams
 from cai_ray.core.cai import CAIParams, class_weights
@@ -51,8 +52,6 @@ class CDMMethod(BaseModel, MethodSettings):
         """The cdm extra is installed, the checkpoint exists, knows the classes asked for and
         makes the job's colour."""
         require("cdm", ("torch", "diffusers"), "synthesizer method 'cdm'")
-        from cai_ray.cdm.train import read_info
-
         info = read_info(self.checkpoint)
         generated_classes(info["classes"], self.classes, self.checkpoint)
         if info["color"] != context.mode:
@@ -60,6 +59,9 @@ class CDMMethod(BaseModel, MethodSettings):
                 f"the CDM at {self.checkpoint} makes {info['color']} images but the job's are "
                 f"{context.mode}: set color: {info['color']}"
             )
+
+    def source_files(self) -> list[str]:
+        return [storage.join(self.checkpoint, name) for name in EXPORTED_FILES]
 
     def for_workers(self) -> CDMMethod:
         return self.model_copy(update={"checkpoint": storage.absolute(self.checkpoint)})

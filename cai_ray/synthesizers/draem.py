@@ -172,6 +172,9 @@ class DraemMethod(DraemParams, MethodSettings):
         found = sorted(dict.fromkeys(storage.expand_image_sources(self.textures)))
         return self.model_copy(update={"textures": [storage.absolute(p) for p in found]})
 
+    def source_files(self) -> list[str]:
+        return self.for_workers().textures
+
     def build(self, context: BuildContext) -> Draem:
         """Over ``textures`` as :meth:`for_workers` expanded them."""
         return Draem(TextureFolder(self.textures, context.image_size, context.mode), self)

@@ -26,6 +26,18 @@ def test_round_trip_listing_and_inputs(s3_bucket):
     assert storage.expand_image_sources([f"{s3_bucket}/list.txt"]) == listed[1:3]
 
 
+def test_change_stamps_follow_rewrites_from_one_listing(s3_bucket):
+    urls = [f"{s3_bucket}/stamps/{name}" for name in ("a.jpg", "b.jpg")]
+    for url in urls:
+        storage.write_bytes_atomic(url, b"first")
+    missing = f"{s3_bucket}/stamps/none.jpg"
+    before = storage.stamps([*urls, missing])
+    assert before[2] == "missing" and before[0].startswith("5:") and before[0] != "5:None"
+    storage.write_bytes_atomic(urls[1], b"other")  # same size, other content
+    after = storage.stamps([*urls, missing])
+    assert after[0] == before[0] and after[1] != before[1]
+
+
 def test_missing_bucket_and_objects_are_named(s3_bucket):
     with pytest.raises(FileNotFoundError, match="s3://no-such-bucket/x.tar"):
         storage.read_bytes("s3://no-such-bucket/x.tar")

@@ -1,5 +1,6 @@
 import pytest
 
+from cai_ray.io import storage
 from cai_ray.io.storage import expand_image_sources, remove_stale_temporaries, write_bytes_atomic
 from tests.conftest import DEMO
 
@@ -24,3 +25,14 @@ def test_atomic_writes_leave_no_partial_file(tmp_path):
     assert target.stat().st_mode & 0o777 == 0o644
     (target.parent / ".a.bin.abc.tmp").write_bytes(b"x")
     assert remove_stale_temporaries(str(target.parent)) == 1
+
+
+def test_change_stamps_are_size_and_modification_time(tmp_path):
+    import os
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"12345")
+    first = storage.stamps([str(image), str(tmp_path / "none.jpg")])
+    assert first[0].startswith("5:") and first[1] == "missing"
+    os.utime(image, ns=(0, image.stat().st_mtime_ns + 10**9))  # touched: rsync sees a change
+    assert storage.stamps([str(image)]) != first[:1]

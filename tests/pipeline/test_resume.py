@@ -1,0 +1,103 @@
+"""A resume refuses an output whose sources changed since it was started, naming what changed:
+the DAAD rebuilt in place, an input image's pixels replaced, a synthesizer's files replaced.
+Run in-process (executor: local): the check is the driver's, before any stage."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cai_ray.config import SynthConfig
+from cai_ray.daad.builders import DaadSpec, build_daad
+from cai_ray.io.layout import OutputMismatchError
+from cai_ray.pipeline.synth import run_synth
+from tests.conftest import DEMO, REPO
+
+
+@pytest.fixture
+def sources(tmp_path):
+    """Copies a job may see change: input tiles, a DAAD built from the bundled defects."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for image in sorted((DEMO / "normal").glob("*.jpg"))[:4]:
+        shutil.copy(image, inputs / image.name)
+    daad = tmp_path / "daad"
+    build_daad(
+        DaadSpec.from_yaml(REPO / "configs" / "daad" / "demo.yaml"), DEMO / "defects", str(daad)
+    )
+    return inputs, daad
+
+
+def _config(inputs: Path, daad: Path, out: Path, **synthesizer) -> SynthConfig:
+    raw = {
+        "inputs": {"paths": [str(inputs)]},
+        "daad": {"path": str(daad)},
+        "cai": {"quotas": {"large": 1, "medium": 1, "small": 0}},
+        "output": {"path": str(out), "targets_per_shard": 2, "preview_samples": 0},
+        "resources": {"executor": "local"},
+    }
+    if synthesizer:
+        raw["synthesizer"] = synthesizer
+    return SynthConfig.model_validate(raw)
+
+
+def _interrupted(config: SynthConfig) -> None:
+    """Run the job, then undo its last shard: a run that crashed before the end."""
+    run_synth(config, show_progress=False)
+    out = Path(config.output.path)
+    for name in ("shard-000001.tar", "shard-000001.json"):
+        (out / name).unlink()
+
+
+def test_an_unchanged_job_resumes(sources, tmp_path):
+    config = _config(*sources, tmp_path / "out")
+    _interrupted(config)
+    manifest = run_synth(config, show_progress=False)
+    assert manifest["complete"] and manifest["shards_made"] == 1
+
+
+def test_a_daad_rebuilt_in_place_is_refused(sources, tmp_path):
+    inputs, daad = sources
+    config = _config(inputs, daad, tmp_path / "out")
+    _interrupted(config)
+    spec = yaml.safe_load((REPO / "configs" / "daad" / "demo.yaml").read_text())
+    spec["sources"] = spec["sources"][:2]  # the same path, other records
+    shutil.rmtree(daad)
+    build_daad(DaadSpec.model_validate(spec), DEMO / "defects", str(daad))
+    with pytest.raises(OutputMismatchError, match=f"the DAAD at {daad} changed"):
+        run_synth(config, show_progress=False)
+    assert not (tmp_path / "out" / "shard-000001.tar").exists()  # nothing mixed in
+
+
+def test_an_input_with_new_pixels_is_refused_by_name(sources, tmp_path):
+    inputs, daad = sources
+    config = _config(inputs, daad, tmp_path / "out")
+    _interrupted(config)
+    first, second = sorted(inputs.glob("*.jpg"))[:2]
+    first.write_bytes(second.read_bytes())  # same name, other pixels
+    with pytest.raises(OutputMismatchError, match=f"1 input changed.*{first.name}"):
+        run_synth(config, show_progress=False)
+
+
+def test_a_changed_texture_of_the_synthesizer_is_refused(sources, tmp_path):
+    inputs, daad = sources
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    for image in sorted((DEMO / "normal").glob("*.jpg"))[4:6]:
+        shutil.copy(image, textures / image.name)
+    config = _config(inputs, daad, tmp_path / "out", method="draem", textures=[str(textures)])
+    _interrupted(config)
+    texture = sorted(textures.glob("*.jpg"))[0]
+    os.utime(texture, ns=(0, texture.stat().st_mtime_ns + 10**9))  # rewritten a second later
+    with pytest.raises(OutputMismatchError, match="the synthesizer's files changed"):
+        run_synth(config, show_progress=False)
+
+
+def test_a_changed_config_names_the_settings(sources, tmp_path):
+    config = _config(*sources, tmp_path / "out")
+    _interrupted(config)
+    other = config.model_copy(update={"seed": 8})
+    with pytest.raises(OutputMismatchError, match="config differs: seed"):
+        run_synth(other, show_progress=False)
