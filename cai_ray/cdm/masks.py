@@ -33,6 +33,7 @@ from cai_ray.core.geometry import (
     bbox_longest_side,
     mask_bbox,
     scale_classes,
+    scale_of,
 )
 from cai_ray.core.synthesis import Failure
 
@@ -55,6 +56,8 @@ class GenerationMask:
     """(H, W) bool."""
     anomaly_class: str
     scale: str
+    """The class of the placed shape's size (its longest side over the foreground's)."""
+    requested_scale: str
     source_record_id: str
     source_domain: str
     center: tuple[int, int]
@@ -64,6 +67,7 @@ class GenerationMask:
         return {
             "anomaly_class": self.anomaly_class,
             "scale": self.scale,
+            "requested_scale": self.requested_scale,
             "source_record_id": self.source_record_id,
             "source_domain": self.source_domain,
             "center": list(self.center),
@@ -154,7 +158,7 @@ class MaskGenerator:
             synthesis_factor(scale, fg_longest, bbox_longest_side(box), rng) if params.stm else 1.0
         )
         allowed = foreground if params.ils else np.ones_like(foreground)
-        placement = place_pattern(shape, box, factor, allowed, rng)
+        placement = place_pattern(shape, box, factor, allowed, rng, shrink_to_fit=params.stm)
         if isinstance(placement, str):
             return placement
         full = np.zeros(foreground.shape, np.uint8)
@@ -166,13 +170,14 @@ class MaskGenerator:
         py1, px1 = min(img_h, oy + height), min(img_w, ox + width)
         full[py0:py1, px0:px1] = placement.mask[py0 - oy : py1 - oy, px0 - ox : px1 - ox]
         grown = cv2.dilate(cv2.morphologyEx(full, cv2.MORPH_CLOSE, self._kernel), self._kernel)
-        region = (grown > 127) & foreground
+        region = (grown > 127) & foreground if params.ils else grown > 127
         if int(np.count_nonzero(region)) < params.min_mask_pixels:
             return "mask below min_mask_pixels"
+        actual = max(by1 - by0, bx1 - bx0) / fg_longest
         return {
             "mask": region,
             "anomaly_class": pattern.anomaly_class,
-            "scale": scale.label,
+            "scale": scale_of(actual).label,
             "source_record_id": pattern.record_id,
             "source_domain": pattern.domain,
             "center": (

@@ -75,9 +75,10 @@ class CAIParams:
     """Settings of the injector; the defaults are the published ones.
 
     ``blend``: Poisson guidance 'normal', 'mixed', or 'paste' (no Poisson). ``stm``: source-target
-    matching (off pastes patterns unscaled). ``ils``: injection location selection (off ignores
-    the foreground). ``min_mask_pixels``: smaller label masks are redrawn, at most
-    ``max_draws`` times. ``mask_kernel``: close then dilate the pattern mask (8x8).
+    matching (off: every pattern at its own size, one larger than the target redrawn, no scale
+    fallback). ``ils``: injection location selection (off: any location, the blend and label
+    not clipped to the foreground). ``min_mask_pixels``: smaller label masks are redrawn; after
+    ``max_draws`` failed draws at a scale the slot falls to the next smaller one (with STM). ``mask_kernel``: close then dilate the pattern mask (8x8).
     ``blend_margin``: pixels of target around the Poisson region.
     """
 
@@ -102,6 +103,11 @@ class CAIParams:
             raise ValueError(f"label_rule must be one of {get_args(LabelRule)}")
         if not 0 <= self.diff_threshold <= 254:
             raise ValueError(f"diff_threshold must be in [0, 254], got {self.diff_threshold}")
+        if self.median_size % 2 == 0:
+            raise ValueError(
+                f"median_size must be odd (a median filter has a centre pixel), got "
+                f"{self.median_size}"
+            )
         _at_least(
             self,
             1,
@@ -170,6 +176,11 @@ class Injection:
     method: str
     anomaly_class: str
     scale: str
+    """The class of the size injected: of ``synthesis_scale``, the placed pattern's longest
+    side over the foreground's (a thin crack loses its faint ends when shrunk, a pattern may be
+    shrunk to fit the image, and without STM a pattern keeps its own size)."""
+    requested_scale: str
+    """The quota slot's class; smaller ``scale`` means the slot fell back."""
     source_target_ratio: float
     synthesis_scale: float
     source_record_id: str
@@ -181,6 +192,7 @@ class Injection:
         return {
             "anomaly_class": self.anomaly_class,
             "scale": self.scale,
+            "requested_scale": self.requested_scale,
             "source_target_ratio": round(self.source_target_ratio, 6),
             "synthesis_scale": round(self.synthesis_scale, 6),
             "source_record_id": self.source_record_id,
@@ -214,14 +226,25 @@ class Placement:
 
 
 def place_pattern(
-    mask: np.ndarray, box: BBox, factor: float, allowed: np.ndarray, rng: np.random.Generator
+    mask: np.ndarray,
+    box: BBox,
+    factor: float,
+    allowed: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    shrink_to_fit: bool = True,
 ) -> Placement | str:
-    """Resize a pattern's crop mask by ``factor`` (capped so the pattern fits the image) and
-    choose where its box goes, entirely inside ``allowed`` and the image; a string says why
-    it could not be placed."""
+    """Resize a pattern's crop mask by ``factor`` and choose where its box goes: inside the
+    image, its centre on an ``allowed`` pixel; a string says why it could not be placed. A pattern larger than
+    the image is shrunk to fit (``shrink_to_fit``, STM's sizes) or refused (STM off: a pattern
+    keeps its own size)."""
     img_h, img_w = allowed.shape
     y0, x0, y1, x1 = box
-    factor = min(factor, img_h / (y1 - y0), img_w / (x1 - x0))
+    fitting = min(img_h / (y1 - y0), img_w / (x1 - x0))
+    if factor > fitting:
+        if not shrink_to_fit:
+            return "pattern larger than the target"
+        factor = fitting
     crop_h, crop_w = mask.shape
     size = (max(1, round(crop_w * factor)), max(1, round(crop_h * factor)))
     resized = cv2.resize(mask.astype(np.uint8) * 255, size, interpolation=cv2.INTER_LINEAR)
@@ -241,28 +264,39 @@ def draw_by_quota(
     params: CAIParams,
     rngs: Sequence[np.random.Generator],
 ) -> list[dict | Failure]:
-    """One draw per quota slot (large first), slot ``k`` from ``rngs[k]``: the slot's scale
-    (falling to a smaller one where no pattern of ``classes`` can make it, with STM), the
-    patterns eligible for it, then ``attempt(scale, eligible, rng)`` until it returns a dict
-    (given its ``attempts``) or ``params.max_draws`` string reasons have been collected."""
+    """One draw per quota slot (large first), slot ``k`` from ``rngs[k]``. With STM, the slot's
+    scale falls to a smaller one where no pattern of ``classes`` can make it, and again when
+    ``params.max_draws`` attempts at a scale all fail (e.g. no large pattern fits the
+    foreground); without STM patterns keep their size and there is nothing to fall to.
+    ``attempt(scale, eligible, rng)`` returns a dict (given ``attempts`` and the slot's
+    ``requested_scale``) or a string reason."""
     results: list[dict | Failure] = []
     for requested, rng in zip(params.quotas.schedule(), rngs, strict=True):
         scale = fallback_scale(requested, classes) if params.stm else requested
         if scale is None:
             results.append(Failure("no source pattern is at least 'small' for this target", 0))
             continue
-        eligible = np.flatnonzero(classes >= scale) if params.stm else None
-        reason = "unknown"
-        for number in range(1, params.max_draws + 1):
-            outcome = attempt(scale, eligible, rng)
-            if isinstance(outcome, str):
-                reason = outcome
-                continue
-            results.append({**outcome, "attempts": number})
-            break
+        draws, tried, reason = 0, [], "unknown"
+        made: dict | None = None
+        while made is None:
+            eligible = np.flatnonzero(classes >= scale) if params.stm else None
+            tried.append(scale.label)
+            for _ in range(params.max_draws):
+                draws += 1
+                outcome = attempt(scale, eligible, rng)
+                if isinstance(outcome, str):
+                    reason = outcome
+                    continue
+                made = {**outcome, "attempts": draws, "requested_scale": requested.label}
+                break
+            if made is None and (not params.stm or scale == Scale.SMALL):
+                break
+            scale = Scale(scale - 1)
+        if made is not None:
+            results.append(made)
         else:
-            failure = f"gave up after {params.max_draws} draws: {reason}"
-            results.append(Failure(failure, params.max_draws))
+            at = "/".join(tried)
+            results.append(Failure(f"gave up after {draws} draws ({at}): {reason}", draws))
     return results
 
 
@@ -396,10 +430,12 @@ class CAIInjector:
         img_h, img_w = target.shape[:2]
         pattern = self.patterns[pick_pattern(len(self.patterns), eligible, self.weights, rng)]
         factor = 1.0
-        if eligible is not None:
+        if params.stm:
             factor = synthesis_factor(scale, fg_longest, pattern.longest_side, rng)
         allowed = foreground if params.ils else np.ones_like(foreground)
-        placement = place_pattern(pattern.mask, pattern.box, factor, allowed, rng)
+        placement = place_pattern(
+            pattern.mask, pattern.box, factor, allowed, rng, shrink_to_fit=params.stm
+        )
         if isinstance(placement, str):
             return placement
         size, corner, mask = placement.size, placement.corner, placement.mask
@@ -442,10 +478,13 @@ class CAIInjector:
             solved = poisson_blend(source_rect, target_rect, omega, params.blend)
             blended = np.clip(np.rint(solved), 0, 255).astype(np.uint8)
 
-        fg_rect = foreground[rect]
         result = target.copy()
-        keep = fg_rect[..., None] if target.ndim == 3 else fg_rect
-        result[rect] = np.where(keep, blended, target_rect)
+        if params.ils:  # the blend stays on the foreground; without ILS nothing is clipped
+            fg_rect = foreground[rect]
+            keep = fg_rect[..., None] if target.ndim == 3 else fg_rect
+            result[rect] = np.where(keep, blended, target_rect)
+        else:
+            result[rect] = blended
 
         pattern_mask = np.zeros((img_h, img_w), bool)
         pattern_mask[placed] = core_mask
@@ -459,7 +498,7 @@ class CAIInjector:
             "mask": label,
             "method": self.method,
             "anomaly_class": pattern.anomaly_class,
-            "scale": (scale if params.stm else scale_of(actual)).label,
+            "scale": scale_of(actual).label,
             "source_target_ratio": pattern.longest_side / fg_longest,
             "synthesis_scale": actual,
             "source_record_id": pattern.record_id,

@@ -36,11 +36,14 @@ def entry_name(index: int) -> str:
 
 
 def sample_key(prefix: str, target_index: int, sample_index: int) -> str:
+    """``<prefix>-<target, 7+ digits>-<sample, 2+ digits>``: zero-padded so keys sort in
+    order for the usual sizes, and wider past 9,999,999 targets or 99 samples per target."""
     return f"{prefix}-{target_index:07d}-{sample_index:02d}"
 
 
 def sample_key_pattern(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(prefix)}-(\d{{7}})-(\d{{2}})$")
+    """Matches :func:`sample_key`'s keys; groups: target index, sample index."""
+    return re.compile(rf"^{re.escape(prefix)}-(\d{{7,}})-(\d{{2,}})$")
 
 
 def read_json(url: str) -> dict:

@@ -100,6 +100,8 @@ def verify_output(out: str) -> VerifyReport:
                 seen.add(key)
                 if not match or not first <= int(match.group(1)) < last:
                     problems.append(f"{name}: key {key} does not belong to this shard")
+                elif int(match.group(2)) >= per_target:
+                    problems.append(f"{name}: key {key} is past {per_target} samples per target")
                 meta = _check_sample(key, files, problems)
                 if meta is None:
                     continue

@@ -71,45 +71,80 @@ def test_injection_stays_on_the_foreground(crack_patterns, tile_targets):
 
 
 def test_without_ils_the_foreground_is_ignored(crack_patterns, tile_targets):
+    """ILS off: any location, and nothing clipped to the foreground (blend or label)."""
     foreground = np.zeros((256, 256), bool)
-    foreground[:64, :64] = True
+    foreground[:, :96] = True
+    target = tile_targets[0]
     injector = CAIInjector(crack_patterns, CAIParams(ils=False, label_rule="pattern"))
-    centres = [
-        r.center
+    made = [
+        r
         for key in ("a", "b", "c")
-        for r in injector.synthesize(tile_targets[0], foreground, seed=0, target_key=key)
+        for r in injector.synthesize(target, foreground, seed=0, target_key=key)
         if isinstance(r, Injection)
     ]
-    assert any(not foreground[c] for c in centres)
+    assert len(made) >= 24
+    outside = [r for r in made if not foreground[r.center]]
+    assert len(outside) >= 5
+    for result in outside:
+        changed = cv2.absdiff(result.image, target) > 7
+        assert (changed & ~foreground).sum() >= 10  # blended off the foreground, not clipped
+        assert (result.mask[~foreground] > 0).sum() >= 10
 
 
-def test_without_stm_patterns_keep_their_size(crack_patterns, tile_targets):
-    small = [
-        SourcePattern.from_full_image(
-            p.image, p.mask, anomaly_class="crack", domain="d", record_id=f"r{i}", context=0
-        )
-        for i, p in enumerate(crack_patterns)
+def _resized(pattern: SourcePattern, longest: int, record_id: str) -> SourcePattern:
+    """A bundled crack scaled so its mask box's longest side is ``longest`` pixels."""
+    y0, x0, y1, x1 = pattern.box
+    factor = longest / max(y1 - y0, x1 - x0)
+    height, width = pattern.mask.shape
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    mask = cv2.resize(pattern.mask.astype(np.uint8) * 255, size) > 127
+    return SourcePattern.from_full_image(
+        cv2.resize(pattern.image, size),
+        mask,
+        anomaly_class="crack",
+        domain="d",
+        record_id=record_id,
+    )
+
+
+def test_without_stm_patterns_keep_their_size_or_are_skipped(crack_patterns, tile_targets):
+    """STM off: a pattern is pasted at its own size; one larger than the target cannot fit and
+    is redrawn (never shrunk to fit); the recorded scale is that of the size injected."""
+    fits = [_resized(p, 60, f"fits{i}") for i, p in enumerate(crack_patterns[:3])]
+    too_big = [_resized(p, 300, f"big{i}") for i, p in enumerate(crack_patterns[:2])]
+    injector = CAIInjector(fits + too_big, CAIParams(stm=False, max_draws=20))
+    made = [
+        r
+        for key in ("a", "b")
+        for r in injector.synthesize(tile_targets[0], FULL, seed=0, target_key=key)
+        if isinstance(r, Injection)
     ]
-    # a 60-pixel pattern pasted into 256 px tiles unscaled
-    patterns = []
-    for p in small[:5]:
-        y0, x0, y1, x1 = p.box
-        factor = 60 / max(y1 - y0, x1 - x0)
-        size = (max(1, round(p.image.shape[1] * factor)), max(1, round(p.image.shape[0] * factor)))
-        mask = cv2.resize(p.mask.astype(np.uint8) * 255, size) > 127
-        patterns.append(
-            SourcePattern.from_full_image(
-                cv2.resize(p.image, size),
-                mask,
-                anomaly_class="crack",
-                domain="d",
-                record_id=p.record_id,
-            )
-        )
-    injector = CAIInjector(patterns, CAIParams(stm=False))
-    for result in injector.synthesize(tile_targets[0], FULL, seed=0, target_key="t"):
-        if isinstance(result, Injection):
-            assert abs(result.synthesis_scale * 256 - result.source_target_ratio * 256) <= 2
+    assert len(made) >= 16
+    for result in made:
+        assert result.source_record_id.startswith("fits")
+        assert abs(result.synthesis_scale * 256 - 60) <= 2
+        assert result.scale == "small"  # 60/256 = 0.23: the class of the size injected
+    only_big = CAIInjector(too_big, CAIParams(stm=False, max_draws=3))
+    for failure in only_big.synthesize(tile_targets[0], FULL, seed=0, target_key="t"):
+        assert isinstance(failure, Failure) and "larger than the target" in failure.reason
+
+
+def test_a_scale_that_cannot_be_placed_falls_to_a_smaller_one(crack_patterns, tile_targets):
+    """Two 30x30 foreground patches in opposite corners: the foreground's box is the whole
+    tile, so the quotas ask for large and medium cracks, but a box that big cannot have its
+    centre on a corner patch and stay inside the image. Those slots fall back to small, and
+    the samples say so (requested vs injected scale)."""
+    foreground = np.zeros((256, 256), bool)
+    foreground[:30, :30] = True
+    foreground[226:, 226:] = True
+    injector = CAIInjector(crack_patterns, CAIParams(label_rule="pattern"))
+    results = injector.synthesize(tile_targets[1], foreground, seed=0, target_key="t")
+    made = [r for r in results if isinstance(r, Injection)]
+    assert len(made) >= 8
+    assert {r.scale for r in made} == {"small"}
+    assert {r.requested_scale for r in made} == {"large", "medium", "small"}
+    for result in made:
+        assert result.synthesis_scale < 0.3 and foreground[result.center]
 
 
 @pytest.mark.parametrize("blend", ["mixed", "paste"])
@@ -119,6 +154,37 @@ def test_other_blend_modes(crack_patterns, tile_targets, blend):
     made = [r for r in results if isinstance(r, Injection)]
     assert len(made) >= 8
     assert {r.method for r in made} == {"cai-mixed" if blend == "mixed" else "paste"}
+
+
+def test_mixed_guidance_keeps_the_targets_strong_gradients(crack_patterns, tile_targets):
+    """On a target with strong stripes, mixed guidance takes the target's gradient wherever
+    it is the stronger, so the stripes survive inside the blended region; normal guidance
+    replaces them with the crack's. Same seed: the same patterns at the same places."""
+    target = tile_targets[2].copy()
+    target[:, ::8] = 255  # bright one-pixel stripes: gradients far above the crack's
+    params = {"label_rule": "pattern", "quotas": Quotas(large=3, medium=0, small=0)}
+    normal = CAIInjector(crack_patterns, CAIParams(blend="normal", **params))
+    mixed = CAIInjector(crack_patterns, CAIParams(blend="mixed", **params))
+    pairs = zip(
+        normal.synthesize(target, FULL, seed=9, target_key="t"),
+        mixed.synthesize(target, FULL, seed=9, target_key="t"),
+        strict=True,
+    )
+    compared = 0
+    for a, b in pairs:
+        assert isinstance(a, Injection) and isinstance(b, Injection)
+        assert a.center == b.center and a.source_record_id == b.source_record_id
+        changed = cv2.absdiff(a.image, target) > 7
+        stripes = np.zeros_like(changed)
+        stripes[:, ::8] = True
+        inside = changed & stripes
+        if inside.sum() < 20:
+            continue
+        compared += 1
+        kept_normal = np.abs(a.image[inside].astype(int) - 255).mean()
+        kept_mixed = np.abs(b.image[inside].astype(int) - 255).mean()
+        assert kept_mixed < kept_normal - 10
+    assert compared >= 2
 
 
 def test_same_seed_same_samples_in_any_order(crack_patterns, tile_targets):

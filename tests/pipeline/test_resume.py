@@ -101,3 +101,31 @@ def test_a_changed_config_names_the_settings(sources, tmp_path):
     other = config.model_copy(update={"seed": 8})
     with pytest.raises(OutputMismatchError, match="config differs: seed"):
         run_synth(other, show_progress=False)
+
+
+def test_more_than_99_samples_per_target_verify(sources, tmp_path):
+    """Sample keys widen past two digits (s-0000000-100) and verify accepts them."""
+    from cai_ray.io.layout import sample_key, sample_key_pattern
+    from cai_ray.pipeline.verify import verify_output
+
+    inputs, daad = sources
+    config = SynthConfig.model_validate(
+        {
+            "inputs": {"paths": [str(inputs)], "limit": 1},
+            "synthesizer": {"method": "cutpaste", "anomalies_per_target": 100},
+            "output": {"path": str(tmp_path / "out"), "preview_samples": 0, "include_normal": True},
+            "resources": {"executor": "local"},
+        }
+    )
+    manifest = run_synth(config, show_progress=False)
+    assert manifest["samples"] + len(manifest["failed_samples"]) == 101
+    report = verify_output(str(tmp_path / "out"))
+    assert report.ok, report.problems
+    match = sample_key_pattern("s").match(sample_key("s", 12_345_678, 100))
+    assert match and match.groups() == ("12345678", "100")  # past 10 million targets too
+
+
+def test_an_even_median_size_is_a_config_error(sources, tmp_path):
+    raw = _config(*sources, tmp_path / "out").model_dump()
+    with pytest.raises(ValueError, match="median_size must be odd"):
+        SynthConfig.model_validate({**raw, "cai": {**raw["cai"], "median_size": 4}})
