@@ -75,6 +75,41 @@ def test_auroc_and_ap_match_their_definitions_with_ties():
         assert average_precision(scores, labels) == pytest.approx(_ap_by_thresholds(scores, labels))
 
 
+def test_auroc_and_ap_are_sklearns_on_maps_with_ties():
+    """The conventions the docstrings promise, against scikit-learn itself."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(7)
+    for levels in (3, 16, 1000):
+        masks = rng.random((4, 32, 32)) < 0.1
+        maps = np.round(rng.random(masks.shape) * 0.8 + 0.3 * masks, 6) * levels // 1 / levels
+        assert np.unique(maps).size <= levels + 2  # ties, many of them for few levels
+        assert auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
+        assert average_precision(maps, masks) == pytest.approx(
+            average_precision_score(masks.ravel(), maps.ravel())
+        )
+
+
+def test_pro_of_two_regions_worked_by_hand():
+    """A 10-pixel and a 2-pixel region weigh alike, and the area up to FPR 0.3 is divided by
+    0.3, not by the last FPR reached below it (0.25 here)."""
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, 0, :] = True  # region A: 10 pixels
+    masks[0, 9, :2] = True  # region B: 2 pixels; 88 normal pixels
+    maps = np.zeros((1, 10, 10))
+    maps[0, 0, :] = 0.8
+    maps[0, 9, :2] = 0.6
+    normal = np.flatnonzero(~masks[0].ravel())
+    maps[0].flat[normal[:22]] = 0.7  # FPR 0.25 above 0.6
+    maps[0].flat[normal[22:44]] = 0.5  # FPR 0.5 above 0.5
+    # (0,0) -> (0,0.5) at 0.8 [A in] -> (0.25,0.5) at 0.7 -> (0.25,1) at 0.6 [B in] -> (0.5,1)
+    # area to 0.3: 0.25 * 0.5 + 0.05 * 1 = 0.175
+    assert pro_score(maps, masks) == pytest.approx(0.175 / 0.3)
+    fpr, pro = pro_curve(maps, masks)
+    assert fpr[:4] == pytest.approx([0, 0, 0.25, 0.25])
+    assert pro[:4] == pytest.approx([0, 0.5, 0.5, 1.0])
+
+
 def test_pro_matches_a_per_threshold_computation():
     rng = np.random.default_rng(1)
     masks = np.zeros((3, 24, 24), bool)
