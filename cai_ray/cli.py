@@ -72,6 +72,17 @@ def _synth(args: argparse.Namespace) -> int:
     manifest = run_synth(config, show_progress=not args.no_progress, verbose=args.verbose)
     out = config.output.path
     shards = len(manifest["shards"])
+    if manifest["samples"] == 0 and manifest["complete"]:
+        skipped = manifest["skipped_inputs"]
+        shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+        failed = manifest["failed_samples"]
+        why = (
+            f"all {len(skipped)} inputs were skipped ({shown}{'; ...' if len(skipped) > 3 else ''})"
+            if not failed
+            else f"{len(failed)} samples failed, e.g. {failed[0]}"
+        )
+        print(f"cai-ray: error: no samples in {out}: {why}", file=sys.stderr)
+        return 1
     if manifest["shards_made"] == 0:
         print(
             f"nothing to do: {shards} of {shards} shards committed in {out} "

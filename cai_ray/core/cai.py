@@ -78,7 +78,8 @@ class CAIParams:
     matching (off: every pattern at its own size, one larger than the target redrawn, no scale
     fallback). ``ils``: injection location selection (off: any location, the blend and label
     not clipped to the foreground). ``min_mask_pixels``: smaller label masks are redrawn; after
-    ``max_draws`` failed draws at a scale the slot falls to the next smaller one (with STM). ``mask_kernel``: close then dilate the pattern mask (8x8).
+    ``max_draws`` failed draws at a scale the slot falls to the next smaller one (with STM).
+    ``mask_kernel``: close then dilate the pattern mask (8x8).
     ``blend_margin``: pixels of target around the Poisson region.
     """
 
@@ -235,9 +236,9 @@ def place_pattern(
     shrink_to_fit: bool = True,
 ) -> Placement | str:
     """Resize a pattern's crop mask by ``factor`` and choose where its box goes: inside the
-    image, its centre on an ``allowed`` pixel; a string says why it could not be placed. A pattern larger than
-    the image is shrunk to fit (``shrink_to_fit``, STM's sizes) or refused (STM off: a pattern
-    keeps its own size)."""
+    image, its centre on an ``allowed`` pixel; a string says why it could not be placed. A
+    pattern larger than the image is shrunk to fit (``shrink_to_fit``, STM's sizes) or refused
+    (STM off: a pattern keeps its own size)."""
     img_h, img_w = allowed.shape
     y0, x0, y1, x1 = box
     fitting = min(img_h / (y1 - y0), img_w / (x1 - x0))

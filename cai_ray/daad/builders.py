@@ -255,8 +255,21 @@ def _mask_loader(path: Path, mat: MatMask | None) -> Callable[[], np.ndarray] | 
     )
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in storage.IMAGE_EXTENSIONS
+def _listed_images(paths: Iterator[Path], root: Path, report: BuildReport) -> list[Path]:
+    """The image files among ``paths`` (sorted); the rest, but folders, are reported skips (a
+    file name that is not an image's, a broken link, a name that is not valid UTF-8)."""
+    images = []
+    for path in sorted(paths):
+        if path.is_dir():
+            continue
+        reason = storage.unusable_name(str(path))
+        if reason is None and not path.exists():
+            reason = "broken link (points to nothing)"
+        if reason is None:
+            images.append(path)
+        else:
+            report.skip(storage.printable(_relative(path, root)), reason)
+    return images
 
 
 def _class_candidate(
@@ -307,7 +320,7 @@ def _folder_candidates(
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
     mask_dir = root / (source.masks or source.images)
-    for image_path in sorted(p for p in image_dir.glob(source.image_glob) if _is_image(p)):
+    for image_path in _listed_images(image_dir.glob(source.image_glob), root, report):
         mask_path = mask_dir / source.mask_name.format(stem=image_path.stem, name=image_path.name)
         relative = image_path.relative_to(root).as_posix()
         if source.mask_classes is not None:
@@ -330,7 +343,7 @@ def _mvtec_candidates(source: MvtecSource, root: Path, report: BuildReport) -> I
     if not test_dir.is_dir():
         raise FileNotFoundError(f"not an MVTec AD category (no test/ folder): {category}")
     for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and p.name != "good"):
-        images = sorted(p for p in defect_dir.iterdir() if _is_image(p))
+        images = _listed_images(defect_dir.iterdir(), root, report)
         if defect_dir.name not in source.classes:
             for image_path in images:
                 report.skip(
@@ -441,16 +454,16 @@ def _shape_candidates(
         yield _class_candidate(source, image_path, relative, anomaly_class, mask)
 
 
-def _images_in(folder: Path) -> list[Path]:
+def _images_in(folder: Path, root: Path, report: BuildReport) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if _is_image(p))
+    return _listed_images(folder.iterdir(), root, report)
 
 
 def _yolo_candidates(source: YoloSource, root: Path, report: BuildReport) -> Iterator[Candidate]:
     label_dir = root / source.labels
     names = _label_names(source, root)
-    for image_path in _images_in(root / source.images):
+    for image_path in _images_in(root / source.images, root, report):
         relative = image_path.relative_to(root).as_posix()
         label_path = label_dir / f"{image_path.stem}.txt"
         if not label_path.is_file():

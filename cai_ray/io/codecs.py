@@ -1,54 +1,98 @@
 """Image and mask codecs that turn the odd files real datasets hold into plain uint8 arrays.
 
-Decoding is strict: a truncated or unreadable file raises :class:`DecodeError` with a reason, which
-builders and jobs count as a skip. Every mode Pillow opens is accepted: 16-bit and 32-bit grey are
-scaled to 8 bits, palette images are expanded, alpha is dropped.
+One decode path for every image the project reads (targets, DAAD sources and masks, test
+sets), which shows an image as a viewer does:
+
+* EXIF orientation is applied (a phone photo taken upright is upright), to images and masks
+  alike, each by its own tag;
+* 16-bit and 32-bit integer grey above 255 are scaled from their full range to 8 bits; float
+  images in [0, 1] are scaled by 255 (others by their maximum); palette images are expanded;
+  alpha is dropped;
+* masks stored as 0/1 read as 0/255 would; any other mask is thresholded at 128 (any channel);
+* more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`), an animated or
+  multi-page file (it is not one image), a truncated or unreadable file: :class:`DecodeError`,
+  whose message is deterministic (no object addresses) and which every stage counts as a skip.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 from typing import Literal
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cai_ray.io import storage
 
 ColorMode = Literal["grey", "rgb"]
 ImageFormat = Literal["png", "jpg"]
 
+DEFAULT_MAX_PIXELS = 100_000_000
+"""About 300 MB once decoded as RGB. Pillow's own limit (179 million pixels, against
+decompression bombs) stays in force above it."""
+_ORIENTATION_TAG = 0x0112
+_SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
 
 class DecodeError(ValueError):
     """A file that is not a readable image or mask; the message says why."""
 
 
-def _open(data: bytes) -> Image.Image:
+def _header(data: bytes, max_pixels: int) -> Image.Image:
+    """The image, lazily opened, after the checks that need no pixels."""
     if not data:
         raise DecodeError("empty file")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise DecodeError("unreadable image (not a format Pillow recognises)") from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"too many pixels ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DecodeError(f"unreadable image ({exc})") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DecodeError(
+            f"{width}x{height} is {width * height} pixels, more than max_pixels ({max_pixels})"
+        )
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise DecodeError(f"{frames} frames (an animation or multi-page file), not one image")
     return image
+
+
+def _open(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    image = _header(data, max_pixels)
+    try:
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(f"unreadable image ({exc})") from exc
 
 
 def _to_uint8_array(image: Image.Image) -> np.ndarray:
     """(M, N) or (M, N, 3) uint8 from any Pillow mode."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise DecodeError("float image with NaN or infinite values")
+        peak = float(values.max()) if values.size else 0.0
+        scale = 255.0 if peak <= 1.0 else 255.0 / peak if peak > 255 else 1.0
+        return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         values = np.asarray(image, dtype=np.float64)
         peak = values.max() if values.size else 0
         if peak > 255:
             values = values * (255.0 / (65535.0 if peak <= 65535 else peak))
         return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    if mode in ("L", "1"):
-        return np.asarray(image.convert("L"), dtype=np.uint8)
-    if mode == "LA":
+    if mode in ("L", "1", "LA"):
         return np.asarray(image.convert("L"), dtype=np.uint8)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
@@ -68,19 +112,25 @@ def to_mode(image: np.ndarray, mode: ColorMode) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
 
 
-def decode_image(data: bytes, mode: ColorMode | None = None) -> np.ndarray:
-    """Decode to (M, N) grey or (M, N, 3) RGB uint8; ``mode=None`` keeps what the file holds."""
-    array = _to_uint8_array(_open(data))
+def decode_image(
+    data: bytes, mode: ColorMode | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode to (M, N) grey or (M, N, 3) RGB uint8 as a viewer shows it; ``mode=None`` keeps
+    what the file holds."""
+    array = _to_uint8_array(_open(data, max_pixels))
     return array if mode is None else to_mode(array, mode)
 
 
 def decode_mask(data: bytes) -> np.ndarray:
-    """Decode a mask image to (M, N) bool: a pixel is set when any channel is >= 128.
+    """Decode a mask image to (M, N) bool: a pixel is set when any channel is >= 128, or, for
+    a mask stored as 0 and 1 (a common export), when it is 1.
 
-    This is the rule for masks that are not strictly binary (interpolated or JPEG-damaged values),
+    128 is the rule for masks that are not strictly binary (interpolated or JPEG-damaged values),
     and it also reads palette masks whose defect colour is, e.g., (128, 0, 0).
     """
     array = _to_uint8_array(_open(data))
+    if array.size and array.max() == 1:
+        return np.asarray(array == 1) if array.ndim == 2 else np.asarray((array == 1).any(axis=2))
     return np.asarray(array >= 128) if array.ndim == 2 else np.asarray((array >= 128).any(axis=2))
 
 
@@ -93,15 +143,16 @@ def decode_class_mask(data: bytes) -> np.ndarray:
     return array
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from an image's header, without decoding its pixels."""
-    if not data:
-        raise DecodeError("empty file")
+def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) as a viewer shows the image (EXIF orientation applied), from its header
+    only, without decoding its pixels."""
+    image = _header(data, max_pixels)
+    width, height = image.size
     try:
-        width, height = Image.open(io.BytesIO(data)).size  # lazy: reads the header only
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError(f"unreadable image ({exc})") from exc
-    return height, width
+        orientation = image.getexif().get(_ORIENTATION_TAG)
+    except (OSError, SyntaxError, ValueError):
+        orientation = None
+    return (width, height) if orientation in _SIDEWAYS else (height, width)
 
 
 def decode_mat_mask(data: bytes, *, field_path: str, foreground_value: int) -> np.ndarray:
@@ -137,10 +188,19 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
+MIN_TARGET_SIDE = 16
+"""A smaller target (a 1x1 placeholder, an icon) would be blown up to a blur: a skip."""
+
+
 def load_image(url: str, size: int, mode: ColorMode) -> np.ndarray:
     """An image as a job sees it: read (local or s3://), decoded in ``mode``, resized to
-    ``size``. Raises ``OSError`` or :class:`DecodeError`."""
-    return resize(decode_image(storage.read_bytes(url), mode), size)
+    ``size``. Raises ``OSError`` or :class:`DecodeError` (also for a side under
+    :data:`MIN_TARGET_SIDE` pixels)."""
+    image = decode_image(storage.read_bytes(url), mode)
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_TARGET_SIDE:
+        raise DecodeError(f"{width}x{height} is smaller than {MIN_TARGET_SIDE} pixels a side")
+    return resize(image, size)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:

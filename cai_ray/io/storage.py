@@ -22,7 +22,7 @@ from typing import Any
 
 from cai_ray.extras import require
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 DEFAULT_REQUEST_ATTEMPTS = 8
 
@@ -252,22 +252,45 @@ def _size(url: str) -> int:
         return int(fs.size(path))
 
 
-def _expand_local(source: str) -> list[str]:
+def unusable_name(path: str) -> str | None:
+    """Why a listed file cannot be an input, from its name and link alone (None: it can)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8"
+    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file name ({Path(path).suffix or 'no extension'})"
+    return None
+
+
+def printable(path: str) -> str:
+    """A path fit for a report: undecodable bytes shown as escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _expand_local(source: str, skipped: list[dict[str, str]]) -> list[str]:
     path = local_path(source)
-    if path.is_dir():
-        return [
-            str(p)
-            for p in sorted(path.rglob("*"))
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        ]
     if path.is_file() and path.suffix.lower() == ".txt":
         return _listed(path.read_text())
     if path.is_file():
         return [str(path)]
-    return sorted(p for p in globlib.glob(str(path), recursive=True) if Path(p).is_file())
+    if path.is_dir():
+        names = sorted(str(p) for p in path.rglob("*") if p.is_file() or p.is_symlink())
+    else:
+        names = sorted(p for p in globlib.glob(str(path), recursive=True) if not Path(p).is_dir())
+    found = []
+    for name in names:
+        reason = unusable_name(name)
+        if reason is None and not Path(name).exists():
+            reason = "broken link (points to nothing)"
+        if reason is None:
+            found.append(name)
+        else:
+            skipped.append({"path": printable(name), "reason": reason})
+    return found
 
 
-def _expand_remote(source: str) -> list[str]:
+def _expand_remote(source: str, skipped: list[dict[str, str]]) -> list[str]:
     with _located("list", source) as (fs, path):
         if path.lower().endswith(".txt"):
             return _listed(bytes(fs.cat_file(path)).decode())
@@ -279,8 +302,14 @@ def _expand_remote(source: str) -> list[str]:
             return [source]
         else:
             return []
-    images = (n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS)
-    return sorted(_as_url(source, name) for name in images)
+    found = []
+    for name in sorted(_as_url(source, n) for n in names):
+        reason = unusable_name(name)
+        if reason is None:
+            found.append(name)
+        else:
+            skipped.append({"path": name, "reason": reason})
+    return found
 
 
 def _listed(text: str) -> list[str]:
@@ -288,19 +317,31 @@ def _listed(text: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def expand_image_sources(sources: list[str]) -> list[str]:
+def list_image_sources(sources: list[str]) -> tuple[list[str], list[dict[str, str]]]:
     """Image files named by each entry: a directory or prefix (searched recursively), a glob
-    pattern, a ``.txt`` file listing one path or URL per line, or a single image file.
+    pattern, a ``.txt`` file listing one path or URL per line, or a single image file; and what
+    a folder or glob held but is not taken, each with its reason (a file name that is not an
+    image's, a broken link, a name that is not valid UTF-8), for the job's report.
 
     Raises ``FileNotFoundError`` naming every entry that matches nothing.
     """
     found: list[str] = []
+    skipped: list[dict[str, str]] = []
     missing: list[str] = []
     for source in sources:
-        matches = _expand_local(source) if is_local(source) else _expand_remote(source)
+        before = len(skipped)
+        if is_local(source):
+            matches = _expand_local(source, skipped)
+        else:
+            matches = _expand_remote(source, skipped)
         if not matches:
-            missing.append(source)
+            missing.append(source if len(skipped) == before else f"{source} (no image among it)")
         found.extend(matches)
     if missing:
         raise FileNotFoundError(f"no image files found for: {', '.join(missing)}")
-    return found
+    return found, skipped
+
+
+def expand_image_sources(sources: list[str]) -> list[str]:
+    """The image files of :func:`list_image_sources`, without its report."""
+    return list_image_sources(sources)[0]

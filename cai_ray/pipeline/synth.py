@@ -48,6 +48,8 @@ class JobPlan:
     targets_per_shard: int
     inputs_root: str
     """The inputs' common folder (a local path or object URL): target keys are relative to it."""
+    unlisted: list[dict[str, str]]
+    """Files the input folders and globs held but that are not images (with the reason)."""
 
     @property
     def fingerprint(self) -> str:
@@ -129,7 +131,8 @@ def plan_job(config: SynthConfig) -> JobPlan:
     A target's key (which seeds its samples) is its path relative to the inputs' common folder,
     so moving the dataset elsewhere does not change the samples.
     """
-    paths = sorted(dict.fromkeys(storage.expand_image_sources(config.inputs.paths)))
+    listed, unlisted = storage.list_image_sources(config.inputs.paths)
+    paths = sorted(dict.fromkeys(listed))
     if config.inputs.limit is not None:
         paths = paths[: config.inputs.limit]
     if not paths:
@@ -144,7 +147,8 @@ def plan_job(config: SynthConfig) -> JobPlan:
     per_shard = config.output.targets_per_shard
     stamps = storage.stamps([str(t["path"]) for t in targets])
     identity = job_identity(config, targets, stamps, per_shard)
-    return JobPlan(targets, _resolve_mode(config, paths), identity, stamps, per_shard, root)
+    mode = _resolve_mode(config, paths)
+    return JobPlan(targets, mode, identity, stamps, per_shard, root, unlisted)
 
 
 def _what_changed(config: SynthConfig, plan: JobPlan, previous: dict) -> str:
@@ -238,6 +242,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
             "mode": plan.mode,
             "targets": len(plan.targets),
             "inputs_root": plan.inputs_root,
+            "unlisted_inputs": plan.unlisted,
             "targets_per_shard": plan.targets_per_shard,
             "shards": plan.num_shards,
             "samples_per_target": config.samples_per_target,
@@ -379,7 +384,7 @@ def _run_pipeline(
 def summarize(job: dict, entries: dict[int, dict]) -> dict:
     """The manifest: totals and counts over every committed shard, skips and failures listed."""
     totals: dict[str, Counter[str]] = {}
-    skipped: list[dict] = []
+    skipped: list[dict] = list(job.get("unlisted_inputs", []))
     failed: list[dict] = []
     for index in sorted(entries):
         entry = entries[index]
