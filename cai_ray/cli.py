@@ -14,6 +14,7 @@ from cai_ray.extras import explain, require
 from cai_ray.io import storage
 from cai_ray.io.layout import OutputMismatchError
 from cai_ray.io.settings import load_settings
+from cai_ray.pipeline.console import JobError
 
 # torch is imported only by the commands that need it
 PROGRESS_LOGGER = "cai_ray.pipeline.progress"
@@ -93,7 +94,8 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"  counts: {json.dumps(manifest['counts'])}")
     print(
         f"  skipped inputs: {len(manifest['skipped_inputs'])}, "
-        f"failed samples: {len(manifest['failed_samples'])} (reasons in manifest.json)"
+        f"failed samples: {len(manifest['failed_samples'])}, "
+        f"damaged DAAD records: {len(manifest['damaged_sources'])} (reasons in manifest.json)"
     )
     print(f"  preview: {out}/preview.png; check with: cai-ray verify {out}")
     return 0
@@ -366,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         print(f"cai-ray: error: {explain(exc)}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, OutputMismatchError, ImportError) as exc:
+    except (OSError, ValueError, OutputMismatchError, ImportError, JobError) as exc:
         print(f"cai-ray: error: {exc}", file=sys.stderr)
         return 2
 

@@ -15,7 +15,7 @@ from cai_ray.core.foreground import ForegroundMethod
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io.codecs import ImageFormat
 from cai_ray.io.settings import Settings, read_yaml, validate_settings
-from cai_ray.io.storage import DEFAULT_REQUEST_ATTEMPTS
+from cai_ray.io.storage import DEFAULT_REQUEST_ATTEMPTS, DEFAULT_TIMEOUT_S
 from cai_ray.synthesizers.registry import SynthesizerConfig, default_method
 
 
@@ -82,6 +82,12 @@ class StorageConfig(Settings):
         description="Attempts per object-store request: throttling, connection resets and "
         "server errors are retried with exponential backoff (capped at 20 s), then the job "
         "fails naming the object.",
+    )
+    timeout_s: float = Field(
+        DEFAULT_TIMEOUT_S,
+        gt=0,
+        description="How long one attempt waits to connect or for an answer: an endpoint that "
+        "accepts and never answers fails after about request_attempts x timeout_s.",
     )
 
 

@@ -21,6 +21,7 @@ from cai_ray.core.cai import (
     PatternLibrary,
     PatternList,
     SourcePattern,
+    UnreadablePattern,
     check_weights,
     draw_by_quota,
     pick_pattern,
@@ -150,7 +151,10 @@ class MaskGenerator:
         rng: np.random.Generator,
     ) -> dict[str, Any] | str:
         params = self.params
-        pattern = self.patterns[pick_pattern(len(self.patterns), eligible, self.weights, rng)]
+        try:
+            pattern = self.patterns[pick_pattern(len(self.patterns), eligible, self.weights, rng)]
+        except UnreadablePattern as exc:
+            return str(exc)
         y0, x0, y1, x1 = pattern.box
         shape = warp_mask(pattern.mask[y0:y1, x0:x1], self.affine, rng)
         box: BBox = (0, 0, *shape.shape)

@@ -59,6 +59,8 @@ class Quotas:
 
     def __post_init__(self) -> None:
         _at_least(self, 0, "large", "medium", "small")
+        if self.total == 0:
+            raise ValueError("quotas are all 0: no pseudo-anomaly would be made")
 
     @property
     def total(self) -> int:
@@ -332,10 +334,16 @@ def check_weights(weights: np.ndarray | None, count: int) -> None:
         raise ValueError("weights must be positive, one per pattern")
 
 
+class UnreadablePattern(ValueError):
+    """A library's pattern that cannot be read (a damaged record): the draw fails with this
+    message and the slot draws again, so one damaged source never sinks a job."""
+
+
 @runtime_checkable
 class PatternLibrary(Protocol):
     """Source patterns by position, with every pattern's longest side known without loading it
-    (what source-target matching needs), e.g. a lazily read DAAD."""
+    (what source-target matching needs), e.g. a lazily read DAAD. ``__getitem__`` raises
+    :class:`UnreadablePattern` for a pattern that cannot be read."""
 
     longest_sides: np.ndarray
 
@@ -429,7 +437,10 @@ class CAIInjector:
     ) -> dict | str:
         params = self.params
         img_h, img_w = target.shape[:2]
-        pattern = self.patterns[pick_pattern(len(self.patterns), eligible, self.weights, rng)]
+        try:
+            pattern = self.patterns[pick_pattern(len(self.patterns), eligible, self.weights, rng)]
+        except UnreadablePattern as exc:
+            return str(exc)
         factor = 1.0
         if params.stm:
             factor = synthesis_factor(scale, fg_longest, pattern.longest_side, rng)

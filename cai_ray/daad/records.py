@@ -86,6 +86,8 @@ def make_record(
     box = mask_bbox(mask)
     if box is None:
         raise ValueError("mask is empty")
+    if mask.all():
+        raise ValueError("mask covers the whole image (an inverted mask, or no defect outlined)")
     label = RecordLabel(
         record_id=record_id,
         anomaly_class=anomaly_class,

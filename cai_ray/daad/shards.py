@@ -6,19 +6,20 @@ import hashlib
 import io
 import json
 import logging
+import tarfile
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from cai_ray.core.cai import SourcePattern
+from cai_ray.core.cai import SourcePattern, UnreadablePattern
 from cai_ray.daad.builders import FORMAT_VERSION, INDEX_NAME, RECORDS_NAME, DaadSpec, build_daad
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import RecordLabel, parse_sample
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
-from cai_ray.io.codecs import ColorMode, decode_image
+from cai_ray.io.codecs import ColorMode, DecodeError, decode_image
 from cai_ray.io.tar import iter_tar
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,16 @@ def read_index(daad: str) -> dict:
         raise FileNotFoundError(
             f"not a DAAD (no {INDEX_NAME}): {daad}; build one with 'cai-ray daad build'"
         )
-    return json.loads(storage.read_bytes(url))
+    try:
+        index = json.loads(storage.read_bytes(url))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"DAAD index {url} is damaged (not valid JSON: {exc}); rebuild the DAAD with "
+            "'cai-ray daad build'"
+        ) from exc
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise ValueError(f"{url} is not a DAAD index (no shard list); rebuild the DAAD")
+    return index
 
 
 def iter_records(daad: str) -> Iterator[tuple[RecordLabel, bytes, np.ndarray]]:
@@ -100,6 +110,7 @@ class PatternBank:
         exclude_domains: list[str] = [],  # noqa: B006 - read only
         include_classes: list[AnomalyClass] | None = None,
         cache_bytes: int = 512 * 2**20,
+        damaged: dict[str, str] | None = None,
     ) -> None:
         import pyarrow.compute as pc
 
@@ -129,6 +140,8 @@ class PatternBank:
         columns = [table[name].to_numpy() for name in ("y0", "x0", "y1", "x1")]
         self.longest_sides = np.maximum(columns[2] - columns[0], columns[3] - columns[1])
         self.classes = np.asarray(table["anomaly_class"].to_pylist())
+        self.damaged = damaged if damaged is not None else {}
+        """Damaged records met (``<shard>#<byte offset>`` -> why), for the job's report."""
         self._cache: OrderedDict[int, SourcePattern] = OrderedDict()
         self.cached_bytes = 0
         self.reads = 0
@@ -141,7 +154,12 @@ class PatternBank:
         if pattern is not None:
             self._cache.move_to_end(index)
             return pattern
-        pattern = self._read(index)
+        try:
+            pattern = self._read(index)
+        except (DecodeError, ValueError, KeyError, tarfile.TarError) as exc:
+            where = f"{self._shard_urls[int(self._shard[index])]}#{int(self._start[index])}"
+            self.damaged[where] = str(exc)
+            raise UnreadablePattern(f"damaged DAAD record at {where}: {exc}") from exc
         size = pattern.image.nbytes + pattern.mask.nbytes
         self._cache[index] = pattern
         self.cached_bytes += size

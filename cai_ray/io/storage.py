@@ -25,9 +25,14 @@ from cai_ray.extras import require
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 DEFAULT_REQUEST_ATTEMPTS = 8
+DEFAULT_TIMEOUT_S = 30.0
 
-_settings: dict[str, Any] = {"endpoint_url": None, "request_attempts": DEFAULT_REQUEST_ATTEMPTS}
-_filesystems: dict[tuple[str, str | None, int], Any] = {}
+_settings: dict[str, Any] = {
+    "endpoint_url": None,
+    "request_attempts": DEFAULT_REQUEST_ATTEMPTS,
+    "timeout_s": DEFAULT_TIMEOUT_S,
+}
+_filesystems: dict[tuple[str, str | None, int, float], Any] = {}
 
 
 class StorageError(OSError):
@@ -35,18 +40,27 @@ class StorageError(OSError):
 
 
 def configure(
-    *, endpoint_url: str | None = None, request_attempts: int = DEFAULT_REQUEST_ATTEMPTS
+    *,
+    endpoint_url: str | None = None,
+    request_attempts: int = DEFAULT_REQUEST_ATTEMPTS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> None:
-    """Set the S3 endpoint for this process (``None``: the AWS chain's, e.g. AWS_ENDPOINT_URL)
-    and the attempts per request (throttling, resets and 5xx are retried with exponential
-    backoff, capped at 20 s), and drop cached connections so changed credentials take effect.
+    """Set the S3 endpoint for this process (``None``: the AWS chain's, e.g. AWS_ENDPOINT_URL),
+    the attempts per request (throttling, resets, timeouts and 5xx are retried with exponential
+    backoff, capped at 20 s) and how long one attempt waits to connect or for an answer
+    (``timeout_s``: an endpoint that accepts and never answers fails after about
+    ``request_attempts * timeout_s`` plus the backoff), and drop cached connections so changed
+    credentials take effect.
 
     Ray workers are separate processes: each stage calls this with the job's settings.
     """
     if request_attempts < 1:
         raise ValueError(f"request_attempts must be at least 1, got {request_attempts}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be above 0, got {timeout_s}")
     _settings["endpoint_url"] = endpoint_url
     _settings["request_attempts"] = request_attempts
+    _settings["timeout_s"] = float(timeout_s)
     _filesystems.clear()  # credentials are read when a filesystem is made: re-read them too
 
 
@@ -65,32 +79,37 @@ def absolute(url: str) -> str:
     return url if not is_local(url) else os.path.abspath(local_path(url))
 
 
-def _s3_filesystem(endpoint_url: str | None, request_attempts: int) -> Any:
+def _s3_filesystem(endpoint_url: str | None, request_attempts: int, timeout_s: float) -> Any:
     require("s3", ("s3fs",), "s3:// locations")
     import s3fs
 
     client_kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
-    return s3fs.S3FileSystem(
+    filesystem = s3fs.S3FileSystem(
         client_kwargs=client_kwargs,
         config_kwargs={
             "retries": {"max_attempts": request_attempts, "mode": "standard"},
-            "connect_timeout": 10,
-            "read_timeout": 60,
+            "connect_timeout": timeout_s,
+            "read_timeout": timeout_s,
         },
         use_listings_cache=False,  # other workers add objects: never trust a cached listing
         skip_instance_cache=True,
     )
+    filesystem.retries = 1  # s3fs's own retry loop over botocore's would multiply the wait
+    return filesystem
 
 
 def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for ``url`` and the path within it."""
     protocol, _, rest = url.partition("://")
     if protocol in ("s3", "s3a"):
-        key = (protocol, _settings["endpoint_url"], _settings["request_attempts"])
+        key = (
+            protocol,
+            _settings["endpoint_url"],
+            _settings["request_attempts"],
+            _settings["timeout_s"],
+        )
         if key not in _filesystems:
-            _filesystems[key] = _s3_filesystem(
-                _settings["endpoint_url"], _settings["request_attempts"]
-            )
+            _filesystems[key] = _s3_filesystem(*key[1:])
         return _filesystems[key], rest
     import fsspec
 
@@ -115,9 +134,11 @@ def _located(action: str, url: str) -> Iterator[tuple[Any, str]]:
                 f"cannot {action} {url}: access denied ({exc}); check the credentials "
                 "(AWS_* variables, profile or instance role) and the endpoint"
             ) from exc
+        endpoint = _settings["endpoint_url"] or "the AWS chain's endpoint"
         raise StorageError(
-            f"cannot {action} {url} (gave up after {_settings['request_attempts']} attempts with "
-            f"backoff): {type(exc).__name__}: {exc}"
+            f"cannot {action} {url} at {endpoint} (gave up after {_settings['request_attempts']} "
+            f"attempts of up to {_settings['timeout_s']:g} s each, with backoff): "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
 
 
@@ -147,7 +168,10 @@ def exists(url: str) -> bool:
 def makedirs(url: str) -> None:
     """Create a local folder; object stores have no folders (nor a bucket made by accident)."""
     if is_local(url):
-        local_path(url).mkdir(parents=True, exist_ok=True)
+        path = local_path(url)
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{url} is a file, not a folder: choose another path")
+        path.mkdir(parents=True, exist_ok=True)
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:

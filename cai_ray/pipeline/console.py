@@ -1,5 +1,8 @@
 """What a user sees while a job runs: our progress and errors, not Ray's chatter.
 
+An error a stage raises inside a Ray actor reaches the user as the same one line the local
+executor prints (:class:`JobError`), not as Ray's multi-page traceback.
+
 Ray prints warnings and even ERROR-level lines on every healthy run (a token-authentication
 notice, Ray Data's execution plan, a core-worker line about actor arguments in the object store);
 a user reads an ``E`` line as a failure. Unless ``--verbose``, those go to Ray's own log folder:
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,18 +26,41 @@ from typing import IO
 DRIVER_LOG_NAME = "cai-ray-driver-native.err"
 
 
+class JobError(RuntimeError):
+    """A stage failed on a worker; the message is the worker's own error, in one line (Ray's
+    traceback is in its log folder, or on screen with -v)."""
+
+
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+
+
+def worker_error(exc: BaseException) -> str:
+    """The error a stage raised inside a Ray actor, from the text Ray wraps it in: the last
+    ``Type: message`` line that is not Ray's own."""
+    text = getattr(exc, "error_msg", None) or str(exc)
+    lines = [m for m in map(_ERROR_LINE.match, text.splitlines()) if m]
+    own = [m for m in lines if not m.group(1).startswith("ray.")]
+    if not own:
+        return f"a worker failed: {type(exc).__name__} (details in Ray's log folder)"
+    kind, message = own[-1].groups()
+    return f"a worker failed: {kind.rsplit('.', 1)[-1]}: {message}"
+
+
 def ray_logging_level(verbose: bool) -> int:
     """The level for ``ray.init(logging_level=...)``."""
     return logging.INFO if verbose else logging.ERROR
 
 
 def quiet_ray_data(verbose: bool) -> None:
-    """Ray Data's console handler to ERROR (its file handler in Ray's log folder keeps all)."""
+    """Ray Data's console handler silenced unless ``verbose`` (its file handler in Ray's log
+    folder keeps all): a failure reaches the user as our one-line :class:`JobError`, so Ray
+    Data's ERROR lines about it would only repeat it at length."""
     import ray.data  # noqa: F401  (configures Ray Data's loggers)
 
-    level = logging.INFO if verbose else logging.ERROR
+    level = logging.INFO if verbose else logging.CRITICAL
     for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler):  # the console, not the session file
+        console = isinstance(handler, logging.StreamHandler)
+        if console and not isinstance(handler, logging.FileHandler):  # not the session file
             handler.setLevel(level)
 
 

@@ -133,7 +133,8 @@ class InjectionStage:
     ) -> None:
         storage.configure(**(storage_options or {}))
         self.out = out
-        self.synthesizer = synthesizer.build(BuildContext(cai, daad, image_size, mode))
+        self.context = BuildContext(cai, daad, image_size, mode)
+        self.synthesizer = synthesizer.build(self.context)
         self.image_size = image_size
         self.mode: ColorMode = mode
         self.seed = seed
@@ -163,6 +164,7 @@ class InjectionStage:
         counts: dict[str, Counter[str]] = {
             k: Counter() for k in ("method", "anomaly_class", "scale", "label")
         }
+        self.context.damaged.clear()  # per shard: what this shard's draws met
         made = self._synthesize_all(targets, pixels, masks)
         for target, image, results in zip(targets, pixels, made, strict=True):
             base = {
@@ -212,6 +214,7 @@ class InjectionStage:
             "counts": {name: dict(sorted(c.items())) for name, c in counts.items()},
             "skipped_inputs": skipped,
             "failed_samples": failed,
+            "damaged_sources": dict(sorted(self.context.damaged.items())),
         }
         return {"tar": tar, "entry": json.dumps(entry)}
 

@@ -28,7 +28,13 @@ from cai_ray.daad.shards import content_digest, prepare_daad
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.io.layout import OutputMismatchError
-from cai_ray.pipeline.console import quiet_ray_data, ray_logging_level, ray_output
+from cai_ray.pipeline.console import (
+    JobError,
+    quiet_ray_data,
+    ray_logging_level,
+    ray_output,
+    worker_error,
+)
 from cai_ray.pipeline.progress import Progress
 from cai_ray.pipeline.resources import StagePlan, plan_stages
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
@@ -376,6 +382,8 @@ def _run_pipeline(
         try:
             for row in dataset.iter_rows():
                 progress.update(json.loads(row["entry"])["samples"])
+        except ray.exceptions.RayError as exc:
+            raise JobError(worker_error(exc)) from exc
         finally:
             progress.close()
     log.info("done: %s (up to %d samples per target)", progress.status(), config.samples_per_target)
@@ -386,12 +394,14 @@ def summarize(job: dict, entries: dict[int, dict]) -> dict:
     totals: dict[str, Counter[str]] = {}
     skipped: list[dict] = list(job.get("unlisted_inputs", []))
     failed: list[dict] = []
+    damaged: dict[str, str] = {}
     for index in sorted(entries):
         entry = entries[index]
         for name, counts in entry["counts"].items():
             totals.setdefault(name, Counter()).update(counts)
         skipped.extend(entry["skipped_inputs"])
         failed.extend(entry["failed_samples"])
+        damaged.update(entry.get("damaged_sources", {}))
     return {
         "version": __version__,
         "fingerprint": job["fingerprint"],
@@ -403,6 +413,7 @@ def summarize(job: dict, entries: dict[int, dict]) -> dict:
         "counts": {name: dict(sorted(c.items())) for name, c in sorted(totals.items()) if c},
         "skipped_inputs": skipped,
         "failed_samples": failed,
+        "damaged_sources": dict(sorted(damaged.items())),
     }
 
 

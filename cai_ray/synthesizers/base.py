@@ -4,7 +4,7 @@ resolved, and how to build the synthesizer in a worker."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
 from cai_ray.core.cai import CAIParams
@@ -21,6 +21,9 @@ class BuildContext:
     daad: DaadConfig | None
     image_size: int
     mode: ColorMode
+    damaged: dict[str, str] = field(default_factory=dict)
+    """Damaged sources the synthesizer met (where -> why), filled as it draws; the job
+    reports them per shard."""
 
 
 class MethodSettings:

@@ -22,6 +22,11 @@ class CAIMethod(BaseModel, MethodSettings):
     def anomaly_count(self, cai: CAIParams) -> int:
         return cai.quotas.total
 
+    def check(self, context: BuildContext) -> None:
+        """The DAAD's filters leave patterns (building reads only the records table): a clear
+        error in the driver, not an actor that dies on Ray."""
+        self.build(context)
+
     def build(self, context: BuildContext) -> CAIInjector:
         daad = context.daad
         if daad is None:
@@ -32,6 +37,7 @@ class CAIMethod(BaseModel, MethodSettings):
             exclude_domains=daad.exclude_domains,
             include_classes=daad.drawn_classes(),
             cache_bytes=daad.cache_mb * 2**20,
+            damaged=context.damaged,
         )
         weights = None
         if daad.class_weights is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_ray.cdm.checkpoint import EXPORTED_FILES, read_info
@@ -49,11 +50,11 @@ class CDMMethod(BaseModel, MethodSettings):
         return cai.quotas.total
 
     def check(self, context: BuildContext) -> None:
-        """The cdm extra is installed, the checkpoint exists, knows the classes asked for and
-        makes the job's colour."""
+        """The cdm extra is installed, the checkpoint exists, knows the classes asked for, the
+        DAAD has masks of them, and it makes the job's colour."""
         require("cdm", ("torch", "diffusers"), "synthesizer method 'cdm'")
         info = read_info(self.checkpoint)
-        generated_classes(info["classes"], self.classes, self.checkpoint)
+        self._mask_sources(context, info["classes"])
         if info["color"] != context.mode:
             raise ValueError(
                 f"the CDM at {self.checkpoint} makes {info['color']} images but the job's are "
@@ -63,24 +64,15 @@ class CDMMethod(BaseModel, MethodSettings):
     def source_files(self) -> list[str]:
         return [storage.join(self.checkpoint, name) for name in EXPORTED_FILES]
 
-    def for_workers(self) -> CDMMethod:
-        return self.model_copy(update={"checkpoint": storage.absolute(self.checkpoint)})
-
-    def build(self, context: BuildContext) -> Synthesizer:
-        """The trained CDM on this worker's device, with masks from the DAAD records of the
-        classes it generates."""
+    def _mask_sources(
+        self, context: BuildContext, learnt: dict[str, int]
+    ) -> tuple[PatternBank, np.ndarray | None]:
+        """The DAAD records of the classes generated (learnt, asked for and drawn), and their
+        class weights; a clear error when none is left."""
         daad = context.daad
         if daad is None:
             raise ValueError("synthesizer 'cdm' needs a DAAD (its masks)")
-        require("cdm", ("torch", "diffusers"), "synthesizer method 'cdm'")
-        import torch
-
-        from cai_ray.cdm.masks import MaskGenerator
-        from cai_ray.cdm.sampler import CDMSynthesizer, make_scheduler
-        from cai_ray.cdm.train import autocast_dtype, load_cdm
-
-        unet, schedule, info = load_cdm(self.checkpoint)
-        classes = generated_classes(info["classes"], self.classes, self.checkpoint)
+        classes = generated_classes(learnt, self.classes, self.checkpoint)
         drawn = daad.drawn_classes()
         if drawn is not None:
             classes = [c for c in classes if c in set(map(str, drawn))]
@@ -95,11 +87,29 @@ class CDMMethod(BaseModel, MethodSettings):
             exclude_domains=daad.exclude_domains,
             include_classes=[AnomalyClass(c) for c in classes],
             cache_bytes=daad.cache_mb * 2**20,
+            damaged=context.damaged,
         )
         weights = None
         if daad.class_weights is not None:
             named = {str(c): w for c, w in daad.class_weights.items()}
             weights = class_weights(patterns.classes, named)
+        return patterns, weights
+
+    def for_workers(self) -> CDMMethod:
+        return self.model_copy(update={"checkpoint": storage.absolute(self.checkpoint)})
+
+    def build(self, context: BuildContext) -> Synthesizer:
+        """The trained CDM on this worker's device, with masks from the DAAD records of the
+        classes it generates."""
+        require("cdm", ("torch", "diffusers"), "synthesizer method 'cdm'")
+        import torch
+
+        from cai_ray.cdm.masks import MaskGenerator
+        from cai_ray.cdm.sampler import CDMSynthesizer, make_scheduler
+        from cai_ray.cdm.train import autocast_dtype, load_cdm
+
+        unet, schedule, info = load_cdm(self.checkpoint)
+        patterns, weights = self._mask_sources(context, info["classes"])
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("synthesizer.device is 'cuda' but this worker sees no GPU")
         use_gpu = self.device != "cpu" and torch.cuda.is_available()

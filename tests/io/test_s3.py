@@ -104,6 +104,30 @@ def test_an_unreachable_store_fails_after_retries_naming_the_object(s3_bucket, f
         storage.write_bytes_atomic(f"{s3_bucket}/gone.bin", b"data")
 
 
+def test_an_endpoint_that_accepts_and_never_answers_fails_in_bounded_time(s3_bucket):
+    """A local socket that accepts connections and never answers: each attempt waits
+    timeout_s, and the error names the endpoint and the bound (no hang)."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        storage.configure(endpoint_url=endpoint, request_attempts=2, timeout_s=1)
+        started = time.monotonic()
+        with pytest.raises(storage.StorageError) as caught:
+            storage.read_bytes(f"{s3_bucket}/silent.bin")
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    message = str(caught.value)
+    assert f"{s3_bucket}/silent.bin at {endpoint}" in message
+    assert "2 attempts of up to 1 s each" in message
+    assert elapsed < 30  # 2 attempts of 1 s, plus backoff; the default would wait minutes
+
+
 def test_a_job_config_can_live_in_the_bucket(s3_bucket):
     from cai_ray.config import load_config
     from cai_ray.io.settings import ConfigError

@@ -118,3 +118,137 @@ def test_a_job_that_can_use_no_input_fails_with_why(tmp_path, capsys):
     assert main(["synth", "--config", str(config), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "no samples in" in err and "all 2 inputs were skipped" in err and "dot.png" in err
+
+
+def test_a_damaged_daad_record_is_redrawn_and_reported(tmp_path, demo_daad):
+    """A record whose image bytes are damaged inside its shard: draws that meet it draw again,
+    the job completes, and the manifest names the record's shard and offset."""
+    import pyarrow.parquet as pq
+
+    daad = tmp_path / "daad"
+    shutil.copytree(demo_daad, daad)
+    table = pq.read_table(daad / "records.parquet").to_pylist()
+    shard = daad / f"daad-{table[0]['shard']:06d}.tar"
+    data = bytearray(shard.read_bytes())
+    image_at = data.index(b"\xff\xd8\xff", table[0]["start"])  # the first record's JPEG
+    data[image_at : image_at + 3] = b"XXX"
+    shard.write_bytes(bytes(data))
+    config = SynthConfig.model_validate(
+        {
+            "inputs": {"paths": [str(DEMO / "normal")], "limit": 6},
+            "daad": {"path": str(daad)},
+            "cai": {
+                "stm": False,
+                "blend": "paste",
+                "quotas": {"large": 10, "medium": 0, "small": 0},
+            },
+            "output": {"path": str(tmp_path / "out"), "preview_samples": 0},
+            "resources": {"executor": "local"},
+        }
+    )
+    manifest = run_synth(config, show_progress=False)
+    assert manifest["complete"] and manifest["samples"] >= 50
+    where = f"{shard}#{table[0]['start']}"
+    assert list(manifest["damaged_sources"]) == [where]
+    assert "not a format Pillow recognises" in manifest["damaged_sources"][where]
+
+
+def test_a_class_filter_that_leaves_no_source_fails_in_the_driver(tmp_path, demo_daad):
+    """Before any Ray worker starts (the default executor), in one line."""
+    config = SynthConfig.model_validate(
+        {
+            "inputs": {"paths": [str(DEMO / "normal")]},
+            "daad": {"path": demo_daad, "include_classes": ["orifice"]},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    with pytest.raises(ValueError, match="no source patterns left"):
+        run_synth(config, show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_error_inside_a_ray_worker_reaches_the_user_in_one_line(
+    ray_local, tmp_path, demo_daad, capsys
+):
+    """A DAAD shard missing under its index: the driver's checks pass (they read the index and
+    the records table), the injection actors fail reading it; the CLI prints the worker's own
+    error in one line, not Ray's traceback."""
+    daad = tmp_path / "daad"
+    shutil.copytree(demo_daad, daad)
+    (daad / "daad-000000.tar").unlink()
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "inputs": {"paths": [str(DEMO / "normal")], "limit": 2},
+                "daad": {"path": str(daad)},
+                "output": {"path": str(tmp_path / "out"), "preview_samples": 0},
+                "resources": {"cpus_per_injection_actor": 0.5},
+            }
+        )
+    )
+    assert main(["synth", "--config", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("cai-ray: error: a worker failed: FileNotFoundError: cannot read")
+    assert "daad-000000.tar" in err[0]
+
+
+def test_one_line_errors_before_anything_starts(tmp_path, demo_daad):
+    """Quotas all 0, a damaged daad.json, an output path that is a file."""
+    raw = {
+        "inputs": {"paths": [str(DEMO / "normal")]},
+        "daad": {"path": demo_daad},
+        "output": {"path": str(tmp_path / "out")},
+        "resources": {"executor": "local"},
+    }
+    with pytest.raises(ValueError, match="quotas are all 0"):
+        SynthConfig.model_validate(
+            {**raw, "cai": {"quotas": {"large": 0, "medium": 0, "small": 0}}}
+        )
+    damaged = tmp_path / "daad"
+    shutil.copytree(demo_daad, damaged)
+    (damaged / "daad.json").write_text('{"shards": [')
+    config = SynthConfig.model_validate({**raw, "daad": {"path": str(damaged)}})
+    with pytest.raises(ValueError, match=r"daad.json is damaged \(not valid JSON.*rebuild"):
+        run_synth(config, show_progress=False)
+    (tmp_path / "a-file").write_text("not a folder")
+    config = SynthConfig.model_validate({**raw, "output": {"path": str(tmp_path / "a-file")}})
+    with pytest.raises(NotADirectoryError, match="a-file is a file, not a folder"):
+        run_synth(config, show_progress=False)
+
+
+def test_a_daad_mask_covering_the_whole_image_is_a_reported_skip(tmp_path):
+    from cai_ray.daad.builders import DaadSpec, build_daad
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    tile = sorted((DEMO / "defects" / "MT_Crack" / "Imgs").glob("*.jpg"))[0]
+    for name in ("a", "b"):
+        shutil.copy(tile, root / "images" / f"{name}.jpg")
+    size = Image.open(tile).size
+    (root / "images" / "a.png").write_bytes(_png(Image.new("L", size, 255)))
+    shutil.copy(tile.with_suffix(".png"), root / "images" / "b.png")
+    spec = DaadSpec.model_validate(
+        {
+            "name": "x",
+            "sources": [
+                {
+                    "layout": "folder",
+                    "domain": "d",
+                    "license": "test",
+                    "anomaly_class": "crack",
+                    "images": "images",
+                    "image_glob": "*.jpg",
+                }
+            ],
+        }
+    )
+    index = build_daad(spec, root, str(tmp_path / "daad"))
+    assert index["report"]["records"] == 1
+    assert index["report"]["skipped"] == [
+        {
+            "path": "images/a.jpg",
+            "reason": "mask covers the whole image (an inverted mask, or no defect outlined)",
+        }
+    ]
