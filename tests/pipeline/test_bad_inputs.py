@@ -22,6 +22,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -252,3 +253,41 @@ def test_a_daad_mask_covering_the_whole_image_is_a_reported_skip(tmp_path):
             "reason": "mask covers the whole image (an inverted mask, or no defect outlined)",
         }
     ]
+
+
+def test_an_exif_rotated_photo_pairs_with_its_upright_mask_in_a_daad(tmp_path):
+    """A non-square photo stored landscape with EXIF orientation 6 and a mask drawn on the
+    upright photo: the pair is accepted, and the pattern read back lies on its defect."""
+    from cai_ray.daad.builders import DaadSpec, build_daad
+    from cai_ray.daad.shards import PatternBank
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    stored = Image.new("L", (120, 80), 100)  # landscape as stored
+    stored.paste(255, (10, 20, 30, 60))  # a bright defect, in stored coordinates
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(root / "images" / "photo.jpg", "JPEG", exif=exif, quality=95)
+    upright = stored.transpose(Image.Transpose.ROTATE_270)  # what a viewer shows (80 x 120)
+    mask = Image.fromarray(((np.asarray(upright) > 200) * 255).astype(np.uint8))
+    mask.save(root / "images" / "photo.png")
+    spec = DaadSpec.model_validate(
+        {
+            "name": "x",
+            "sources": [
+                {
+                    "layout": "folder",
+                    "domain": "d",
+                    "license": "test",
+                    "anomaly_class": "stain",
+                    "images": "images",
+                    "image_glob": "*.jpg",
+                }
+            ],
+        }
+    )
+    index = build_daad(spec, root, str(tmp_path / "daad"))
+    assert index["report"]["records"] == 1, index["report"]["skipped"]
+    pattern = PatternBank(str(tmp_path / "daad"), mode="grey")[0]
+    y0, x0, y1, x1 = pattern.box
+    assert pattern.image[y0:y1, x0:x1][pattern.mask[y0:y1, x0:x1]].mean() > 200
