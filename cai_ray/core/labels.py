@@ -7,6 +7,9 @@ Two rules:
   thin patterns (cracks) get masks several times larger than the defect.
 * ``pattern``: the same difference threshold, kept only within the injected pattern's mask dilated
   by a few pixels. No median filter: it would erase one-pixel-wide cracks.
+* ``connected``: the same difference threshold, kept where it is connected (8-connected) to the
+  pattern: the pattern grown by the Poisson change that spreads from it, but not by a change
+  elsewhere. Between the two: a halo the pattern caused counts, however far it reaches.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-LabelRule = Literal["published", "pattern"]
+LabelRule = Literal["published", "pattern", "connected"]
 
 
 def grey_difference(result: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -44,26 +47,35 @@ def label_mask(
     Parameters
     ----------
     result, target : (M, N[, 3]) uint8 ndarray
-    rule : {"published", "pattern"}
+    rule : {"published", "pattern", "connected"}
     pattern_mask : (M, N) bool ndarray
-        The injected pattern's own mask in target coordinates; required by the ``pattern`` rule.
+        The injected pattern's own mask in target coordinates; required by the ``pattern`` and
+        ``connected`` rules.
     threshold : int
         Grey-level difference a pixel must exceed.
     median_size : int
         Odd median filter size of the published rule (1 disables it).
     pattern_dilation : int
-        Square kernel size by which the pattern rule widens the pattern mask.
+        Square kernel size by which the pattern and connected rules widen the pattern mask
+        (a visible change this close to the pattern touches it).
     """
     visible = (grey_difference(result, target) > threshold).astype(np.uint8) * 255
     if rule == "published":
         if median_size > 1:
             return np.asarray(cv2.medianBlur(visible, median_size), dtype=np.uint8)
         return visible
+    if rule not in ("pattern", "connected"):
+        raise ValueError(
+            f"unknown label rule {rule!r}; expected 'published', 'pattern' or 'connected'"
+        )
+    if pattern_mask is None:
+        raise ValueError(f"the {rule!r} label rule needs the pattern mask")
+    kernel = np.ones((pattern_dilation, pattern_dilation), np.uint8)
+    near_pattern = cv2.dilate(pattern_mask.astype(np.uint8), kernel) > 0
     if rule == "pattern":
-        if pattern_mask is None:
-            raise ValueError("the 'pattern' label rule needs the pattern mask")
-        kernel = np.ones((pattern_dilation, pattern_dilation), np.uint8)
-        near_pattern = cv2.dilate(pattern_mask.astype(np.uint8), kernel)
-        visible[near_pattern == 0] = 0
+        visible[~near_pattern] = 0
         return visible
-    raise ValueError(f"unknown label rule {rule!r}; expected 'published' or 'pattern'")
+    count, regions = cv2.connectedComponents(visible, connectivity=8)
+    touching = np.unique(regions[near_pattern & (visible > 0)])
+    keep = np.isin(regions, touching[touching > 0])
+    return np.where(keep, 255, 0).astype(np.uint8)

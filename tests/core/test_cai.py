@@ -57,6 +57,29 @@ def test_label_masks_cover_what_changed_and_nothing_else(crack_patterns, tile_ta
     assert areas["pattern"] < areas["published"]
 
 
+def test_connected_labels_hold_the_pattern_labels_and_only_visible_change(
+    crack_patterns, tile_targets
+):
+    """Same seed, same injections: the connected rule's mask contains the pattern rule's (the
+    pattern grown by its halo) and is all visible change."""
+    target = tile_targets[1]
+    runs = {
+        rule: CAIInjector(crack_patterns, CAIParams(label_rule=rule)).synthesize(
+            target, FULL, seed=2, target_key="t"
+        )
+        for rule in ("pattern", "connected")
+    }
+    grown = 0
+    for tight, connected in zip(runs["pattern"], runs["connected"], strict=True):
+        assert isinstance(tight, Injection) and isinstance(connected, Injection)
+        assert np.array_equal(tight.image, connected.image)
+        assert not ((tight.mask > 0) & (connected.mask == 0)).any()
+        visible = cv2.absdiff(connected.image, target) > 7
+        assert not ((connected.mask > 0) & ~visible).any()
+        grown += int((connected.mask > 0).sum() - (tight.mask > 0).sum())
+    assert grown > 0
+
+
 def test_injection_stays_on_the_foreground(crack_patterns, tile_targets):
     foreground = np.zeros((256, 256), bool)
     foreground[:, :128] = True

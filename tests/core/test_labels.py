@@ -33,6 +33,22 @@ def test_pattern_rule_keeps_only_pixels_near_the_pattern():
         label_mask(result, target, rule="pattern")
 
 
+def test_connected_rule_keeps_the_change_connected_to_the_pattern():
+    """The 20x20 change touches the pattern: kept whole, beyond the pattern rule's reach; the
+    speck elsewhere does not: dropped."""
+    result, target = _pair()
+    pattern = np.zeros((40, 40), bool)
+    pattern[15:20, 15:20] = True
+    mask = label_mask(result, target, rule="connected", pattern_mask=pattern, pattern_dilation=5)
+    assert mask[10:30, 10:30].all() and mask.sum() == 400 * 255
+    assert mask[2, 2] == 0
+    apart = np.zeros((40, 40), bool)
+    apart[36:39, 36:39] = True  # nothing visible touches it
+    assert not label_mask(result, target, rule="connected", pattern_mask=apart).any()
+    with pytest.raises(ValueError, match="needs the pattern mask"):
+        label_mask(result, target, rule="connected")
+
+
 def test_grey_difference_of_rgb_uses_luminance():
     target = np.zeros((4, 4, 3), np.uint8)
     result = target.copy()
