@@ -202,8 +202,11 @@ def _benchmark(args: argparse.Namespace) -> int:
     from cai_ray.benchmark.run import run_benchmark
 
     config = load_benchmark_config(args.config)
-    summary = run_benchmark(config)
+    summary = run_benchmark(config, only=args.only, seeds=args.seed)
     print(summary["table"])
+    if summary["missing"]:
+        missing = summary["missing"]
+        print(f"  {len(missing)} run(s) not in the table yet: {', '.join(missing)}")
     print(f"  report: {config.out}/results.md, results.csv, curves.png, bars_*.png, examples.png")
     return 0
 
@@ -340,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
         parents=late,
     )
     benchmark.add_argument("--config", required=True, help="e.g. configs/benchmark/demo.yaml")
+    benchmark.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="run only this synthesizer (repeatable); the report merges every finished run",
+    )
+    benchmark.add_argument(
+        "--seed", action="append", type=int, help="run only this seed of the config's (repeatable)"
+    )
     benchmark.set_defaults(handler=_benchmark)
     return parser
 

@@ -38,7 +38,15 @@ def benchmark_run(tmp_path_factory, demo_daad):
     raw["synth"]["daad"] = {"path": demo_daad}
     raw["fid"] = {"weights": str(weights), "samples": 10}
     config = BenchmarkConfig.model_validate(raw)
-    return config, run_benchmark(config)
+    partial = run_benchmark(config, only=["cutpaste"], seeds=[0])  # one row first, as on a
+    assert [row["synthesizer"] for row in partial["rows"]] == ["cutpaste"]  # busy machine
+    assert partial["rows"][0]["seeds"] == 1 and "fid" not in partial["rows"][0]
+    assert partial["missing"] == ["cai-normal-s0", "cai-normal-s1", "cutpaste-s1"]
+    with pytest.raises(ValueError, match=r"no synthesizer named \['glass'\]"):
+        run_benchmark(config, only=["glass"])
+    with pytest.raises(ValueError, match=r"seeds \[7\] are not among"):
+        run_benchmark(config, seeds=[7])
+    return config, run_benchmark(config)  # the rest, merged with the row already run
 
 
 def test_the_shipped_benchmark_configs_load():
@@ -48,6 +56,7 @@ def test_the_shipped_benchmark_configs_load():
 
 
 def test_report_has_a_row_per_run_and_the_pictures(benchmark_run):
+    assert benchmark_run[1]["missing"] == []
     config, summary = benchmark_run
     out = Path(config.out)
     with (out / "results.csv").open() as file:

@@ -183,9 +183,26 @@ def run_one(
     return result
 
 
-def run_benchmark(config: BenchmarkConfig) -> dict:
-    """Every (synthesizer, seed) run, then the report; returns the summary."""
+def _finished(config: BenchmarkConfig, entry: SynthesizerEntry, seed: int) -> dict | None:
+    result_file = Path(config.out, "runs", run_name(entry, seed), "result.json")
+    return dict(json.loads(result_file.read_text())) if result_file.is_file() else None
 
+
+def run_benchmark(
+    config: BenchmarkConfig, *, only: list[str] | None = None, seeds: list[int] | None = None
+) -> dict:
+    """The (synthesizer, seed) runs asked for (all by default: ``only`` names synthesizers,
+    ``seeds`` picks seeds of the config's), then the report over every run finished so far,
+    this call's or an earlier one's (each run is kept in its own folder): so the benchmark can
+    run a row at a time, in any order, on any machine sharing ``out``. Returns the summary,
+    with ``missing``: the runs not in the table yet."""
+    names = [entry.name for entry in config.synthesizers]
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise ValueError(f"no synthesizer named {unknown} in {config.name} (it has {names})")
+    stray = sorted(set(seeds or []) - set(config.seeds))
+    if stray:
+        raise ValueError(f"seeds {stray} are not among the config's {config.seeds}")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     split = load_target_split(load_target_spec(config.target), config.data_root)
@@ -203,13 +220,22 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
         len(kept),
         len(split.skipped),
     )
-    results = [
-        run_one(config, entry, seed, str(inputs), (test_images, test_masks), examples)
-        for seed in config.seeds
-        for entry in config.synthesizers
-    ]
-    fid = _fid_scores(config, test_images, test_masks) if config.fid else {}
-    return write_report(
+    for seed in config.seeds:
+        for entry in config.synthesizers:
+            if (only is None or entry.name in only) and (seeds is None or seed in seeds):
+                run_one(config, entry, seed, str(inputs), (test_images, test_masks), examples)
+    results, missing = [], []
+    for seed in config.seeds:
+        for entry in config.synthesizers:
+            result = _finished(config, entry, seed)
+            if result is None:
+                missing.append(run_name(entry, seed))
+            else:
+                results.append(result)
+    if not results:
+        raise ValueError(f"no finished run in {config.out} yet")
+    fid = _fid_scores(config, test_images, test_masks) if config.fid and not missing else {}
+    summary = write_report(
         config,
         results,
         fid=fid,
@@ -221,6 +247,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
             "skipped": split.skipped,
         },
     )
+    return {**summary, "missing": missing}
 
 
 def _fid_scores(
