@@ -22,6 +22,7 @@ from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 from cai_ray.synthesizers.cai import CAIMethod
 from cai_ray.synthesizers.cutpaste import CutPasteMethod
 from cai_ray.synthesizers.draem import DraemMethod
+from cai_ray.synthesizers.fpi import FPIMethod
 from cai_ray.synthesizers.nsa import NSAMethod
 from cai_ray.synthesizers.registry import SynthesizerConfig
 
@@ -54,6 +55,7 @@ def main() -> None:
             ("nsa", NSAMethod(method="nsa"), CAIParams()),
             ("nsa_mixed", NSAMethod(method="nsa", blend="mixed"), CAIParams()),
             ("draem", DraemMethod(method="draem", textures=textures), CAIParams()),
+            ("fpi", FPIMethod(method="fpi"), CAIParams()),
         ]
     for name, synthesizer, params in methods:
         stage = InjectionStage(

@@ -13,10 +13,11 @@ from cai_ray.synthesizers.cai import CAIMethod
 from cai_ray.synthesizers.cdm import CDMMethod
 from cai_ray.synthesizers.cutpaste import CutPasteMethod
 from cai_ray.synthesizers.draem import DraemMethod
+from cai_ray.synthesizers.fpi import FPIMethod
 from cai_ray.synthesizers.nsa import NSAMethod
 
 SynthesizerConfig = Annotated[
-    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod,
+    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod | FPIMethod,
     Field(discriminator="method"),
 ]
 """The ``synthesizer:`` section: one of the registered methods, chosen by ``method``."""

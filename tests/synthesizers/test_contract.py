@@ -29,6 +29,7 @@ CASES: dict[str, tuple[str, dict, dict]] = {
     "nsa-mixed": ("nsa", {"blend": "mixed"}, {}),
     "draem": ("draem", {"textures": [str(DEMO / "defects" / "MT_Crack" / "Imgs" / "*.jpg")]}, {}),
     "cdm": ("cdm", {"steps": 3, "batch_size": 4}, {}),
+    "fpi": ("fpi", {}, {}),
 }
 SMALL = {"quotas": {"large": 1, "medium": 1, "small": 1}}
 
