@@ -23,6 +23,7 @@ from cai_ray.synthesizers.cai import CAIMethod
 from cai_ray.synthesizers.cutpaste import CutPasteMethod
 from cai_ray.synthesizers.draem import DraemMethod
 from cai_ray.synthesizers.fpi import FPIMethod
+from cai_ray.synthesizers.glass import GlassMethod
 from cai_ray.synthesizers.nsa import NSAMethod
 from cai_ray.synthesizers.registry import SynthesizerConfig
 
@@ -56,6 +57,7 @@ def main() -> None:
             ("nsa_mixed", NSAMethod(method="nsa", blend="mixed"), CAIParams()),
             ("draem", DraemMethod(method="draem", textures=textures), CAIParams()),
             ("fpi", FPIMethod(method="fpi"), CAIParams()),
+            ("glass", GlassMethod(method="glass", textures=textures), CAIParams()),
         ]
     for name, synthesizer, params in methods:
         stage = InjectionStage(

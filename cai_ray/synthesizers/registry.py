@@ -14,10 +14,11 @@ from cai_ray.synthesizers.cdm import CDMMethod
 from cai_ray.synthesizers.cutpaste import CutPasteMethod
 from cai_ray.synthesizers.draem import DraemMethod
 from cai_ray.synthesizers.fpi import FPIMethod
+from cai_ray.synthesizers.glass import GlassMethod
 from cai_ray.synthesizers.nsa import NSAMethod
 
 SynthesizerConfig = Annotated[
-    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod | FPIMethod,
+    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod | FPIMethod | GlassMethod,
     Field(discriminator="method"),
 ]
 """The ``synthesizer:`` section: one of the registered methods, chosen by ``method``."""

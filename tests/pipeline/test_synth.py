@@ -180,6 +180,7 @@ def test_the_job_reads_and_writes_s3(
         ({"method": "draem", "anomalies_per_target": 3, "textures": ["TEXTURES"]}, {"draem"}),
         ({"method": "cutpaste", "variant": "scar", "anomalies_per_target": 3}, {"cutpaste-scar"}),
         ({"method": "fpi", "anomalies_per_target": 3}, {"fpi"}),
+        ({"method": "glass", "anomalies_per_target": 3, "textures": ["TEXTURES"]}, {"glass"}),
     ],
 )
 def test_baselines_run_as_the_synth_job(synthesizer, methods, make_config, shared_data):

@@ -30,6 +30,8 @@ CASES: dict[str, tuple[str, dict, dict]] = {
     "draem": ("draem", {"textures": [str(DEMO / "defects" / "MT_Crack" / "Imgs" / "*.jpg")]}, {}),
     "cdm": ("cdm", {"steps": 3, "batch_size": 4}, {}),
     "fpi": ("fpi", {}, {}),
+    "glass": ("glass", {"textures": [str(DEMO / "defects" / "MT_Crack" / "Imgs" / "*.jpg")]}, {}),
+    "glass-self": ("glass", {}, {}),
 }
 SMALL = {"quotas": {"large": 1, "medium": 1, "small": 1}}
 
