@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from cai_ray.core.cai import CAIInjector, CAIParams, class_weights
+from cai_ray.daad.classes import AnomalyClass
+from cai_ray.daad.settings import DaadConfig
 from cai_ray.daad.shards import PatternBank
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
 
@@ -28,19 +31,27 @@ class CAIMethod(BaseModel, MethodSettings):
         self.build(context)
 
     def build(self, context: BuildContext) -> CAIInjector:
-        daad = context.daad
-        if daad is None:
+        if context.daad is None:
             raise ValueError("synthesizer 'cai' needs a DAAD")
-        patterns = PatternBank(
-            daad.path,
-            mode=context.mode,
-            exclude_domains=daad.exclude_domains,
-            include_classes=daad.drawn_classes(),
-            cache_bytes=daad.cache_mb * 2**20,
-            damaged=context.damaged,
-        )
-        weights = None
-        if daad.class_weights is not None:
-            named = {str(c): w for c, w in daad.class_weights.items()}
-            weights = class_weights(patterns.classes, named)
+        patterns, weights = daad_patterns(context, context.daad, context.daad.drawn_classes())
         return CAIInjector(patterns, context.cai, weights)
+
+
+def daad_patterns(
+    context: BuildContext, daad: DaadConfig, classes: list[AnomalyClass] | None
+) -> tuple[PatternBank, np.ndarray | None]:
+    """The DAAD's patterns of ``classes`` (None: all) a job may draw (its domain exclusions,
+    cache and damage report), and per-pattern weights from its class weights (None: uniform)."""
+    patterns = PatternBank(
+        daad.path,
+        mode=context.mode,
+        exclude_domains=daad.exclude_domains,
+        include_classes=classes,
+        cache_bytes=daad.cache_mb * 2**20,
+        damaged=context.damaged,
+    )
+    weights = None
+    if daad.class_weights is not None:
+        named = {str(c): w for c, w in daad.class_weights.items()}
+        weights = class_weights(patterns.classes, named)
+    return patterns, weights

@@ -12,13 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai_ray.cdm.checkpoint import EXPORTED_FILES, read_info
 from cai_ray.cdm.classes import generated_classes
 from cai_ray.cdm.masks import AffineParams
-from cai_ray.core.cai import CAIParams, class_weights
+from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Synthesizer
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.shards import PatternBank
 from cai_ray.extras import require
 from cai_ray.io import storage
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
+from cai_ray.synthesizers.cai import daad_patterns
 
 
 class CDMMethod(BaseModel, MethodSettings):
@@ -81,19 +82,7 @@ class CDMMethod(BaseModel, MethodSettings):
                 f"the CDM at {self.checkpoint} generates none of the DAAD classes drawn "
                 f"({sorted(map(str, drawn or []))})"
             )
-        patterns = PatternBank(
-            daad.path,
-            mode=context.mode,
-            exclude_domains=daad.exclude_domains,
-            include_classes=[AnomalyClass(c) for c in classes],
-            cache_bytes=daad.cache_mb * 2**20,
-            damaged=context.damaged,
-        )
-        weights = None
-        if daad.class_weights is not None:
-            named = {str(c): w for c, w in daad.class_weights.items()}
-            weights = class_weights(patterns.classes, named)
-        return patterns, weights
+        return daad_patterns(context, daad, [AnomalyClass(c) for c in classes])
 
     def for_workers(self) -> CDMMethod:
         return self.model_copy(update={"checkpoint": storage.absolute(self.checkpoint)})

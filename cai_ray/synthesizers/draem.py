@@ -22,7 +22,14 @@ from cai_ray.core.synthesis import Donor, Patched
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, load_image
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.patches import PatchSynthesizer, SampleBudget
+from cai_ray.synthesizers.patches import (
+    PatchSynthesizer,
+    SampleBudget,
+    autocontrast,
+    blend_texture,
+    per_channel,
+    rotate_in_place,
+)
 
 
 class TextureLibrary(Protocol):
@@ -39,6 +46,34 @@ class DraemParams(SampleBudget):
     max_rotation: float = Field(90, ge=0, le=180)
     augmentations: int = Field(3, ge=0, le=10)
     max_beta: float = Field(0.8, ge=0, le=1)
+
+
+class PerlinParams(Protocol):
+    """The settings :func:`perlin_region` reads (DRAEM's and GLASS's)."""
+
+    @property
+    def max_perlin_exponent(self) -> int: ...
+
+    @property
+    def max_rotation(self) -> float: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+
+def perlin_region(
+    shape: tuple[int, int], params: PerlinParams, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """DRAEM's (and GLASS's) anomaly shape: Perlin noise over 2^a x 2^b lattice cells (a, b
+    drawn below ``max_perlin_exponent``), rotated by up to ``max_rotation`` degrees, above
+    ``threshold``; (H, W) bool and the cells."""
+    cells = (
+        2 ** int(rng.integers(0, params.max_perlin_exponent)),
+        2 ** int(rng.integers(0, params.max_perlin_exponent)),
+    )
+    noise = perlin_noise(shape, cells, rng).astype(np.float32)
+    angle = rng.uniform(-params.max_rotation, params.max_rotation)
+    return rotate_in_place(noise, angle) > params.threshold, cells
 
 
 def _fade(t: np.ndarray) -> np.ndarray:
@@ -67,19 +102,6 @@ def perlin_noise(
     return np.sqrt(2) * (top * (1 - uy) + bottom * uy)
 
 
-def _per_channel(image: np.ndarray, op: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    if image.ndim == 2:
-        return op(image)
-    return np.stack([op(image[..., c]) for c in range(image.shape[2])], axis=-1)
-
-
-def _autocontrast(channel: np.ndarray) -> np.ndarray:
-    low, high = int(channel.min()), int(channel.max())
-    if high == low:
-        return channel
-    return np.rint((channel.astype(np.float32) - low) * 255 / (high - low)).astype(np.uint8)
-
-
 def _sharpen(image: np.ndarray, factor: float) -> np.ndarray:
     smooth = cv2.filter2D(image, -1, np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13)
     return np.clip(smooth + factor * (image.astype(np.float32) - smooth), 0, 255).astype(np.uint8)
@@ -92,12 +114,6 @@ def _hue_saturation(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     hsv[..., 0] = (hsv[..., 0] + int(rng.integers(-50, 51)) // 2) % 180
     hsv[..., 1] = np.clip(hsv[..., 1] + int(rng.integers(-50, 51)), 0, 255)
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
-
-
-def _rotate(image: np.ndarray, degrees: float) -> np.ndarray:
-    height, width = image.shape[:2]
-    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
-    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR)
 
 
 def _solarize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -120,9 +136,9 @@ AUGMENTATIONS: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = [
     _solarize,
     _posterize,
     lambda im, r: 255 - im,
-    lambda im, r: _per_channel(im, _autocontrast),
-    lambda im, r: _per_channel(im, cv2.equalizeHist),
-    lambda im, r: _rotate(im, r.uniform(-45, 45)),
+    lambda im, r: per_channel(im, autocontrast),
+    lambda im, r: per_channel(im, cv2.equalizeHist),
+    lambda im, r: rotate_in_place(im, r.uniform(-45, 45)),
 ]
 """DRAEM's texture augmenters, in its order: gamma contrast 0.5-2, multiply 0.8-1.2 and add
 -30..30, sharpness 0-2, hue and saturation -50..50, solarize (p 0.5, threshold 32-128),
@@ -206,14 +222,10 @@ class Draem(PatchSynthesizer):
         chosen = rng.choice(len(AUGMENTATIONS), size=p.augmentations, replace=False)
         for op in chosen:
             texture = AUGMENTATIONS[int(op)](texture, rng)
-        cells = tuple(2 ** int(rng.integers(0, p.max_perlin_exponent)) for _ in range(2))
-        noise = perlin_noise((height, width), (cells[0], cells[1]), rng)
-        noise = _rotate(noise.astype(np.float32), rng.uniform(-p.max_rotation, p.max_rotation))
-        region = (noise > p.threshold) & foreground
+        region, cells = perlin_region((height, width), p, rng)
+        region &= foreground
         beta = rng.uniform(0, p.max_beta)
-        keep = region[..., None] if target.ndim == 3 else region
-        blended = (1 - beta) * texture.astype(np.float32) + beta * target.astype(np.float32)
-        image = np.where(keep, np.rint(blended), target).astype(np.uint8)
+        image = blend_texture(target, texture, region, beta)
         mask = (region * 255).astype(np.uint8)
         info = {"texture": texture_index, "perlin_cells": list(cells), "beta": round(beta, 4)}
         return Patched(image, mask, self.method, 1, info)

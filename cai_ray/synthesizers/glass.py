@@ -30,8 +30,15 @@ from pydantic import Field
 from cai_ray.core.synthesis import Donor, Patched
 from cai_ray.io import storage
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.draem import TextureFolder, TextureLibrary, perlin_noise
-from cai_ray.synthesizers.patches import PatchSynthesizer, SampleBudget
+from cai_ray.synthesizers.draem import TextureFolder, TextureLibrary, perlin_region
+from cai_ray.synthesizers.patches import (
+    PatchSynthesizer,
+    SampleBudget,
+    autocontrast,
+    blend_texture,
+    per_channel,
+    rotate_in_place,
+)
 
 
 class GlassParams(SampleBudget):
@@ -42,12 +49,6 @@ class GlassParams(SampleBudget):
     beta_mean: float = Field(0.5, ge=0, le=1)
     beta_std: float = Field(0.1, ge=0)
     beta_bounds: tuple[float, float] = Field((0.2, 0.8), description="beta is clipped to these.")
-
-
-def _rotated(image: np.ndarray, degrees: float) -> np.ndarray:
-    height, width = image.shape[:2]
-    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), degrees, 1.0)
-    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR)
 
 
 def _scaled(image: np.ndarray, factor: float) -> np.ndarray:
@@ -77,19 +78,6 @@ def _greyscale(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
-def _per_channel(image: np.ndarray, op: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    if image.ndim == 2:
-        return op(image)
-    return np.stack([op(np.ascontiguousarray(image[..., c])) for c in range(3)], axis=-1)
-
-
-def _autocontrast(channel: np.ndarray) -> np.ndarray:
-    low, high = int(channel.min()), int(channel.max())
-    if high == low:
-        return channel
-    return np.rint((channel.astype(np.float32) - low) * 255 / (high - low)).astype(np.uint8)
-
-
 AUGMENTATIONS: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = [
     lambda im, r: _contrast(im, r.uniform(0.8, 1.2)),
     lambda im, r: _scaled(im, r.uniform(0.8, 1.2)),
@@ -97,9 +85,9 @@ AUGMENTATIONS: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = [
     lambda im, r: np.ascontiguousarray(im[:, ::-1]),
     lambda im, r: np.ascontiguousarray(im[::-1]),
     lambda im, r: _greyscale(im),
-    lambda im, r: _per_channel(im, _autocontrast),
-    lambda im, r: _per_channel(im, cv2.equalizeHist),
-    lambda im, r: _rotated(im, r.uniform(-45, 45)),
+    lambda im, r: per_channel(im, autocontrast),
+    lambda im, r: per_channel(im, cv2.equalizeHist),
+    lambda im, r: rotate_in_place(im, r.uniform(-45, 45)),
 ]
 """GLASS's nine texture operations, in its order (see the module docstring)."""
 
@@ -140,12 +128,6 @@ class Glass(PatchSynthesizer):
         self.params = params or GlassParams()
         super().__init__("glass", self.params)
 
-    def _threshold_mask(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-        p = self.params
-        cells = tuple(2 ** int(rng.integers(0, p.max_perlin_exponent)) for _ in range(2))
-        noise = perlin_noise(shape, (cells[0], cells[1]), rng).astype(np.float32)
-        return _rotated(noise, rng.uniform(-p.max_rotation, p.max_rotation)) > p.threshold
-
     def attempt(
         self,
         target: np.ndarray,
@@ -155,7 +137,8 @@ class Glass(PatchSynthesizer):
     ) -> Patched | str:
         p = self.params
         shape = target.shape[:2]
-        first, second = self._threshold_mask(shape, rng), self._threshold_mask(shape, rng)
+        first, _ = perlin_region(shape, p, rng)
+        second, _ = perlin_region(shape, p, rng)
         combine = rng.random()
         if combine > 2 / 3:
             region, how = first | second, "union"
@@ -175,9 +158,7 @@ class Glass(PatchSynthesizer):
         for op in chosen:
             texture = AUGMENTATIONS[int(op)](texture, rng)
         beta = float(np.clip(rng.normal(p.beta_mean, p.beta_std), *p.beta_bounds))
-        keep = region[..., None] if target.ndim == 3 else region
-        blended = (1 - beta) * texture.astype(np.float32) + beta * target.astype(np.float32)
-        image = np.where(keep, np.rint(blended), target).astype(np.uint8)
+        image = blend_texture(target, texture, region, beta)
         mask = (region * 255).astype(np.uint8)
         info = {
             "texture": source,

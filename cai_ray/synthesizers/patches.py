@@ -1,9 +1,9 @@
 """Pieces the baselines share: their sample budget, placing a box on the foreground, colour
-jitter, rotation."""
+jitter, rotation, per-channel operations."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -119,3 +119,35 @@ def rotate_with_mask(
         mask.astype(np.uint8), matrix, (new_w, new_h), flags=cv2.INTER_NEAREST
     ).astype(bool)
     return rotated, rotated_mask
+
+
+def per_channel(image: np.ndarray, op: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``op`` on each channel of an RGB image, or on a grey one as it is."""
+    if image.ndim == 2:
+        return op(image)
+    return np.stack([op(image[..., c]) for c in range(image.shape[2])], axis=-1)
+
+
+def autocontrast(channel: np.ndarray) -> np.ndarray:
+    """A channel's range stretched to 0-255 (a flat channel is left alone)."""
+    low, high = int(channel.min()), int(channel.max())
+    if high == low:
+        return channel
+    return np.rint((channel.astype(np.float32) - low) * 255 / (high - low)).astype(np.uint8)
+
+
+def rotate_in_place(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotated about the centre on the same canvas: corners cut, uncovered pixels 0."""
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR)
+
+
+def blend_texture(
+    target: np.ndarray, texture: np.ndarray, region: np.ndarray, beta: float
+) -> np.ndarray:
+    """``(1 - beta) * texture + beta * target`` inside ``region`` (bool), the target elsewhere
+    (DRAEM's and GLASS's blend)."""
+    keep = region[..., None] if target.ndim == 3 else region
+    blended = (1 - beta) * texture.astype(np.float32) + beta * target.astype(np.float32)
+    return np.where(keep, np.rint(blended), target).astype(np.uint8)
