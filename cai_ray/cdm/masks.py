@@ -21,10 +21,9 @@ from cai_ray.core.cai import (
     PatternLibrary,
     PatternList,
     SourcePattern,
-    UnreadablePattern,
     check_weights,
     draw_by_quota,
-    pick_pattern,
+    draw_pattern,
     place_pattern,
     synthesis_factor,
 )
@@ -151,10 +150,9 @@ class MaskGenerator:
         rng: np.random.Generator,
     ) -> dict[str, Any] | str:
         params = self.params
-        try:
-            pattern = self.patterns[pick_pattern(len(self.patterns), eligible, self.weights, rng)]
-        except UnreadablePattern as exc:
-            return str(exc)
+        pattern = draw_pattern(self.patterns, eligible, self.weights, rng)
+        if isinstance(pattern, str):
+            return pattern
         y0, x0, y1, x1 = pattern.box
         shape = warp_mask(pattern.mask[y0:y1, x0:x1], self.affine, rng)
         box: BBox = (0, 0, *shape.shape)

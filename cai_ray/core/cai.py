@@ -315,18 +315,28 @@ def class_weights(classes: np.ndarray, weights: dict[str, float]) -> np.ndarray:
     return np.array([per_class[name] for name in classes], np.float64)
 
 
-def pick_pattern(
-    count: int, eligible: np.ndarray | None, weights: np.ndarray | None, rng: np.random.Generator
-) -> int:
-    """A pattern index among ``count``: uniform over ``eligible`` (all with ``None``), or in
-    proportion to ``weights`` (per pattern, e.g. from :func:`class_weights`)."""
+def draw_pattern(
+    patterns: PatternLibrary | PatternList,
+    eligible: np.ndarray | None,
+    weights: np.ndarray | None,
+    rng: np.random.Generator,
+) -> SourcePattern | str:
+    """A pattern drawn uniformly over ``eligible`` (all with ``None``), or in proportion to
+    ``weights`` (per pattern, e.g. from :func:`class_weights`); for one that cannot be read,
+    why (the caller's draw fails and it draws again)."""
     if weights is None:
         if eligible is None:
-            return int(rng.integers(count))
-        return int(eligible[rng.integers(eligible.size)])
-    pool = np.arange(count) if eligible is None else eligible
-    chances = weights[pool]
-    return int(pool[rng.choice(pool.size, p=chances / chances.sum())])
+            index = int(rng.integers(len(patterns)))
+        else:
+            index = int(eligible[rng.integers(eligible.size)])
+    else:
+        pool = np.arange(len(patterns)) if eligible is None else eligible
+        chances = weights[pool]
+        index = int(pool[rng.choice(pool.size, p=chances / chances.sum())])
+    try:
+        return patterns[index]
+    except UnreadablePattern as exc:
+        return str(exc)
 
 
 def check_weights(weights: np.ndarray | None, count: int) -> None:
@@ -437,10 +447,9 @@ class CAIInjector:
     ) -> dict | str:
         params = self.params
         img_h, img_w = target.shape[:2]
-        try:
-            pattern = self.patterns[pick_pattern(len(self.patterns), eligible, self.weights, rng)]
-        except UnreadablePattern as exc:
-            return str(exc)
+        pattern = draw_pattern(self.patterns, eligible, self.weights, rng)
+        if isinstance(pattern, str):
+            return pattern
         factor = 1.0
         if params.stm:
             factor = synthesis_factor(scale, fg_longest, pattern.longest_side, rng)

@@ -262,9 +262,7 @@ def _listed_images(paths: Iterator[Path], root: Path, report: BuildReport) -> li
     for path in sorted(paths):
         if path.is_dir():
             continue
-        reason = storage.unusable_name(str(path))
-        if reason is None and not path.exists():
-            reason = "broken link (points to nothing)"
+        reason = storage.unusable_file(str(path))
         if reason is None:
             images.append(path)
         else:

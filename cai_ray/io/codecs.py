@@ -129,9 +129,9 @@ def decode_mask(data: bytes) -> np.ndarray:
     and it also reads palette masks whose defect colour is, e.g., (128, 0, 0).
     """
     array = _to_uint8_array(_open(data))
-    if array.size and array.max() == 1:
-        return np.asarray(array == 1) if array.ndim == 2 else np.asarray((array == 1).any(axis=2))
-    return np.asarray(array >= 128) if array.ndim == 2 else np.asarray((array >= 128).any(axis=2))
+    threshold = 1 if array.size and array.max() == 1 else 128
+    set_pixels = array >= threshold
+    return np.asarray(set_pixels if array.ndim == 2 else set_pixels.any(axis=2))
 
 
 def decode_class_mask(data: bytes) -> np.ndarray:

@@ -276,14 +276,17 @@ def _size(url: str) -> int:
         return int(fs.size(path))
 
 
-def unusable_name(path: str) -> str | None:
-    """Why a listed file cannot be an input, from its name and link alone (None: it can)."""
+def unusable_file(path: str) -> str | None:
+    """Why a listed file cannot be an image input, from its name and, locally, its link alone
+    (None: it can): a name that is not UTF-8 or not an image's, a link to nothing."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
         return "file name is not valid UTF-8"
     if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
         return f"not an image file name ({Path(path).suffix or 'no extension'})"
+    if is_local(path) and not local_path(path).exists():
+        return "broken link (points to nothing)"
     return None
 
 
@@ -304,9 +307,7 @@ def _expand_local(source: str, skipped: list[dict[str, str]]) -> list[str]:
         names = sorted(p for p in globlib.glob(str(path), recursive=True) if not Path(p).is_dir())
     found = []
     for name in names:
-        reason = unusable_name(name)
-        if reason is None and not Path(name).exists():
-            reason = "broken link (points to nothing)"
+        reason = unusable_file(name)
         if reason is None:
             found.append(name)
         else:
@@ -328,7 +329,7 @@ def _expand_remote(source: str, skipped: list[dict[str, str]]) -> list[str]:
             return []
     found = []
     for name in sorted(_as_url(source, n) for n in names):
-        reason = unusable_name(name)
+        reason = unusable_file(name)
         if reason is None:
             found.append(name)
         else:

@@ -25,6 +25,7 @@ from cai_ray.synthesizers.base import BuildContext, MethodSettings
 from cai_ray.synthesizers.patches import (
     PatchSynthesizer,
     SampleBudget,
+    augmented,
     autocontrast,
     blend_texture,
     per_channel,
@@ -145,6 +146,17 @@ AUGMENTATIONS: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = [
 posterize, invert, autocontrast, equalize, rotation -45..45 degrees."""
 
 
+def draw_texture(
+    textures: TextureLibrary, target: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, int] | str:
+    """A texture drawn uniformly and its index, or why it cannot fill this target."""
+    index = int(rng.integers(len(textures)))
+    texture = textures[index]
+    if texture.shape != target.shape:
+        return f"texture {index} has shape {texture.shape}, not {target.shape}"
+    return texture, index
+
+
 class TextureFolder:
     """Texture images read on demand from a sorted list of paths, resized to the targets' size
     and mode; the last few decoded ones are kept."""
@@ -215,13 +227,11 @@ class Draem(PatchSynthesizer):
     ) -> Patched | str:
         p = self.params
         height, width = target.shape[:2]
-        texture_index = int(rng.integers(len(self.textures)))
-        texture = self.textures[texture_index]
-        if texture.shape != target.shape:
-            return f"texture {texture_index} has shape {texture.shape}, not {target.shape}"
-        chosen = rng.choice(len(AUGMENTATIONS), size=p.augmentations, replace=False)
-        for op in chosen:
-            texture = AUGMENTATIONS[int(op)](texture, rng)
+        drawn = draw_texture(self.textures, target, rng)
+        if isinstance(drawn, str):
+            return drawn
+        texture, texture_index = drawn
+        texture, _ = augmented(texture, AUGMENTATIONS, p.augmentations, rng)
         region, cells = perlin_region((height, width), p, rng)
         region &= foreground
         beta = rng.uniform(0, p.max_beta)

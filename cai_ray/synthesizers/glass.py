@@ -30,10 +30,16 @@ from pydantic import Field
 from cai_ray.core.synthesis import Donor, Patched
 from cai_ray.io import storage
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.draem import TextureFolder, TextureLibrary, perlin_region
+from cai_ray.synthesizers.draem import (
+    TextureFolder,
+    TextureLibrary,
+    draw_texture,
+    perlin_region,
+)
 from cai_ray.synthesizers.patches import (
     PatchSynthesizer,
     SampleBudget,
+    augmented,
     autocontrast,
     blend_texture,
     per_channel,
@@ -150,20 +156,18 @@ class Glass(PatchSynthesizer):
         if self.textures is None:
             texture, source = target, "target"
         else:
-            index = int(rng.integers(len(self.textures)))
-            texture, source = self.textures[index], f"texture {index}"
-            if texture.shape != target.shape:
-                return f"{source} has shape {texture.shape}, not {target.shape}"
-        chosen = rng.choice(len(AUGMENTATIONS), size=p.augmentations, replace=False)
-        for op in chosen:
-            texture = AUGMENTATIONS[int(op)](texture, rng)
+            drawn = draw_texture(self.textures, target, rng)
+            if isinstance(drawn, str):
+                return drawn
+            texture, source = drawn[0], f"texture {drawn[1]}"
+        texture, chosen = augmented(texture, AUGMENTATIONS, p.augmentations, rng)
         beta = float(np.clip(rng.normal(p.beta_mean, p.beta_std), *p.beta_bounds))
         image = blend_texture(target, texture, region, beta)
         mask = (region * 255).astype(np.uint8)
         info = {
             "texture": source,
             "masks": how,
-            "augmentations": [int(op) for op in chosen],
+            "augmentations": chosen,
             "beta": round(beta, 4),
         }
         return Patched(image, mask, self.method, 1, info)

@@ -151,3 +151,17 @@ def blend_texture(
     keep = region[..., None] if target.ndim == 3 else region
     blended = (1 - beta) * texture.astype(np.float32) + beta * target.astype(np.float32)
     return np.where(keep, np.rint(blended), target).astype(np.uint8)
+
+
+def augmented(
+    image: np.ndarray,
+    operations: Sequence[Callable[[np.ndarray, np.random.Generator], np.ndarray]],
+    count: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[int]]:
+    """``image`` under ``count`` distinct ``operations``, drawn and applied in the drawn order
+    (DRAEM's and GLASS's texture augmentation), and which they were."""
+    chosen = [int(op) for op in rng.choice(len(operations), size=count, replace=False)]
+    for op in chosen:
+        image = operations[op](image, rng)
+    return image, chosen
