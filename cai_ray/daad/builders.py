@@ -42,6 +42,7 @@ from cai_ray.io.annotations import (
     parse_labelme,
     parse_yolo_polygons,
     shapes_mask,
+    yolo_label_names,
     yolo_to_pixels,
 )
 from cai_ray.io.codecs import (
@@ -420,15 +421,15 @@ def _to_record(candidate: Candidate) -> DaadRecord:
 
 
 def _label_names(source: YoloSource, root: Path) -> list[str]:
-    names = read_yaml(root / source.names, "label names").get("names")
-    if isinstance(names, dict):  # Ultralytics also writes {0: name, 1: name}
-        names = [names[k] for k in sorted(names)]
-    if not isinstance(names, list):
-        raise ConfigError(f"{root / source.names} has no 'names' list")
+    where = root / source.names
+    try:
+        names = yolo_label_names(read_yaml(where, "label names"), str(where))
+    except DecodeError as exc:
+        raise ConfigError(str(exc)) from exc
     unknown = sorted(set(source.classes) - set(names))
     if unknown:
-        raise ConfigError(f"labels {unknown} are not in {root / source.names} ({names})")
-    return [str(name) for name in names]
+        raise ConfigError(f"labels {unknown} are not in {where} ({names})")
+    return names
 
 
 def _shape_candidates(

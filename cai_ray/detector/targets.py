@@ -1,5 +1,6 @@
 """A target dataset for the detector benchmark: normal training images, and test images with
-their ground-truth masks (normal test images have none), from an MVTec AD category or folders.
+their ground-truth masks (normal test images have none), from an MVTec AD category, folders, or
+crops of a YOLO polygon export (a texture with defects lying on it and no defect-free images).
 
 Bad files never crash the loader: a test image whose mask is missing, unreadable, empty or of
 another size is skipped and counted with the reason, like the DAAD builders do.
@@ -7,19 +8,29 @@ another size is skipped and counted with the reason, like the DAAD builders do.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai_ray.io import storage
+from cai_ray.io.annotations import (
+    Shape,
+    parse_yolo_polygons,
+    shapes_mask,
+    yolo_label_names,
+    yolo_to_pixels,
+)
 from cai_ray.io.codecs import (
     ColorMode,
     DecodeError,
     decode_image,
     decode_mask,
+    encode_png,
     resize,
     resize_mask,
 )
@@ -58,14 +69,70 @@ class MvtecTarget(_Spec):
     root: str = Field(description="One MVTec AD category folder, relative to the data root.")
 
 
-TargetSpec = Annotated[FolderTarget | MvtecTarget, Field(discriminator="layout")]
+class YoloFolder(_Spec):
+    images: str = Field(description="Folder of images, relative to the data root.")
+    labels: str = Field(description="Folder of YOLO polygon .txt files, relative to the root.")
+
+
+class YoloCropsTarget(_Spec):
+    """Square crops on a grid of a YOLO segmentation export's images: a crop with no defect
+    near it is a normal image, a crop with enough defect pixels a test anomaly (its polygons
+    the mask, its largest defect label the type). For a texture photographed with its defects,
+    where no image is defect-free; train and test come from different exports (frames)."""
+
+    layout: Literal["yolo_crops"]
+    name: str
+    names: str = Field(description="The export's data.yaml (its 'names' list), from the root.")
+    defects: list[str] = Field(
+        min_length=1,
+        description="Labels that are defects; the others (e.g. 'cotton', 'conveyor belt') are "
+        "the surface.",
+    )
+    train: list[YoloFolder] = Field(
+        min_length=1, description="Exports whose defect-free crops are the training normals."
+    )
+    test: list[YoloFolder] = Field(
+        min_length=1, description="Exports cut into the test set, defective and defect-free."
+    )
+    crop: int = Field(128, ge=16, description="Crop side in pixels, at full resolution.")
+    stride: int | None = Field(None, ge=1, description="Grid step; default: the crop side.")
+    margin: int = Field(
+        8,
+        ge=0,
+        description="A normal crop has no defect pixel within this many pixels of it "
+        "(polygons are drawn loosely).",
+    )
+    min_defect_fraction: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="A test anomaly covers at least this share of its crop; crops holding "
+        "less are neither normal nor anomalous, and are counted, not used.",
+    )
+    crops: str = Field(
+        description="Folder the crops are written to on first use (relative to the working "
+        "directory, not the data root); rewritten when the spec changes."
+    )
+
+    @model_validator(mode="after")
+    def _train_and_test_apart(self) -> YoloCropsTarget:
+        shared = {f.images for f in self.train} & {f.images for f in self.test}
+        if shared:
+            raise ValueError(f"{sorted(shared)} is in both train and test: normals would leak")
+        if "good" in self.defects:
+            raise ValueError("'good' names the normal test crops; rename that defect label")
+        return self
+
+
+AnyTarget = FolderTarget | MvtecTarget | YoloCropsTarget
+TargetSpec = Annotated[AnyTarget, Field(discriminator="layout")]
 
 
 class _SpecFile(_Spec):
     target: TargetSpec
 
 
-def load_target_spec(path: str | Path) -> FolderTarget | MvtecTarget:
+def load_target_spec(path: str | Path) -> AnyTarget:
     raw = {"target": read_yaml(path, "target spec")}
     return validate_settings(raw, _SpecFile, "target spec", str(path)).target
 
@@ -108,9 +175,12 @@ def _with_masks(
         split.test.append(TestImage(image, mask, defect))
 
 
-def load_target_split(spec: FolderTarget | MvtecTarget, data_root: str | Path) -> TargetSplit:
-    """The file lists of a target dataset (nothing decoded yet)."""
+def load_target_split(spec: AnyTarget, data_root: str | Path) -> TargetSplit:
+    """The file lists of a target dataset (nothing decoded yet; YOLO crops are cut and written
+    on first use)."""
     root = Path(data_root)
+    if isinstance(spec, YoloCropsTarget):
+        return _crops_split(spec, root)
     if isinstance(spec, MvtecTarget):
         category = root / spec.root
         split = TargetSplit(spec.name, _images(category / "train" / "good"), [])
@@ -138,6 +208,151 @@ def load_target_split(spec: FolderTarget | MvtecTarget, data_root: str | Path) -
         _with_masks(images, mask_for, folder.defect, split)
     if not split.train:
         raise ValueError(f"target {spec.name!r}: no normal training images in {root / spec.normal}")
+    return split
+
+
+@dataclass(frozen=True)
+class GridCrop:
+    y: int
+    x: int
+    defect: str | None  # None: a normal crop
+
+
+def _grid(length: int, crop: int, stride: int) -> list[int]:
+    """Crop origins along one side: every ``stride``, the last one flush with the edge."""
+    starts = list(range(0, length - crop + 1, stride))
+    if starts and starts[-1] != length - crop:
+        starts.append(length - crop)
+    return starts
+
+
+def grid_crops(
+    defect_masks: dict[str, np.ndarray],
+    shape: tuple[int, int],
+    *,
+    crop: int,
+    stride: int,
+    margin: int,
+    min_defect_fraction: float,
+) -> tuple[list[GridCrop], int]:
+    """The usable crops of one image from its per-label (H, W) bool defect masks: normal ones
+    (no defect pixel within ``margin``) and anomalous ones (at least ``min_defect_fraction``
+    of the crop defective, named by the label with most pixels there; ties: the first label).
+    Returns them with the number of crops that are neither."""
+    height, width = shape
+    union = np.zeros(shape, bool)
+    for mask in defect_masks.values():
+        union |= mask
+    near = union
+    if margin and union.any():
+        kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
+        near = cv2.dilate(union.astype(np.uint8), kernel).astype(bool)
+    crops, neither = [], 0
+    for y in _grid(height, crop, stride):
+        for x in _grid(width, crop, stride):
+            box = np.s_[y : y + crop, x : x + crop]
+            if not near[box].any():
+                crops.append(GridCrop(y, x, None))
+            elif union[box].sum() >= min_defect_fraction * crop * crop:
+                counts = {name: int(mask[box].sum()) for name, mask in defect_masks.items()}
+                crops.append(GridCrop(y, x, max(counts, key=lambda name: counts[name])))
+            else:
+                neither += 1
+    return crops, neither
+
+
+def _defect_masks(
+    image_path: Path, label_path: Path, names: list[str], defects: list[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    image = decode_image(image_path.read_bytes(), "rgb")
+    height, width = image.shape[:2]
+    shapes: dict[str, list[Shape]] = {name: [] for name in defects}
+    for label, polygon in parse_yolo_polygons(label_path.read_text()):
+        if not 0 <= label < len(names):
+            raise DecodeError(f"label index {label} is not in the names list ({len(names)})")
+        if names[label] in shapes:
+            pixels = yolo_to_pixels(polygon, height, width)
+            shapes[names[label]].append(Shape(label=names[label], polygon=pixels))
+    return image, {name: shapes_mask(found, height, width) for name, found in shapes.items()}
+
+
+def _write_crops(spec: YoloCropsTarget, root: Path, out: Path) -> dict:
+    """Cut every export of the spec into crops under ``out``; returns the listing (relative
+    paths) that ``crops.json`` keeps."""
+    names = yolo_label_names(read_yaml(root / spec.names, "label names"), str(root / spec.names))
+    unknown = sorted(set(spec.defects) - set(names))
+    if unknown:
+        raise ValueError(f"target {spec.name!r}: defects {unknown} are not labels ({names})")
+    listing: dict = {"train": [], "test": [], "neither": 0, "skipped": []}
+    for part, folders in (("train", spec.train), ("test", spec.test)):
+        for folder in folders:
+            for image_path in _images(root / folder.images):
+                label_path = root / folder.labels / f"{image_path.stem}.txt"
+                if not label_path.is_file():
+                    reason = f"no label file {label_path.name}"
+                    listing["skipped"].append({"path": str(image_path), "reason": reason})
+                    continue
+                try:
+                    image, masks = _defect_masks(image_path, label_path, names, spec.defects)
+                except (OSError, DecodeError) as exc:
+                    reason = f"unreadable: {exc}"
+                    listing["skipped"].append({"path": str(image_path), "reason": reason})
+                    continue
+                crops, neither = grid_crops(
+                    masks,
+                    image.shape[:2],
+                    crop=spec.crop,
+                    stride=spec.stride or spec.crop,
+                    margin=spec.margin,
+                    min_defect_fraction=spec.min_defect_fraction,
+                )
+                listing["neither"] += neither
+                for item in crops:
+                    if part == "train" and item.defect is not None:
+                        continue
+                    box = np.s_[item.y : item.y + spec.crop, item.x : item.x + spec.crop]
+                    stem = f"{image_path.stem}_y{item.y:04d}_x{item.x:04d}.png"
+                    kind = "good" if item.defect is None else item.defect
+                    folder_name = "train" if part == "train" else f"test/{kind}"
+                    relative = f"{folder_name}/{stem}"
+                    storage.write_bytes_atomic(str(out / relative), encode_png(image[box]))
+                    mask_file = None
+                    if item.defect is not None:
+                        union = np.any([m[box] for m in masks.values()], axis=0)
+                        mask_file = f"test/{kind}_masks/{stem}"
+                        mask_png = encode_png(union.astype(np.uint8) * 255)
+                        storage.write_bytes_atomic(str(out / mask_file), mask_png)
+                    entry = {"image": relative, "defect": kind, "mask": mask_file}
+                    listing[part].append(relative if part == "train" else entry)
+    return listing
+
+
+def _listed_files(listing: dict | None, out: Path) -> list[Path]:
+    if listing is None:
+        return []
+    tests = [e[key] for e in listing["test"] for key in ("image", "mask") if e[key] is not None]
+    return [out / p for p in listing["train"] + tests]
+
+
+def _crops_split(spec: YoloCropsTarget, root: Path) -> TargetSplit:
+    """The crops' split, cut on first use and kept in ``spec.crops`` with a ``crops.json`` that
+    names the spec and data root it was cut from (a changed spec cuts again)."""
+    out = Path(spec.crops)
+    made_from = {"spec": spec.model_dump(mode="json"), "data_root": str(root.resolve())}
+    index = out / "crops.json"
+    listing = json.loads(index.read_text()) if index.is_file() else None
+    if listing is None or listing.get("made_from") != made_from:
+        for stale in _listed_files(listing, out):
+            stale.unlink(missing_ok=True)
+        listing = {"made_from": made_from, **_write_crops(spec, root, out)}
+        storage.write_bytes_atomic(str(index), json.dumps(listing, indent=1).encode())
+    split = TargetSplit(spec.name, [out / p for p in listing["train"]], [])
+    for entry in listing["test"]:
+        mask = None if entry["mask"] is None else out / entry["mask"]
+        split.test.append(TestImage(out / entry["image"], mask, entry["defect"]))
+    split.skipped += listing["skipped"]
+    if not split.train:
+        raise ValueError(f"target {spec.name!r}: no defect-free crop among the training images")
     return split
 
 

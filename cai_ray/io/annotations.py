@@ -50,6 +50,17 @@ def parse_yolo_polygons(text: str) -> list[tuple[int, np.ndarray]]:
     return polygons
 
 
+def yolo_label_names(data_yaml: object, where: str) -> list[str]:
+    """The label names of a YOLO export's parsed ``data.yaml``: its ``names`` list, or the
+    ``{index: name}`` mapping Ultralytics also writes."""
+    names = data_yaml.get("names") if isinstance(data_yaml, dict) else None
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if not isinstance(names, list):
+        raise DecodeError(f"{where} has no 'names' list")
+    return [str(name) for name in names]
+
+
 def yolo_to_pixels(polygon: np.ndarray, height: int, width: int) -> Polygon:
     """A normalised YOLO polygon in pixels (0 and 1 are the first and last pixel centres)."""
     return polygon * np.array([width - 1, height - 1], np.float64)
