@@ -75,6 +75,13 @@ def test_report_has_a_row_per_run_and_the_pictures(benchmark_run):
     assert rows[0]["best_pixel_ap"] != rows[2]["best_pixel_ap"]  # seeds differ
     table = (out / "results.md").read_text()
     assert "| cai-normal |" in table and "| cutpaste |" in table and "±" in table
+    # per defect type: a row per synthesizer, a column per defect folder of the demo target
+    by_defect = table.split("Per defect type")[1]
+    header = next(line for line in by_defect.splitlines() if line.startswith("| synthesizer"))
+    assert header.split(" | ")[1:-2] == ["blowhole", "break", "crack", "fray", "uneven"]
+    lines = [line for line in by_defect.splitlines() if line.startswith(("| cai", "| cut"))]
+    assert [len(line.split(" / ")) - 1 for line in lines] == [6, 6]
+    assert lines[0].endswith("| 0, 1 |")
     assert [r["synthesizer"] for r in summary["rows"]] == ["cai-normal", "cutpaste"]
     pictures = ["curves.png", "examples.png"] + [
         f"bars_{m}.png" for m in ("pixel_auroc", "pixel_ap", "pro", "image_auroc")
@@ -116,6 +123,13 @@ def test_reported_last_epoch_matches_an_independent_eval(benchmark_run, capsys):
     assert printed["epoch"] == result["last"]["epoch"] == config.detector.epochs
     for metric in ("pixel_auroc", "pixel_ap", "pro", "image_auroc"):
         assert printed[metric] == pytest.approx(result["last"][metric], abs=1e-6)
+    kept = json.loads((run / "by_defect.json").read_text())
+    assert (
+        kept["epoch"] == printed["epoch"] and kept["defects"].keys() == printed["by_defect"].keys()
+    )
+    for defect, metrics in printed["by_defect"].items():
+        for metric, value in metrics.items():
+            assert kept["defects"][defect][metric] == pytest.approx(value, abs=1e-6)
 
 
 def test_a_rerun_reuses_every_finished_run(benchmark_run):

@@ -84,6 +84,30 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def defect_table(results: list[dict]) -> str:
+    """Pixel AP / PRO per defect type at the last epoch, mean over the seeds scored so, one row
+    per synthesizer; "" when no run has them."""
+    scored = [r for r in results if r.get("by_defect")]
+    if not scored:
+        return ""
+    kinds = sorted({kind for r in scored for kind in r["by_defect"]["defects"]})
+    header = ["synthesizer", *kinds, "all", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in dict.fromkeys(r["name"] for r in scored):
+        runs = [r for r in scored if r["name"] == name]
+        cells = [name]
+        for kind in kinds:
+            per_run = [r["by_defect"]["defects"].get(kind) for r in runs]
+            values = [m for m in per_run if m is not None]
+            ap = 100 * np.mean([m["pixel_ap"] for m in values])
+            cells.append(f"{ap:.1f} / {100 * np.mean([m['pro'] for m in values]):.0f}")
+        ap = 100 * np.mean([r["last"]["pixel_ap"] for r in runs])
+        cells.append(f"{ap:.1f} / {100 * np.mean([r['last']['pro'] for r in runs]):.0f}")
+        cells.append(", ".join(str(r["seed"]) for r in runs))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _save(figure: Any, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -175,7 +199,13 @@ def write_report(
     storage.write_bytes_atomic(str(out / "results.csv"), buffer.getvalue().encode())
     table = markdown_table(rows)
     title = f"# Benchmark {config.name}: target {target['name']}, seeds {config.seeds}\n\n"
-    storage.write_bytes_atomic(str(out / "results.md"), (title + table).encode())
+    by_defect = defect_table(results)
+    if by_defect:
+        by_defect = (
+            "\nPer defect type, last epoch, pixel AP / PRO in percent (each type's test images "
+            "plus every normal one; mean over the seeds listed):\n\n" + by_defect
+        )
+    storage.write_bytes_atomic(str(out / "results.md"), (title + table + by_defect).encode())
     plt = _pyplot()
     _curves(plt, results, out / "curves.png")
     for metric in METRICS:
@@ -187,6 +217,6 @@ def write_report(
             maps[entry.name] = np.load(file)
     if len(examples[0]):
         _examples(plt, examples, maps, out / "examples.png")
-    summary = {"target": target, "rows": rows, "table": table}
+    summary = {"target": target, "rows": rows, "table": table, "by_defect_table": by_defect}
     storage.write_bytes_atomic(str(out / "summary.json"), json.dumps(summary, indent=1).encode())
     return summary

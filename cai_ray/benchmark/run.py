@@ -23,7 +23,11 @@ from pydantic import ValidationError
 from cai_ray.benchmark.config import BenchmarkConfig, SynthesizerEntry
 from cai_ray.benchmark.report import read_synth_images, write_report
 from cai_ray.config import SynthConfig
-from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint
+from cai_ray.detector.evaluate import (
+    evaluate_by_defect,
+    evaluate_network,
+    network_from_checkpoint,
+)
 from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
 from cai_ray.detector.train import DetectorConfig, checkpoint_url, read_checkpoint, train_detector
 from cai_ray.io import storage
@@ -183,6 +187,30 @@ def run_one(
     return result
 
 
+def _by_defect(
+    config: BenchmarkConfig, result: dict, test: tuple[np.ndarray, np.ndarray], defects: list[str]
+) -> dict | None:
+    """The metrics per defect type (each type's images plus every normal test image) of a
+    finished run's last checkpoint, computed once and kept beside its result; None when the
+    checkpoint is gone. Pixel metrics over the whole test set are dominated by the types with
+    the largest defects: this says which kinds a synthesizer teaches."""
+    run_dir = Path(config.out, "runs", f"{result['name']}-s{result['seed']}")
+    kept = run_dir / "by_defect.json"
+    if kept.is_file():
+        return dict(json.loads(kept.read_text()))
+    detector = _detector_config(config, "unused", run_dir, result["seed"])
+    if not Path(checkpoint_url(detector)).is_file():
+        return None
+    state = read_checkpoint(checkpoint_url(detector))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    images, masks = test
+    network = network_from_checkpoint(state, device)
+    _, maps = evaluate_network(network, images, masks, device=device)
+    by_defect = {"epoch": state["epoch"], "defects": evaluate_by_defect(maps, masks, defects)}
+    storage.write_bytes_atomic(str(kept), json.dumps(by_defect, indent=1).encode())
+    return by_defect
+
+
 def _finished(config: BenchmarkConfig, entry: SynthesizerEntry, seed: int) -> dict | None:
     result_file = Path(config.out, "runs", run_name(entry, seed), "result.json")
     return dict(json.loads(result_file.read_text())) if result_file.is_file() else None
@@ -231,7 +259,8 @@ def run_benchmark(
             if result is None:
                 missing.append(run_name(entry, seed))
             else:
-                results.append(result)
+                by_defect = _by_defect(config, result, (test_images, test_masks), defects)
+                results.append({**result, "by_defect": by_defect})
     if not results:
         raise ValueError(f"no finished run in {config.out} yet")
     fid = _fid_scores(config, test_images, test_masks) if config.fid and not missing else {}
