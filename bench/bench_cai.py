@@ -4,14 +4,21 @@ textures), PNG encoding and tar packing included (the injection actor's own code
 memory of that process. ``*_job_work_*`` adds reading and decoding the targets: all the work of
 the Ray job, done serially, the figure to compare the job's rate with.
 
-    python bench/bench_cai.py [--targets 64] [--baselines]
+    python bench/bench_cai.py [--targets 64] [--baselines] [--stages]
+
+--stages adds where a CAI-N sample's time goes, per stage of the data flow, from one profiled
+pass (cProfile's overhead included, so the shares, not the sums, are the figures to compare).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 from common import SHARED, TILES, peak_rss_mb, report, shared_daad
@@ -32,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--targets", type=int, default=64)
     parser.add_argument("--baselines", action="store_true", help="also time the baselines")
+    parser.add_argument("--stages", action="store_true", help="CAI-N's time per stage")
     args = parser.parse_args()
     daad = shared_daad()
     paths = sorted(TILES.glob("*.jpg"))[: args.targets]
@@ -72,12 +80,18 @@ def main() -> None:
             include_normal=False,
             out="unused: process_shard packs the shard, it does not commit it",
         )
+        inject = partial(
+            stage.process_shard,
+            0,
+            json.loads(prepared["targets"]),
+            prepared["images"],
+            prepared["foregrounds"],
+            [],
+        )
         timings = []
         for _ in range(3):
             start = time.perf_counter()
-            out = stage.process_shard(
-                0, json.loads(prepared["targets"]), prepared["images"], prepared["foregrounds"], []
-            )
+            out = inject()
             timings.append(time.perf_counter() - start)
         samples = json.loads(out["entry"])["samples"]
         rate = samples / float(np.median(timings))
@@ -86,8 +100,53 @@ def main() -> None:
         # the whole job's work for these targets in one process: read, decode, resize,
         # foreground, inject, encode, pack (what the Ray job spreads over its actors)
         figures[f"{name}_job_work_samples_per_s"] = samples / (float(np.median(timings)) + decode_s)
+        if args.stages and name == "cai_n":
+            stages = stage_times(partial(foreground.process_shard, targets), inject)
+            figures.update(
+                {f"stage_{k}_ms_per_sample": v * 1000 / samples for k, v in stages.items()}
+            )
     figures["peak_rss_mb"] = peak_rss_mb()
     report(figures)
+
+
+# Stage -> the functions whose cumulative time is that stage's (file name ending, function).
+INJECTION_STAGES = {
+    "poisson": [("poisson.py", "poisson_blend")],
+    "label": [("cai.py", "_label")],
+    "encode": [("codecs.py", "encode_png")],
+    "pack": [("tar.py", "build_tar")],
+}
+
+
+def _profiled(call) -> tuple[float, dict[tuple[str, str], float]]:
+    """The call's wall time under cProfile, and each function's cumulative seconds."""
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.runcall(call)
+    wall = time.perf_counter() - start
+    cumulative: dict[tuple[str, str], float] = {}
+    for (file, _, function), row in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
+        cumulative[(Path(file).name, function)] = (
+            cumulative.get((Path(file).name, function), 0) + row[3]
+        )
+    return wall, cumulative
+
+
+def stage_times(prepare, inject) -> dict[str, float]:
+    """Seconds per stage over one profiled pass of the foreground stage and one of injection:
+    ``decode`` reads and resizes the targets, ``foreground`` the rest of that stage;
+    ``stm_ils`` is the draws' remainder (pattern choice, scaling, placement, the blend's mask),
+    ``other`` the shard's (sample keys and JSON, copies)."""
+    wall, functions = _profiled(prepare)
+    stages = {"decode": functions.get(("codecs.py", "load_image"), 0.0)}
+    stages["foreground"] = wall - stages["decode"]
+    wall, functions = _profiled(inject)
+    for stage, pairs in INJECTION_STAGES.items():
+        stages[stage] = sum(functions.get(pair, 0.0) for pair in pairs)
+    draws = functions.get(("cai.py", "draw_by_quota"), 0.0)
+    stages["stm_ils"] = draws - stages["poisson"] - stages["label"]
+    stages["other"] = wall - draws - stages["encode"] - stages["pack"]
+    return stages
 
 
 if __name__ == "__main__":

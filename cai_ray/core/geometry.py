@@ -91,28 +91,23 @@ def fallback_scale(requested: Scale, pattern_classes: np.ndarray) -> Scale | Non
     return min(requested, best)
 
 
-def location_candidates(allowed: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Flat indices of top-left corners where a ``height x width`` box fits in the image and its
-    centre falls on an ``allowed`` pixel (the target foreground, or everywhere without ILS).
-
-    Returns an empty array when no such corner exists.
-    """
-    img_h, img_w = allowed.shape
-    if height > img_h or width > img_w or height < 1 or width < 1:
-        return np.empty(0, dtype=np.int64)
-    cy, cx = height // 2, width // 2
-    centres = allowed[cy : img_h - height + cy + 1, cx : img_w - width + cx + 1]
-    flat = np.flatnonzero(centres)
-    rows, cols = np.divmod(flat, centres.shape[1])
-    return rows * img_w + cols
-
-
 def choose_location(
     allowed: np.ndarray, height: int, width: int, rng: np.random.Generator
 ) -> tuple[int, int] | None:
-    """A random top-left corner from :func:`location_candidates`, or ``None`` if there is none."""
-    candidates = location_candidates(allowed, height, width)
-    if candidates.size == 0:
+    """A random top-left corner, uniform over those where a ``height x width`` box fits in the
+    image and its centre falls on an ``allowed`` pixel (the target foreground, or everywhere
+    without ILS): the k-th such corner in row-major order for ``k = rng.integers(count)``.
+    ``None`` when there is none. Where every centre is allowed, the k-th is found without
+    listing them all (listing was 5% of a CAI draw's time at 256x256)."""
+    img_h, img_w = allowed.shape
+    if height > img_h or width > img_w or height < 1 or width < 1:
         return None
-    y, x = divmod(int(candidates[rng.integers(candidates.size)]), allowed.shape[1])
+    cy, cx = height // 2, width // 2
+    centres = allowed[cy : img_h - height + cy + 1, cx : img_w - width + cx + 1]
+    count = int(np.count_nonzero(centres))
+    if count == 0:
+        return None
+    k = int(rng.integers(count))
+    flat = k if count == centres.size else int(np.flatnonzero(centres)[k])
+    y, x = divmod(flat, centres.shape[1])
     return y, x

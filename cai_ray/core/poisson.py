@@ -18,6 +18,7 @@ that operator, so two transforms give the exact discrete solution.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -40,10 +41,18 @@ def _edge_terms(
     return term * edges
 
 
+@functools.lru_cache(maxsize=1024)
+def _laplacian_eigenvalues_1d(length: int) -> np.ndarray:
+    values = 2.0 - 2.0 * np.cos(np.pi * np.arange(1, length + 1) / (length + 1))
+    values.flags.writeable = False
+    return values
+
+
 def _eigenvalues(height: int, width: int) -> np.ndarray:
-    """Eigenvalues of the negative 5-point Laplacian with zero Dirichlet boundary."""
-    ky = 2.0 - 2.0 * np.cos(np.pi * np.arange(1, height + 1) / (height + 1))
-    kx = 2.0 - 2.0 * np.cos(np.pi * np.arange(1, width + 1) / (width + 1))
+    """Eigenvalues of the negative 5-point Laplacian with zero Dirichlet boundary (the 1-D
+    factors are kept per length: the fast rectangle sides repeat)."""
+    ky = _laplacian_eigenvalues_1d(height)
+    kx = _laplacian_eigenvalues_1d(width)
     return (ky[:, None] + kx[None, :]).astype(np.float32)
 
 
@@ -82,18 +91,22 @@ def poisson_blend(
     src = source.astype(np.float32, copy=False)
     omega = mask.astype(bool, copy=False)
 
-    # The edge from p to its right (lower) neighbour takes the source guidance when p is in Omega.
-    horizontal = omega[:, :-1]
-    vertical = omega[:-1, :]
-    dh = _edge_terms(src, tgt, horizontal, axis=1, mode=mode)
-    dv = _edge_terms(src, tgt, vertical, axis=0, mode=mode)
-
-    # rhs_p = sum_q (v_pq - (t_p - t_q)); an edge's term enters p with - and q with +.
+    # The edge from p to its right (lower) neighbour takes the source guidance when p is in
+    # Omega; every other edge's term is zero, so they are formed on Omega's box (plus the
+    # neighbours to its right and below) only: the same values, a fraction of the work.
     rhs = np.zeros_like(tgt)
-    rhs[:, :-1] -= dh
-    rhs[:, 1:] += dh
-    rhs[:-1, :] -= dv
-    rhs[1:, :] += dv
+    rows = np.flatnonzero(omega.any(axis=1))
+    if rows.size:
+        cols = np.flatnonzero(omega.any(axis=0))
+        box = np.s_[rows[0] : rows[-1] + 2, cols[0] : cols[-1] + 2]
+        src_box, tgt_box, omega_box, rhs_box = src[box], tgt[box], omega[box], rhs[box]
+        dh = _edge_terms(src_box, tgt_box, omega_box[:, :-1], axis=1, mode=mode)
+        dv = _edge_terms(src_box, tgt_box, omega_box[:-1, :], axis=0, mode=mode)
+        # rhs_p = sum_q (v_pq - (t_p - t_q)); an edge's term enters p with - and q with +.
+        rhs_box[:, :-1] -= dh
+        rhs_box[:, 1:] += dh
+        rhs_box[:-1, :] -= dv
+        rhs_box[1:, :] += dv
     interior = rhs[1:-1, 1:-1]
 
     axes = (0, 1)

@@ -24,6 +24,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cai_ray.io import storage
@@ -213,11 +214,13 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_png(image: np.ndarray, *, level: int = 1) -> bytes:
+def encode_png(image: np.ndarray) -> bytes:
     """Lossless 8-bit PNG of an (M, N) grey or (M, N, 3) RGB uint8 image.
 
-    Written directly (PNG filter "Up" and zlib): about twice as fast as ``cv2.imencode`` at a
-    similar size on 256x256 textures, and encoding is the largest cost of a CAI sample.
+    Written directly (PNG filter "Up", then deflate by ISA-L at level 1): encoding is the
+    largest cost of a CAI sample. ISA-L's deflate is 3-4 times faster than zlib's level 1 at
+    a similar size (docs/BENCHMARKS.md, issue 24); the pixels are the same whichever deflate
+    wrote them, the file bytes are not (nor are zlib's across zlib builds).
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(
@@ -238,7 +241,7 @@ def encode_png(image: np.ndarray, *, level: int = 1) -> bytes:
         [
             b"\x89PNG\r\n\x1a\n",
             _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)),
+            _png_chunk(b"IDAT", isal_zlib.compress(filtered.tobytes(), 1)),
             _png_chunk(b"IEND", b""),
         ]
     )

@@ -13,23 +13,44 @@ from collections.abc import Iterable, Iterator
 Sample = tuple[str, dict[str, bytes]]
 
 
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar's default blocking factor, which tarfile pads the archive to
+
+
+def _member_header(name: str, size: int) -> bytes:
+    """The ustar header ``tarfile`` writes for a read-only regular file with mtime, owner and
+    group 0 and no user or group name, byte for byte (tests compare the two)."""
+    encoded = name.encode()
+    if len(encoded) > 100:
+        raise ValueError(f"member name {name!r} is longer than ustar's 100 bytes")
+    if size >= 8**11:
+        raise ValueError(f"member {name!r} of {size} bytes is over ustar's 8 GiB")
+    header = bytearray(_BLOCK)
+    header[0 : len(encoded)] = encoded
+    header[100:148] = b"0000444\x000000000\x000000000\x00%011o\x0000000000000\x00" % size
+    header[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    header[156:157] = b"0"
+    header[257:265] = b"ustar\x0000"
+    header[148:155] = b"%06o\x00" % sum(header)
+    return bytes(header)
+
+
 def build_tar(samples: Iterable[Sample]) -> bytes:
-    """The bytes of a tar holding ``samples`` in the given order, extensions sorted."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for key, files in samples:
-            if "." in key or "/" in key or not key:
-                raise ValueError(f"sample key {key!r} must be non-empty without '.' or '/'")
-            for ext in sorted(files):
-                data = files[ext]
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                info.mtime = 0
-                info.mode = 0o444
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    """The bytes of a tar holding ``samples`` in the given order, extensions sorted: the tar
+    ``tarfile`` writes (ustar, members read-only with mtime 0 and owner 0), without its
+    per-member Python overhead, which was a tenth of a CAI sample's time."""
+    parts: list[bytes] = []
+    for key, files in samples:
+        if "." in key or "/" in key or not key:
+            raise ValueError(f"sample key {key!r} must be non-empty without '.' or '/'")
+        for ext in sorted(files):
+            data = files[ext]
+            parts += [_member_header(f"{key}.{ext}", len(data)), data]
+            parts.append(bytes(-len(data) % _BLOCK))
+    parts.append(bytes(2 * _BLOCK))
+    written = sum(map(len, parts))
+    parts.append(bytes(-written % _RECORD))
+    return b"".join(parts)
 
 
 def sample_spans(data: bytes) -> list[tuple[str, int, int]]:

@@ -5,7 +5,6 @@ from cai_ray.core.geometry import (
     Scale,
     choose_location,
     fallback_scale,
-    location_candidates,
     mask_bbox,
     quota_schedule,
     scale_classes,
@@ -40,16 +39,30 @@ def test_mask_bbox():
     assert mask_bbox(mask) == (2, 7, 5, 8)
 
 
-def test_location_candidates_match_brute_force():
+def _corner_by_brute_force(allowed, height, width, rng):
+    """The reference: list every corner whose box fits with its centre allowed, draw one."""
+    img_h, img_w = allowed.shape
+    corners = [
+        (y, x)
+        for y in range(img_h - height + 1)
+        for x in range(img_w - width + 1)
+        if allowed[y + height // 2, x + width // 2]
+    ]
+    return corners[int(rng.integers(len(corners)))] if corners else None
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_choose_location_matches_brute_force(share):
+    """Same corner, same random draws as listing every candidate (the unoptimised code), for
+    a partial foreground, none, and a full one (the fast path)."""
     rng = np.random.default_rng(3)
-    allowed = rng.random((23, 31)) < 0.3
-    height, width = 7, 10
-    expected = set()
-    for y in range(23 - height + 1):
-        for x in range(31 - width + 1):
-            if allowed[y + height // 2, x + width // 2]:
-                expected.add(y * 31 + x)
-    assert set(location_candidates(allowed, height, width).tolist()) == expected
+    allowed = rng.random((23, 31)) < share
+    for height, width in [(7, 10), (1, 1), (23, 31), (12, 5)]:
+        fast, slow = np.random.default_rng(9), np.random.default_rng(9)
+        for _ in range(20):
+            assert choose_location(allowed, height, width, fast) == _corner_by_brute_force(
+                allowed, height, width, slow
+            )
 
 
 def test_choose_location_keeps_box_in_image_and_centre_on_foreground():

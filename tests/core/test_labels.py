@@ -1,7 +1,8 @@
+import cv2
 import numpy as np
 import pytest
 
-from cai_ray.core.labels import grey_difference, label_mask
+from cai_ray.core.labels import binary_median, grey_difference, label_mask
 
 
 def _pair():
@@ -56,3 +57,14 @@ def test_grey_difference_of_rgb_uses_luminance():
     assert grey_difference(result, target).max() == 59  # 0.587 * 100
     with pytest.raises(ValueError):
         grey_difference(result, target[:3])
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7, 9])
+def test_binary_median_is_cv2s_median_pixel_for_pixel(size):
+    """Issue 24: the box-count median of a {0, 255} mask equals cv2.medianBlur everywhere,
+    borders included, for sparse, dense and tiny masks."""
+    rng = np.random.default_rng(size)
+    for height, width, share in [(64, 80, 0.3), (1, 40, 0.5), (9, 2, 0.7), (33, 33, 0.05)]:
+        mask = np.where(rng.random((height, width)) < share, 255, 0).astype(np.uint8)
+        expected = mask if size == 1 else cv2.medianBlur(mask, size)
+        assert np.array_equal(binary_median(mask, size), expected)

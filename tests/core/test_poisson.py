@@ -7,8 +7,9 @@ import pytest
 import scipy.ndimage as ndimage
 import scipy.sparse as sparse
 import scipy.sparse.linalg as sparse_linalg
+from scipy import fft
 
-from cai_ray.core.poisson import fast_rect_length, poisson_blend
+from cai_ray.core.poisson import _edge_terms, fast_rect_length, poisson_blend
 from cai_ray.io.codecs import decode_image, decode_mask
 from tests.conftest import DEMO
 
@@ -137,3 +138,43 @@ def test_agrees_with_cv2_seamless_clone_on_real_images(tile_targets):
         )
         assert np.abs(result - expected).max() <= 1.0
         assert np.abs(expected - target).max() > 20  # the crack really was blended in
+
+
+def full_rectangle_blend(source, target, omega, mode):
+    """The solver as it was before issue 24: edge terms formed over the whole rectangle and
+    the eigenvalues computed afresh, to pin the optimised one to."""
+    tgt, src = target.astype(np.float32), source.astype(np.float32)
+    dh = _edge_terms(src, tgt, omega[:, :-1], axis=1, mode=mode)
+    dv = _edge_terms(src, tgt, omega[:-1, :], axis=0, mode=mode)
+    rhs = np.zeros_like(tgt)
+    rhs[:, :-1] -= dh
+    rhs[:, 1:] += dh
+    rhs[:-1, :] -= dv
+    rhs[1:, :] += dv
+    height, width = omega.shape[0] - 2, omega.shape[1] - 2
+    ky = 2.0 - 2.0 * np.cos(np.pi * np.arange(1, height + 1) / (height + 1))
+    kx = 2.0 - 2.0 * np.cos(np.pi * np.arange(1, width + 1) / (width + 1))
+    eig = (ky[:, None] + kx[None, :]).astype(np.float32)
+    spectrum = fft.dstn(rhs[1:-1, 1:-1], type=1, axes=(0, 1), norm="ortho")
+    spectrum /= eig[..., None] if spectrum.ndim == 3 else eig
+    result = tgt.copy()
+    result[1:-1, 1:-1] += fft.idstn(spectrum, type=1, axes=(0, 1), norm="ortho")
+    return result
+
+
+@pytest.mark.parametrize("mode", ["normal", "mixed"])
+@pytest.mark.parametrize("shape", [(30, 41), (64, 25, 3), (5, 5)])
+def test_edge_terms_on_omegas_box_give_the_same_floats(mode, shape):
+    """Issue 24: forming the right-hand side on Omega's box only is exact, bit for bit, for
+    small and large, grey and colour, empty and edge-touching Omegas."""
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        source = rng.integers(0, 256, shape, dtype=np.uint8)
+        target = rng.integers(0, 256, shape, dtype=np.uint8)
+        omega = np.zeros(shape[:2], bool)
+        if trial:  # trial 0: an empty Omega
+            y0, x0 = rng.integers(0, shape[0] - 1), rng.integers(0, shape[1] - 1)
+            y1, x1 = rng.integers(y0 + 1, shape[0] + 1), rng.integers(x0 + 1, shape[1] + 1)
+            omega[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.7
+        expected = full_rectangle_blend(source, target, omega, mode)
+        assert np.array_equal(poisson_blend(source, target, omega, mode), expected)

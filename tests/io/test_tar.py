@@ -1,3 +1,7 @@
+import io
+import tarfile
+
+import numpy as np
 import pytest
 import webdataset as wds
 
@@ -21,3 +25,37 @@ def test_round_trip_and_byte_identical_rebuilds(tmp_path):
 def test_keys_with_dots_or_slashes_are_refused(key):
     with pytest.raises(ValueError):
         build_tar([(key, {"json": b"{}"})])
+
+
+def _tarfile_reference(samples):
+    """What build_tar wrote before issue 24: the standard library's tarfile, member by member."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for key, files in samples:
+            for ext in sorted(files):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(files[ext]), 0, 0o444
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                archive.addfile(info, io.BytesIO(files[ext]))
+    return buffer.getvalue()
+
+
+def test_build_tar_writes_tarfiles_bytes():
+    """Issue 24: the hand-written ustar headers are tarfile's, byte for byte (sizes on and
+    off block boundaries, empty members, long keys, an empty shard)."""
+    rng = np.random.default_rng(0)
+    for count in [0, 1, 5, 40]:
+        samples = [
+            (
+                f"s{count}-{i:07d}-{i % 3:02d}" + "k" * int(rng.integers(0, 70)),
+                {
+                    ext: rng.bytes(int(rng.choice([0, 1, 511, 512, 513, int(rng.integers(2000))])))
+                    for ext in ["png", "mask.png", "json"][: int(rng.integers(1, 4))]
+                },
+            )
+            for i in range(count)
+        ]
+        assert build_tar(samples) == _tarfile_reference(samples)
+    with pytest.raises(ValueError, match="100 bytes"):
+        build_tar([("k" * 97, {"png": b""})])
