@@ -198,10 +198,10 @@ def _by_defect(
     kept = run_dir / "by_defect.json"
     if kept.is_file():
         return dict(json.loads(kept.read_text()))
-    detector = _detector_config(config, "unused", run_dir, result["seed"])
-    if not Path(checkpoint_url(detector)).is_file():
+    checkpoint = checkpoint_url(_detector_config(config, "unused", run_dir, result["seed"]))
+    if not Path(checkpoint).is_file():
         return None
-    state = read_checkpoint(checkpoint_url(detector))
+    state = read_checkpoint(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     images, masks = test
     network = network_from_checkpoint(state, device)

@@ -218,9 +218,9 @@ def encode_png(image: np.ndarray) -> bytes:
     """Lossless 8-bit PNG of an (M, N) grey or (M, N, 3) RGB uint8 image.
 
     Written directly (PNG filter "Up", then deflate by ISA-L at level 1): encoding is the
-    largest cost of a CAI sample. ISA-L's deflate is 3-4 times faster than zlib's level 1 at
-    a similar size (docs/BENCHMARKS.md, issue 24); the pixels are the same whichever deflate
-    wrote them, the file bytes are not (nor are zlib's across zlib builds).
+    largest cost of a CAI sample. ISA-L's deflate was 3-10 times faster than zlib's level 1,
+    files within 10% of its size (docs/BENCHMARKS.md, issue 24); the pixels are the same
+    whichever deflate wrote them, the file bytes are not (nor are zlib's across zlib builds).
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(

@@ -41,25 +41,17 @@ class TextureLibrary(Protocol):
     def __getitem__(self, index: int) -> np.ndarray: ...
 
 
-class DraemParams(SampleBudget):
+class PerlinParams(SampleBudget):
+    """The settings :func:`perlin_region` reads, shared by DRAEM and GLASS."""
+
     max_perlin_exponent: int = Field(6, ge=1, description="Lattice 2^[0, this) cells per axis.")
     threshold: float = Field(0.5, ge=-1, le=1)
     max_rotation: float = Field(90, ge=0, le=180)
+
+
+class DraemParams(PerlinParams):
     augmentations: int = Field(3, ge=0, le=10)
     max_beta: float = Field(0.8, ge=0, le=1)
-
-
-class PerlinParams(Protocol):
-    """The settings :func:`perlin_region` reads (DRAEM's and GLASS's)."""
-
-    @property
-    def max_perlin_exponent(self) -> int: ...
-
-    @property
-    def max_rotation(self) -> float: ...
-
-    @property
-    def threshold(self) -> float: ...
 
 
 def perlin_region(

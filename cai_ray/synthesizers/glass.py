@@ -31,6 +31,7 @@ from cai_ray.core.synthesis import Donor, Patched
 from cai_ray.io import storage
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
 from cai_ray.synthesizers.draem import (
+    PerlinParams,
     TextureFolder,
     TextureLibrary,
     draw_texture,
@@ -38,7 +39,6 @@ from cai_ray.synthesizers.draem import (
 )
 from cai_ray.synthesizers.patches import (
     PatchSynthesizer,
-    SampleBudget,
     augmented,
     autocontrast,
     blend_texture,
@@ -47,10 +47,7 @@ from cai_ray.synthesizers.patches import (
 )
 
 
-class GlassParams(SampleBudget):
-    max_perlin_exponent: int = Field(6, ge=1, description="Lattice 2^[0, this) cells per axis.")
-    threshold: float = Field(0.5, ge=-1, le=1)
-    max_rotation: float = Field(90, ge=0, le=180)
+class GlassParams(PerlinParams):
     augmentations: int = Field(3, ge=0, le=9)
     beta_mean: float = Field(0.5, ge=0, le=1)
     beta_std: float = Field(0.1, ge=0)
