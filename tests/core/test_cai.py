@@ -38,8 +38,8 @@ def check_balanced_quotas(injector: CAIInjector, tile_targets: list[np.ndarray])
 
 def test_label_masks_cover_what_changed_and_nothing_else(crack_patterns, tile_targets):
     target = tile_targets[1]
-    published = CAIInjector(crack_patterns)
-    tight = CAIInjector(crack_patterns, CAIParams(label_rule="pattern"))
+    published = CAIInjector(crack_patterns, CAIParams(label_rule="published"))
+    tight = CAIInjector(crack_patterns)  # the default rule
     areas = {"published": 0, "pattern": 0}
     for injector, rule in ((published, "published"), (tight, "pattern")):
         for result in _injections(injector.synthesize(target, FULL, seed=2, target_key="t")):

@@ -1,6 +1,7 @@
 """The contract every registered synthesizer keeps, tested once for all (as diffusers tests every
 scheduler with one mixin): samples are a pure function of (settings, seed, key, index); masks are
-uint8 {0, 255} of the image's size; the mask covers what visibly changed; grey and RGB targets;
+uint8 {0, 255} of the image's size; the mask covers what visibly changed, or, under a label rule
+that labels only the pattern, lies within it with the rest in the blend box; grey and RGB targets;
 samples that cannot be made are reported, not raised; provenance is JSON-ready."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.conftest import DEMO
 CASES: dict[str, tuple[str, dict, dict]] = {
     "cai-normal": ("cai", {}, {}),
     "cai-mixed": ("cai", {}, {"blend": "mixed"}),
+    "cai-published": ("cai", {}, {"label_rule": "published"}),
     "paste": ("cai", {}, {"blend": "paste"}),
     "cutpaste": ("cutpaste", {}, {}),
     "cutpaste-scar": ("cutpaste", {"variant": "scar"}, {}),
@@ -86,13 +88,23 @@ def test_samples_keep_the_contract(case, mode, request, demo_daad):
             assert anomaly.image.shape == tile.shape and anomaly.image.dtype == np.uint8
             assert anomaly.mask.shape == tile.shape[:2] and anomaly.mask.dtype == np.uint8
             assert set(np.unique(anomaly.mask)) <= {0, 255} and anomaly.mask.any()
-            # what visibly changed (grey difference > 7, speckle removed by a 7x7 median, as
-            # the published label rule does) lies on or within 3 px of the mask
+            provenance = anomaly.provenance
             difference = cv2.absdiff(to_mode(anomaly.image, "grey"), to_mode(tile, "grey"))
             changed = cv2.medianBlur(((difference > 7) * 255).astype(np.uint8), 7) > 0
-            near_mask = cv2.dilate(anomaly.mask, np.ones((7, 7), np.uint8)) > 0
-            assert (changed & ~near_mask).sum() <= 0.01 * max(changed.sum(), 100)
-            provenance = anomaly.provenance
+            if provenance.get("label_rule", "published") == "published":
+                # what visibly changed (grey difference > 7, speckle removed by a 7x7 median,
+                # as the published label rule does) lies on or within 3 px of the mask
+                near_mask = cv2.dilate(anomaly.mask, np.ones((7, 7), np.uint8)) > 0
+                assert (changed & ~near_mask).sum() <= 0.01 * max(changed.sum(), 100)
+            else:
+                # a rule that labels the pattern: every labelled pixel visibly changed, and the
+                # halo left unlabelled stays inside the blend box the sample records
+                assert not (anomaly.mask.astype(bool) & (difference <= 7)).any()
+                y0, x0, y1, x1 = provenance["blend_box"]
+                outside_box = np.ones_like(changed)
+                outside_box[y0:y1, x0:x1] = False
+                assert not (changed & outside_box).any()
+                assert provenance["label_rule"] in ("pattern", "connected")
             assert json.loads(json.dumps(provenance)) == provenance
             assert provenance["method"].startswith(case.split("-")[0])
 
