@@ -48,12 +48,15 @@ def _laplacian_eigenvalues_1d(length: int) -> np.ndarray:
     return values
 
 
+@functools.lru_cache(maxsize=256)
 def _eigenvalues(height: int, width: int) -> np.ndarray:
-    """Eigenvalues of the negative 5-point Laplacian with zero Dirichlet boundary (the 1-D
-    factors are kept per length: the fast rectangle sides repeat)."""
+    """Eigenvalues of the negative 5-point Laplacian with zero Dirichlet boundary, kept per
+    shape (callers use fast rectangle sides, so few shapes repeat; at most 256 x 256 KiB)."""
     ky = _laplacian_eigenvalues_1d(height)
     kx = _laplacian_eigenvalues_1d(width)
-    return (ky[:, None] + kx[None, :]).astype(np.float32)
+    values = (ky[:, None] + kx[None, :]).astype(np.float32)
+    values.flags.writeable = False
+    return values
 
 
 def poisson_blend(

@@ -9,7 +9,7 @@ import scipy.sparse as sparse
 import scipy.sparse.linalg as sparse_linalg
 from scipy import fft
 
-from cai_ray.core.poisson import _edge_terms, fast_rect_length, poisson_blend
+from cai_ray.core.poisson import _edge_terms, _eigenvalues, fast_rect_length, poisson_blend
 from cai_ray.io.codecs import decode_image, decode_mask
 from tests.conftest import DEMO
 
@@ -178,3 +178,17 @@ def test_edge_terms_on_omegas_box_give_the_same_floats(mode, shape):
             omega[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.7
         expected = full_rectangle_blend(source, target, omega, mode)
         assert np.array_equal(poisson_blend(source, target, omega, mode), expected)
+
+
+def test_cached_eigenvalues_are_the_laplacians_and_read_only():
+    """The per-shape cache hands out the same float32 array the formula gives, and callers
+    cannot change it for the next solve."""
+    for height, width in ((3, 5), (61, 97), (3, 5)):
+        ky = 2 - 2 * np.cos(np.pi * np.arange(1, height + 1) / (height + 1))
+        kx = 2 - 2 * np.cos(np.pi * np.arange(1, width + 1) / (width + 1))
+        cached = _eigenvalues(height, width)
+        assert cached.dtype == np.float32
+        assert np.array_equal(cached, (ky[:, None] + kx[None, :]).astype(np.float32))
+        with pytest.raises(ValueError):
+            cached[0, 0] = 1
+    assert _eigenvalues(61, 97) is _eigenvalues(61, 97)
