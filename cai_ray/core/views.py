@@ -11,6 +11,7 @@ traced back and a detector's maps stitched back into the full image.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -185,3 +186,23 @@ def placed_region(view: View, size: int) -> np.ndarray:
     py0, px0, py1, px1 = view.placed
     region[py0:py1, px0:px1] = True
     return region
+
+
+def stitch(maps: np.ndarray | Sequence[np.ndarray], views: Sequence[View]) -> np.ndarray:
+    """One map over the whole input image from its views' (size, size[, C]) maps: each view's
+    placed rectangle scaled back onto its box (bilinear), averaged where boxes overlap. Float32,
+    the input's shape (with the maps' channels); pixels no view covers are 0."""
+    if len(maps) != len(views) or not views:
+        raise ValueError(f"{len(maps)} maps for {len(views)} views")
+    total = np.zeros((*views[0].image_shape, *np.shape(maps[0])[2:]), np.float32)
+    count = np.zeros_like(total)
+    for score_map, view in zip(maps, views, strict=True):
+        y0, x0, y1, x1 = view.box
+        py0, px0, py1, px1 = view.placed
+        part = np.asarray(score_map[py0:py1, px0:px1], np.float32)
+        if part.shape[:2] != (y1 - y0, x1 - x0):
+            size = (x1 - x0, y1 - y0)
+            part = np.asarray(cv2.resize(part, size, interpolation=cv2.INTER_LINEAR), np.float32)
+        total[y0:y1, x0:x1] += part
+        count[y0:y1, x0:x1] += 1
+    return np.divide(total, count, out=total, where=count > 0)
