@@ -16,6 +16,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import cv2
@@ -59,6 +60,24 @@ def seed_key(target: dict) -> str:
     if view is None or view["mode"] in ("resize", "letterbox"):
         return str(target["key"])
     return f"{target['key']}#{view['index']}"
+
+
+def _outside_padding(
+    result: PseudoAnomaly | Failure, target: np.ndarray, placed: list[int]
+) -> PseudoAnomaly | Failure:
+    """A padded target's padding (letterbox, or a side shorter than a crop) as it was and
+    unlabelled, whatever a synthesizer did near its edge: only the image is a target. CAI never
+    touches it (the padding is not foreground); a baseline's patch may reach over it."""
+    y0, x0, y1, x1 = placed
+    if isinstance(result, Failure) or (y0, x0, y1, x1) == (0, 0, *target.shape[:2]):
+        return result
+    image, mask = target.copy(), np.zeros_like(result.mask)
+    image[y0:y1, x0:x1] = result.image[y0:y1, x0:x1]
+    mask[y0:y1, x0:x1] = result.mask[y0:y1, x0:x1]
+    if not mask.any():
+        return Failure("the anomaly lay on the padding only", result.attempts)
+    # every PseudoAnomaly is a frozen dataclass; the Protocol cannot say so to mypy
+    return replace(result, image=image, mask=mask)  # type: ignore[type-var]
 
 
 class ForegroundStage:
@@ -208,6 +227,7 @@ class InjectionStage:
             if "view" in target:
                 base["view"] = target["view"]
                 first = target["view"]["index"] * per_target
+                results = [_outside_padding(r, image, target["view"]["placed"]) for r in results]
             for k, result in enumerate(results):
                 key = sample_key(self.key_prefix, target["index"], first + k)
                 if isinstance(result, Failure):

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydantic import TypeAdapter
 
 from cai_ray.config import SynthConfig
 from cai_ray.core.views import Geometry, plan_views
@@ -17,6 +18,7 @@ from cai_ray.io.samples import decode_sample
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.synth import run_synth
 from cai_ray.pipeline.verify import verify_output
+from cai_ray.synthesizers.registry import SynthesizerConfig
 from tests.conftest import DEMO
 
 SIZE = 128
@@ -172,3 +174,21 @@ def test_ray_makes_the_same_tiles_as_the_local_executor(frames, demo_daad, tmp_p
     run_synth(on_ray, show_progress=False)
     for shard in sorted((tmp_path / "local").glob("shard-*.tar")):
         assert shard.read_bytes() == (tmp_path / "ray" / shard.name).read_bytes()
+
+
+def test_a_baseline_never_pastes_into_the_letterbox_padding(frames, demo_daad, tmp_path):
+    """CutPaste keeps only its patch's centre on the foreground; near the image's edge the patch
+    would reach over the black bars. The padding stays black and unlabelled all the same."""
+    config = _config(frames, demo_daad, tmp_path / "out", {"mode": "letterbox"})
+    config.synthesizer = TypeAdapter(SynthesizerConfig).validate_python(
+        {"method": "cutpaste", "anomalies_per_target": 12}
+    )
+    manifest = run_synth(config, show_progress=False)
+    assert verify_output(config.output.path).ok
+    frame = [s for s in _samples(tmp_path / "out").values() if s[2]["target"] == "frame.png"]
+    assert len(frame) + len(manifest["failed_samples"]) >= 12 + 1  # and the normal
+    for image, mask, meta in frame:
+        y0, x0, y1, x1 = meta["view"]["placed"]
+        padding = np.ones((SIZE, SIZE), bool)
+        padding[y0:y1, x0:x1] = False
+        assert not image[padding].any() and not mask[padding].any()
