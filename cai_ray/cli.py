@@ -177,19 +177,30 @@ def _detector_eval(args: argparse.Namespace) -> int:
         evaluate_network,
         network_from_checkpoint,
     )
-    from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
+    from cai_ray.detector.targets import (
+        load_target_spec,
+        load_target_split,
+        load_test_set,
+        scoring_geometry,
+        training_geometry,
+    )
     from cai_ray.detector.train import read_checkpoint
 
     state = read_checkpoint(args.checkpoint)
     trained = state["config"]
     split = load_target_split(load_target_spec(args.test), args.data_root)
-    images, masks, kept = load_test_set(split, trained["image_size"], trained["color"])
+    geometry = training_geometry(trained["data"])
+    test = load_test_set(split, trained["image_size"], trained["color"], geometry)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics, maps = evaluate_network(
-        network_from_checkpoint(state, device), images, masks, device=device
-    )
-    by_defect = evaluate_by_defect(maps, masks, [item.defect for item in kept])
-    report = {"epoch": state["epoch"], "test_images": len(kept), **metrics, "by_defect": by_defect}
+    metrics, maps = evaluate_network(network_from_checkpoint(state, device), test, device=device)
+    by_defect = evaluate_by_defect(maps, test.masks, [item.defect for item in test.items])
+    report = {
+        "epoch": state["epoch"],
+        "test_images": len(test.items),
+        "geometry": scoring_geometry(geometry).mode,
+        **metrics,
+        "by_defect": by_defect,
+    }
     print(json.dumps(report, indent=2))
     if split.skipped:
         print(f"  skipped {len(split.skipped)} test image(s): first {split.skipped[0]}")

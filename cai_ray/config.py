@@ -12,8 +12,9 @@ from pydantic import Field, model_validator
 
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod
+from cai_ray.core.views import Geometry
 from cai_ray.daad.settings import DaadConfig
-from cai_ray.io.codecs import ImageFormat
+from cai_ray.io.codecs import DEFAULT_MAX_PIXELS, ImageFormat
 from cai_ray.io.settings import Settings, read_yaml, validate_settings
 from cai_ray.io.storage import DEFAULT_REQUEST_ATTEMPTS, DEFAULT_TIMEOUT_S
 from cai_ray.synthesizers.registry import SynthesizerConfig, default_method
@@ -25,6 +26,16 @@ class InputsConfig(Settings):
         description="Normal images: folders (searched recursively), glob patterns, .txt lists.",
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N images (sorted).")
+    geometry: Geometry = Field(
+        default_factory=Geometry,
+        description="How each image becomes image_size x image_size targets: resize (squash), "
+        "letterbox (keep the aspect ratio, pad), crop or tile (at the image's own resolution).",
+    )
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="Images with more pixels are skipped, counted, with this limit named.",
+    )
 
 
 class ForegroundConfig(Settings):
@@ -98,7 +109,9 @@ class SynthConfig(Settings):
     }
     name: str = "cai"
     seed: int = Field(0, ge=0)
-    image_size: int = Field(256, ge=16, description="Targets are resized to size x size.")
+    image_size: int = Field(
+        256, ge=16, description="Targets are size x size (inputs.geometry says how they are cut)."
+    )
     color: Literal["auto", "grey", "rgb"] = Field(
         "auto", description="auto: grey if the first input image has grey content."
     )
@@ -121,6 +134,11 @@ class SynthConfig(Settings):
                 f"synthesizer {self.synthesizer.method!r} needs a 'daad' section (its source "
                 "patterns or masks)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _geometry_fits(self) -> SynthConfig:
+        self.inputs.geometry.check_size(self.image_size)
         return self
 
     @property

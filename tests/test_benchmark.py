@@ -225,14 +225,68 @@ def test_a_ready_made_output_is_checked_for_seed_and_leakage(benchmark_run, tmp_
     config, _ = benchmark_run
     made = str(Path(config.out, "synth", "cai-normal-s0"))
     inputs = Path(config.out, "train-normals.txt")
-    assert _check_given_output(made, 0, str(inputs))["complete"]
+    assert _check_given_output(config, made, 0, str(inputs))["complete"]
     with pytest.raises(ConfigError, match="seed 0, not 1"):
-        _check_given_output(made, 1, str(inputs))
+        _check_given_output(config, made, 1, str(inputs))
     fewer = tmp_path / "train.txt"
     fewer.write_text("\n".join(inputs.read_text().split()[1:]))
     with pytest.raises(ConfigError, match="not this benchmark's training normals"):
-        _check_given_output(made, 0, str(fewer))
+        _check_given_output(config, made, 0, str(fewer))
     with pytest.raises(ConfigError, match="no manifest"):
-        _check_given_output(str(tmp_path), 0, str(inputs))
+        _check_given_output(config, str(tmp_path), 0, str(inputs))
     with pytest.raises(ValueError, match="not both"):
         SynthesizerEntry(name="x", data=made, settings={"cai": {}})
+
+
+@pytest.mark.parametrize(
+    ("geometry", "scored_as"),
+    [
+        ({"mode": "tile", "overlap": 8}, "tile"),
+        ({"mode": "crop", "crops": 2}, "tile"),
+        ({"mode": "letterbox"}, "letterbox"),
+    ],
+)
+def test_a_benchmark_cut_by_a_geometry_scores_the_test_images_at_their_own_size(
+    geometry, scored_as, tmp_path, demo_daad, capsys
+):
+    """A geometry cuts the training normals for the synth job, and the real test images into
+    targets whose maps are stitched back; 'detector eval' finds the geometry in the training
+    data and gives the same numbers."""
+    raw = yaml.safe_load((ROOT / "configs/benchmark/demo.yaml").read_text())
+    raw |= {"out": str(tmp_path), "target": str(ROOT / raw["target"]), "data_root": str(DEMO)}
+    raw |= {
+        "seeds": [0],
+        "synthesizers": [{"name": "cutpaste", "settings": raw["synthesizers"][1]["settings"]}],
+        "geometry": geometry,
+        "examples": 2,
+    }
+    raw["synth"]["daad"] = {"path": demo_daad}
+    config = BenchmarkConfig.model_validate(raw)
+    summary = run_benchmark(config)
+    job = json.loads((tmp_path / "synth" / "cutpaste-s0" / "job.json").read_text())
+    assert job["config"]["inputs"]["geometry"]["mode"] == geometry["mode"]
+    manifest = json.loads((tmp_path / "synth" / "cutpaste-s0" / "manifest.json").read_text())
+    per_image = {"tile": 12, "crop": 2, "letterbox": 1}[geometry["mode"]]  # ~250x350 at 64
+    assert manifest["views"] >= per_image * manifest["targets"] == per_image * 9
+    result = json.loads((tmp_path / "runs" / "cutpaste-s0" / "result.json").read_text())
+    assert summary["rows"][0]["synthesizer"] == "cutpaste"
+    assert cv2.imread(str(tmp_path / "examples.png")) is not None
+    code = main(
+        [
+            "detector",
+            "eval",
+            "--checkpoint",
+            str(tmp_path / "runs" / "cutpaste-s0" / "last.pt"),
+            "--test",
+            config.target,
+            "--data-root",
+            config.data_root,
+        ]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.split("\n  skipped")[0])
+    assert printed["geometry"] == scored_as
+    for metric in ("pixel_auroc", "pixel_ap", "pro", "image_auroc"):
+        assert printed[metric] == pytest.approx(result["last"][metric], abs=1e-6)
+    with pytest.raises(ValueError, match="must equal detector.image_size"):
+        BenchmarkConfig.model_validate({**raw, "detector": {**raw["detector"], "image_size": 32}})

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from cai_ray.core.views import Geometry
 from cai_ray.io.settings import Settings, load_settings
 
 
@@ -61,9 +62,27 @@ class BenchmarkConfig(Settings):
         description="Synth settings shared by every synthesizer (no inputs, output or seed)."
     )
     synthesizers: list[SynthesizerEntry] = Field(min_length=1)
+    geometry: Geometry = Field(
+        default_factory=Geometry,
+        description="How the training normals are cut into targets (the synth job's "
+        "inputs.geometry) and the test images are scored: tiles and letterboxed images are "
+        "stitched back, so the metrics are taken at the test images' own size.",
+    )
     detector: DetectorSettings = DetectorSettings()
     fid: FidSettings | None = None
     examples: int = Field(6, ge=0, description="Test defects shown with their predictions.")
+
+    @model_validator(mode="after")
+    def _one_target_size(self) -> BenchmarkConfig:
+        synth_size = self.synth.get("image_size", 256)
+        if self.geometry.mode != "resize" and synth_size != self.detector.image_size:
+            raise ValueError(
+                f"geometry {self.geometry.mode!r} scores the targets the synth job cuts: "
+                f"synth.image_size ({synth_size}) must equal detector.image_size "
+                f"({self.detector.image_size})"
+            )
+        self.geometry.check_size(self.detector.image_size)
+        return self
 
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:

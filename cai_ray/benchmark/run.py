@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,13 @@ from cai_ray.detector.evaluate import (
     evaluate_network,
     network_from_checkpoint,
 )
-from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
+from cai_ray.detector.targets import (
+    TestSet,
+    load_target_spec,
+    load_target_split,
+    load_test_set,
+    training_geometry,
+)
 from cai_ray.detector.train import DetectorConfig, checkpoint_url, read_checkpoint, train_detector
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode
@@ -54,7 +61,7 @@ def synth_config(
     for reserved in ("inputs", "seed"):
         if reserved in raw:
             raise ConfigError(f"synthesizer {entry.name!r}: the benchmark sets {reserved!r}")
-    raw["inputs"] = {"paths": [inputs]}
+    raw["inputs"] = {"paths": [inputs], "geometry": asdict(config.geometry)}
     raw["seed"] = seed
     raw.setdefault("name", entry.name)
     raw["output"] = {**raw.get("output", {}), "path": synth_output(config, entry, seed)}
@@ -74,7 +81,7 @@ def synth_output(config: BenchmarkConfig, entry: SynthesizerEntry, seed: int) ->
     return str(Path(config.out, "synth", run_name(entry, seed)))
 
 
-def _check_given_output(out: str, seed: int, inputs: str) -> dict:
+def _check_given_output(config: BenchmarkConfig, out: str, seed: int, inputs: str) -> dict:
     """The manifest of a ready-made output, once it is known to be complete, made with this
     seed and only from the training normals (a test image among its inputs would leak)."""
     from cai_ray.io import layout
@@ -88,6 +95,11 @@ def _check_given_output(out: str, seed: int, inputs: str) -> dict:
     job = layout.read_json(storage.join(out, layout.JOB_FILE))
     if job["config"]["seed"] != seed:
         raise ConfigError(f"{out} was made with seed {job['config']['seed']}, not {seed}")
+    made_with = training_geometry([out])
+    if made_with != config.geometry:
+        raise ConfigError(
+            f"{out} was cut by geometry {made_with}, the benchmark by {config.geometry}"
+        )
     used = storage.read_bytes(storage.join(out, layout.INPUTS_FILE)).decode().split()
     allowed = {Path(p).name for p in Path(inputs).read_text().split()}
     strangers = sorted(Path(p).name for p in used if Path(p).name not in allowed)
@@ -106,7 +118,7 @@ def _detector_config(
     return DetectorConfig(data=[data], checkpoint_dir=str(run_dir), seed=seed, **settings)
 
 
-def _pick_examples(test_masks: np.ndarray, defects: list[str], count: int) -> list[int]:
+def _pick_examples(test_masks: list[np.ndarray], defects: list[str], count: int) -> list[int]:
     """Test defects to show: one per defect type in turn, the largest of each first."""
     by_defect: dict[str, list[int]] = {}
     for index, defect in enumerate(defects):
@@ -127,7 +139,7 @@ def run_one(
     entry: SynthesizerEntry,
     seed: int,
     inputs: str,
-    test: tuple[np.ndarray, np.ndarray],
+    test: TestSet,
     examples: list[int],
 ) -> dict:
     """Synthesise, train and score one (synthesizer, seed); resumable at every step."""
@@ -141,14 +153,13 @@ def run_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     data = synth_output(config, entry, seed)
     if entry.data is not None:
-        manifest = _check_given_output(data, seed, inputs)
+        manifest = _check_given_output(config, data, seed, inputs)
     else:
         log.info("%s: synthesising into %s", name, data)
         manifest = run_synth(synth_config(config, entry, seed, inputs), show_progress=False)
     epochs_file = run_dir / "epochs.json"
     scored: list[dict] = json.loads(epochs_file.read_text()) if epochs_file.is_file() else []
     best_maps_file = run_dir / "examples.npy"
-    test_images, test_masks = test
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def score(state: dict) -> None:
@@ -156,11 +167,12 @@ def run_one(
         if epoch % config.detector.eval_every and epoch != config.detector.epochs:
             return
         network = network_from_checkpoint(state, device)
-        metrics, maps = evaluate_network(network, test_images, test_masks, device=device)
+        metrics, maps = evaluate_network(network, test, device=device)
         nonlocal scored
         scored = [s for s in scored if s["epoch"] < epoch]
         if all(metrics["pixel_ap"] > s["pixel_ap"] for s in scored):
-            np.save(best_maps_file, maps[examples].astype(np.float16))
+            shown = test.thumbnails([maps[i] for i in examples], config.detector.image_size)
+            np.save(best_maps_file, shown.astype(np.float16))
         scored.append({"epoch": epoch, "loss": state["losses"][-1], **metrics})
         storage.write_bytes_atomic(str(epochs_file), json.dumps(scored, indent=1).encode())
         log.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in metrics.items()})
@@ -188,7 +200,7 @@ def run_one(
 
 
 def _by_defect(
-    config: BenchmarkConfig, result: dict, test: tuple[np.ndarray, np.ndarray], defects: list[str]
+    config: BenchmarkConfig, result: dict, test: TestSet, defects: list[str]
 ) -> dict | None:
     """The metrics per defect type (each type's images plus every normal test image) of a
     finished run's last checkpoint, computed once and kept beside its result; None when the
@@ -203,10 +215,9 @@ def _by_defect(
         return None
     state = read_checkpoint(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    images, masks = test
     network = network_from_checkpoint(state, device)
-    _, maps = evaluate_network(network, images, masks, device=device)
-    by_defect = {"epoch": state["epoch"], "defects": evaluate_by_defect(maps, masks, defects)}
+    _, maps = evaluate_network(network, test, device=device)
+    by_defect = {"epoch": state["epoch"], "defects": evaluate_by_defect(maps, test.masks, defects)}
     storage.write_bytes_atomic(str(kept), json.dumps(by_defect, indent=1).encode())
     return by_defect
 
@@ -238,20 +249,20 @@ def run_benchmark(
     inputs = out / "train-normals.txt"
     inputs.write_text("".join(f"{p.resolve()}\n" for p in train))
     mode: ColorMode = config.detector.color
-    test_images, test_masks, kept = load_test_set(split, config.detector.image_size, mode)
-    defects = [item.defect for item in kept]
-    examples = _pick_examples(test_masks, defects, config.examples)
+    test = load_test_set(split, config.detector.image_size, mode, config.geometry)
+    defects = [item.defect for item in test.items]
+    examples = _pick_examples(test.masks, defects, config.examples)
     log.info(
         "target %s: %d training normals, %d test images (%d skipped)",
         split.name,
         len(train),
-        len(kept),
+        len(test.items),
         len(split.skipped),
     )
     for seed in config.seeds:
         for entry in config.synthesizers:
             if (only is None or entry.name in only) and (seeds is None or seed in seeds):
-                run_one(config, entry, seed, str(inputs), (test_images, test_masks), examples)
+                run_one(config, entry, seed, str(inputs), test, examples)
     results, missing = [], []
     for seed in config.seeds:
         for entry in config.synthesizers:
@@ -259,16 +270,23 @@ def run_benchmark(
             if result is None:
                 missing.append(run_name(entry, seed))
             else:
-                by_defect = _by_defect(config, result, (test_images, test_masks), defects)
+                by_defect = _by_defect(config, result, test, defects)
                 results.append({**result, "by_defect": by_defect})
     if not results:
         raise ValueError(f"no finished run in {config.out} yet")
-    fid = _fid_scores(config, test_images, test_masks) if config.fid and not missing else {}
+    fid = _fid_scores(config, test) if config.fid and not missing else {}
+    size = config.detector.image_size
+    shown_images = test.thumbnails(test.stitch(test.targets, examples), size)
+    shown_masks = test.thumbnails([test.masks[i].astype(np.float32) for i in examples], size)
     summary = write_report(
         config,
         results,
         fid=fid,
-        examples=(test_images[examples], test_masks[examples], [defects[i] for i in examples]),
+        examples=(
+            np.rint(shown_images).astype(np.uint8),
+            shown_masks > 0.5,
+            [defects[i] for i in examples],
+        ),
         target={
             **split.counts(),
             "name": split.name,
@@ -279,15 +297,14 @@ def run_benchmark(
     return {**summary, "missing": missing}
 
 
-def _fid_scores(
-    config: BenchmarkConfig, test_images: np.ndarray, test_masks: np.ndarray
-) -> dict[str, float]:
-    """FID of each synthesizer's anomalies (first seed) against the real test defects."""
+def _fid_scores(config: BenchmarkConfig, test: TestSet) -> dict[str, float]:
+    """FID of each synthesizer's anomalies (first seed) against the real test defects (the
+    test targets that show some)."""
     from cai_ray.detector.fid import fid_of, load_inception
 
     assert config.fid is not None
     model = load_inception(config.fid.weights)
-    real = test_images[test_masks.reshape(len(test_masks), -1).any(axis=1)]
+    real = test.targets[test.target_masks.any(axis=(1, 2))]
     scores = {}
     for entry in config.synthesizers:
         fake = read_synth_images(

@@ -3,11 +3,14 @@ metrics of :mod:`cai_ray.detector.metrics`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from cai_ray.detector.metrics import evaluate
 from cai_ray.detector.model import DiscriminativeUNet, anomaly_map
+from cai_ray.detector.targets import TestSet
 
 
 def network_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> DiscriminativeUNet:
@@ -40,26 +43,25 @@ def predict_maps(
 
 
 def evaluate_network(
-    network: torch.nn.Module,
-    images: np.ndarray,
-    masks: np.ndarray,
-    *,
-    device: str | torch.device = "cpu",
-) -> tuple[dict[str, float], np.ndarray]:
-    """The benchmark's metrics on one test set, and the maps they were computed from."""
-    maps = predict_maps(network, images, device=device)
-    return evaluate(maps, masks), maps
+    network: torch.nn.Module, test: TestSet, *, device: str | torch.device = "cpu"
+) -> tuple[dict[str, float], list[np.ndarray]]:
+    """The benchmark's metrics on one test set, and the per-image maps they were computed from
+    (the targets' maps stitched back where the test images were cut into several)."""
+    maps = test.stitch(predict_maps(network, test.targets, device=device))
+    return evaluate(maps, test.masks), maps
 
 
 def evaluate_by_defect(
-    maps: np.ndarray, masks: np.ndarray, defects: list[str], normal: str = "good"
+    maps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    defects: list[str],
+    normal: str = "good",
 ) -> dict[str, dict[str, float]]:
     """The metrics per defect type, each on that type's images plus every normal test image:
     shows which kinds of real defect a synthesizer teaches (pixel metrics over the whole test
     set are dominated by the types with the largest defects)."""
-    kinds = np.array(defects)
-    normals = kinds == normal
-    return {
-        kind: evaluate(maps[normals | (kinds == kind)], masks[normals | (kinds == kind)])
-        for kind in sorted(set(defects) - {normal})
-    }
+    by_kind = {}
+    for kind in sorted(set(defects) - {normal}):
+        chosen = [i for i, defect in enumerate(defects) if defect in (kind, normal)]
+        by_kind[kind] = evaluate([maps[i] for i in chosen], [masks[i] for i in chosen])
+    return by_kind

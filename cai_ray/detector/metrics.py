@@ -9,13 +9,19 @@
   below 0.3 instead, which inflates the score; this one does not.
 * Image AUROC from the maximum of each map after Gaussian smoothing.
 
-All take numpy arrays and return floats; no framework involved.
+All take numpy arrays and return floats; no framework involved. A test set is an (N, H, W)
+array, or a sequence of N (H_i, W_i) arrays when its images differ in size (scored at their own
+resolution, e.g. stitched from tiles).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
+
+Maps = np.ndarray | Sequence[np.ndarray]
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -30,9 +36,16 @@ def _by_threshold(scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, 
     return cumulative[last_of_tie], sorted_scores[last_of_tie]
 
 
-def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel().astype(bool)
+def _flat(arrays: Maps, dtype: type) -> np.ndarray:
+    """Every value of an array, or of a sequence of arrays of any shapes, in one 1-D array."""
+    if isinstance(arrays, np.ndarray):
+        return arrays.astype(dtype, copy=False).ravel()
+    return np.concatenate([np.asarray(a, dtype=dtype).ravel() for a in arrays])
+
+
+def _check(scores: Maps, labels: Maps) -> tuple[np.ndarray, np.ndarray]:
+    scores = _flat(scores, np.float64)
+    labels = _flat(labels, bool)
     if scores.shape != labels.shape:
         raise ValueError(f"{scores.size} scores for {labels.size} labels")
     if not np.isfinite(scores).all():
@@ -42,7 +55,7 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return scores, labels
 
 
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+def auroc(scores: Maps, labels: Maps) -> float:
     """Area under the ROC curve (``sklearn.metrics.roc_auc_score``)."""
     scores, labels = _check(scores, labels)
     counts, _ = _by_threshold(scores, np.stack([labels, ~labels], axis=1).astype(np.int64))
@@ -51,7 +64,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+def average_precision(scores: Maps, labels: Maps) -> float:
     """Average precision (``sklearn.metrics.average_precision_score``)."""
     scores, labels = _check(scores, labels)
     counts, _ = _by_threshold(scores, np.stack([labels, ~labels], axis=1).astype(np.int64))
@@ -61,35 +74,38 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pro_curve(maps: Maps, masks: Maps) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, PRO) at every distinct score, from the highest threshold down, starting at (0, 0).
 
-    ``maps``: (N, H, W) anomaly scores; ``masks``: (N, H, W) ground truth, nonzero = anomalous.
-    Each pixel of a region of ``n`` pixels adds ``1 / (n * regions)`` to PRO once the threshold
-    falls to its score; each normal pixel adds ``1 / normal pixels`` to the FPR.
+    ``maps``: anomaly scores, (N, H, W) or N arrays of their images' shapes; ``masks``: the
+    ground truth in the same shapes, nonzero = anomalous. Each pixel of a region of ``n``
+    pixels adds ``1 / (n * regions)`` to PRO once the threshold falls to its score; each
+    normal pixel adds ``1 / normal pixels`` to the FPR.
     """
-    maps = np.asarray(maps, dtype=np.float64)
-    masks = np.asarray(masks).astype(bool)
-    if maps.shape != masks.shape or maps.ndim != 3:
-        raise ValueError(f"maps {maps.shape} and masks {masks.shape} must both be (N, H, W)")
-    regions = np.zeros(masks.shape, dtype=np.int64)
+    if len(maps) != len(masks):
+        raise ValueError(f"{len(maps)} maps for {len(masks)} masks")
+    regions = []
     total = 0
-    for index, mask in enumerate(masks):
-        labelled, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
-        regions[index] = np.where(labelled > 0, labelled + total, 0)
+    for score_map, mask in zip(maps, masks, strict=True):
+        if np.shape(score_map) != np.shape(mask) or np.ndim(mask) != 2:
+            raise ValueError(
+                f"a map {np.shape(score_map)} and its mask {np.shape(mask)} must be one (H, W)"
+            )
+        labelled, count = ndimage.label(np.asarray(mask, bool), structure=EIGHT_CONNECTED)
+        regions.append(np.where(labelled > 0, labelled + total, 0).ravel())
         total += count
-    normal = int((~masks).sum())
+    flat = np.concatenate(regions) if regions else np.zeros(0, np.int64)
+    normal = int((flat == 0).sum())
     if total == 0 or normal == 0:
         raise ValueError("PRO needs at least one anomalous region and some normal pixels")
-    flat = regions.ravel()
     sizes = np.bincount(flat, minlength=total + 1).astype(np.float64)
     pro_weight = np.where(flat > 0, 1.0 / (sizes[flat] * total), 0.0)
     fpr_weight = np.where(flat == 0, 1.0 / normal, 0.0)
-    counts, _ = _by_threshold(maps.ravel(), np.stack([fpr_weight, pro_weight], axis=1))
+    counts, _ = _by_threshold(_flat(maps, np.float64), np.stack([fpr_weight, pro_weight], axis=1))
     return np.r_[0.0, counts[:, 0]], np.r_[0.0, counts[:, 1]]
 
 
-def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
+def pro_score(maps: Maps, masks: Maps, max_fpr: float = 0.3) -> float:
     """Area under the PRO curve up to ``max_fpr``, divided by ``max_fpr`` (1.0 is perfect)."""
     if not 0 < max_fpr <= 1:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
@@ -105,19 +121,17 @@ def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> floa
     return float(np.trapezoid(ys, xs) / max_fpr)
 
 
-def image_scores(maps: np.ndarray, sigma: float = 4.0) -> np.ndarray:
+def image_scores(maps: Maps, sigma: float = 4.0) -> np.ndarray:
     """One score per image: the maximum of its map after Gaussian smoothing (``sigma`` pixels),
     so a single hot pixel does not decide."""
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (N, H, W), got {maps.shape}")
-    return np.array([ndimage.gaussian_filter(m, sigma).max() for m in maps])
+    if any(np.ndim(m) != 2 for m in maps):
+        raise ValueError("maps must be (N, H, W), or (H, W) arrays")
+    return np.array([ndimage.gaussian_filter(np.asarray(m, np.float64), sigma).max() for m in maps])
 
 
-def evaluate(maps: np.ndarray, masks: np.ndarray, *, sigma: float = 4.0) -> dict[str, float]:
+def evaluate(maps: Maps, masks: Maps, *, sigma: float = 4.0) -> dict[str, float]:
     """Every metric of the detector benchmark for one test set."""
-    masks = np.asarray(masks).astype(bool)
-    anomalous_images = np.asarray(masks.reshape(len(masks), -1).any(axis=1))
+    anomalous_images = np.array([np.asarray(m).any() for m in masks])
     return {
         "pixel_auroc": auroc(maps, masks),
         "pixel_ap": average_precision(maps, masks),

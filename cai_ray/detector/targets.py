@@ -9,6 +9,7 @@ another size is skipped and counted with the reason, like the DAAD builders do.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cai_ray.core.views import Geometry, View, plan_views, render_view, stitch
 from cai_ray.io import storage
 from cai_ray.io.annotations import (
     Shape,
@@ -34,6 +36,7 @@ from cai_ray.io.codecs import (
     resize,
     resize_mask,
 )
+from cai_ray.io.layout import JOB_FILE, read_json
 from cai_ray.io.settings import read_yaml, validate_settings
 
 
@@ -356,12 +359,72 @@ def _crops_split(spec: YoloCropsTarget, root: Path) -> TargetSplit:
     return split
 
 
+@dataclass(frozen=True)
+class TestSet:
+    """A target's test images as the detector scores them: each image cut into ``size x size``
+    targets by the geometry its training data was made with, every target stacked in
+    ``targets``, and each image's ground truth at the resolution its maps are stitched back to
+    (``size x size`` under ``resize``, as the paper scores; the image's own otherwise, so PRO
+    counts each real defect region at its true size)."""
+
+    targets: np.ndarray  # (V, size, size[, 3]) uint8, the views of image 0, then of image 1 ...
+    target_masks: np.ndarray  # (V, size, size) bool: the ground truth each target shows
+    views: list[list[View]]  # per image
+    masks: list[np.ndarray]  # per image, (H, W) bool
+    items: list[TestImage]
+
+    def _ranges(self) -> list[slice]:
+        ends = np.cumsum([len(views) for views in self.views])
+        return [slice(end - len(views), end) for end, views in zip(ends, self.views, strict=True)]
+
+    def stitch(self, target_maps: np.ndarray, images: Sequence[int] | None = None) -> list:
+        """Per image (all, or those listed), its targets' maps stitched into one map of its
+        mask's shape (float32); ``stitch(test.targets)`` gives the images back."""
+        ranges = self._ranges()
+        chosen = range(len(self.views)) if images is None else images
+        return [stitch(target_maps[ranges[i]], self.views[i]) for i in chosen]
+
+    @staticmethod
+    def thumbnails(arrays: Sequence[np.ndarray], size: int) -> np.ndarray:
+        """Per-image arrays (images, masks or maps) letterboxed into ``size x size`` squares
+        for pictures: whole and undistorted, whatever their shapes."""
+        boxed = Geometry(mode="letterbox")
+        shown = []
+        for array in arrays:
+            height, width = array.shape[:2]
+            (view,) = plan_views(height, width, size, boxed)
+            shown.append(render_view(np.asarray(array), view, size))
+        return np.stack(shown)
+
+
+def scoring_geometry(geometry: Geometry) -> Geometry:
+    """How test images are cut for a detector trained on data made with ``geometry``: whole
+    images resized or letterboxed as in training; crops become tiles (with the same overlap)
+    so that every pixel of a test image is scored."""
+    if geometry.mode == "crop":
+        return Geometry(mode="tile", overlap=geometry.overlap)
+    return geometry
+
+
+def training_geometry(data: list[str]) -> Geometry:
+    """The ``inputs.geometry`` the synthesis outputs in ``data`` were made with (``resize`` for
+    an output that predates it); outputs made differently cannot be scored as one."""
+    found = set()
+    for out in data:
+        job = read_json(storage.join(out, JOB_FILE))
+        found.add(Geometry(**job["config"]["inputs"].get("geometry", {})))
+    if len(found) > 1:
+        raise ValueError(f"the training data was cut by different geometries: {list(found)}")
+    return found.pop() if found else Geometry()
+
+
 def load_test_set(
-    split: TargetSplit, size: int, mode: ColorMode
-) -> tuple[np.ndarray, np.ndarray, list[TestImage]]:
-    """Decoded test images (N, size, size[, 3]) uint8 and masks (N, size, size) bool, with the
-    items kept; unusable ones are added to ``split.skipped`` with the reason."""
-    images, masks, kept = [], [], []
+    split: TargetSplit, size: int, mode: ColorMode, geometry: Geometry | None = None
+) -> TestSet:
+    """The test set of ``split`` (see :class:`TestSet`); unusable images are added to
+    ``split.skipped`` with the reason."""
+    geometry = scoring_geometry(geometry or Geometry())
+    targets, target_masks, views, masks, kept = [], [], [], [], []
     for item in split.test:
         try:
             image = decode_image(item.path.read_bytes(), mode)
@@ -380,14 +443,21 @@ def load_test_set(
         if item.mask is not None and not mask.any():
             split.skipped.append({"path": str(item.path), "reason": "mask is empty"})
             continue
-        resized = resize_mask(mask, size)
-        if item.mask is not None and not resized.any():
-            reason = f"defect smaller than a pixel at {size}x{size}"
-            split.skipped.append({"path": str(item.path), "reason": reason})
-            continue
-        images.append(resize(image, size))
-        masks.append(resized)
+        if geometry.mode == "resize":  # scored at size x size: one view, nothing to stitch
+            mask = resize_mask(mask, size)
+            if item.mask is not None and not mask.any():
+                reason = f"defect smaller than a pixel at {size}x{size}"
+                split.skipped.append({"path": str(item.path), "reason": reason})
+                continue
+            image = resize(image, size)
+        height, width = image.shape[:2]
+        image_views = plan_views(height, width, size, geometry)
+        for view in image_views:
+            targets.append(render_view(image, view, size))
+            target_masks.append(render_view(mask.astype(np.uint8) * 255, view, size) > 127)
+        views.append(image_views)
+        masks.append(mask)
         kept.append(item)
     if not kept:
         raise ValueError(f"target {split.name!r}: no usable test images")
-    return np.stack(images), np.stack(masks), kept
+    return TestSet(np.stack(targets), np.stack(target_masks), views, masks, kept)

@@ -20,6 +20,7 @@ import io
 import struct
 import warnings
 import zlib
+from dataclasses import replace
 from typing import Literal
 
 import cv2
@@ -27,6 +28,14 @@ import numpy as np
 from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cai_ray.core.views import (
+    Geometry,
+    View,
+    placed_region,
+    plan_views,
+    render_view,
+    resize,
+)
 from cai_ray.io import storage
 
 ColorMode = Literal["grey", "rgb"]
@@ -68,9 +77,15 @@ def _header(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _open(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def _open(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, at_least: tuple[int, int] | None = None
+) -> Image.Image:
     image = _header(data, max_pixels)
     try:
+        if at_least is not None:  # JPEG decodes at 1/2, 1/4 or 1/8 scale where that is enough
+            height, width = at_least
+            sideways = image.getexif().get(_ORIENTATION_TAG) in _SIDEWAYS
+            image.draft(None, (height, width) if sideways else (width, height))
         image.load()
         return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as exc:
@@ -114,11 +129,17 @@ def to_mode(image: np.ndarray, mode: ColorMode) -> np.ndarray:
 
 
 def decode_image(
-    data: bytes, mode: ColorMode | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    mode: ColorMode | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    at_least: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decode to (M, N) grey or (M, N, 3) RGB uint8 as a viewer shows it; ``mode=None`` keeps
-    what the file holds."""
-    array = _to_uint8_array(_open(data, max_pixels))
+    what the file holds. ``at_least`` (height, width): the decoder may return a smaller image
+    no smaller than this, where its format can decode at reduced scale (JPEG: 1/2, 1/4, 1/8),
+    so a huge photo that is about to be shrunk is never decoded at full size."""
+    array = _to_uint8_array(_open(data, max_pixels, at_least))
     return array if mode is None else to_mode(array, mode)
 
 
@@ -180,28 +201,48 @@ def decode_mat_mask(data: bytes, *, field_path: str, foreground_value: int) -> n
     return array == foreground_value
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to ``size x size``: area averaging when shrinking, bilinear when growing."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    shrink = image.shape[0] * image.shape[1] > size * size
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
-
-
 MIN_TARGET_SIDE = 16
 """A smaller target (a 1x1 placeholder, an icon) would be blown up to a blur: a skip."""
 
 
-def load_image(url: str, size: int, mode: ColorMode) -> np.ndarray:
-    """An image as a job sees it: read (local or s3://), decoded in ``mode``, resized to
-    ``size``. Raises ``OSError`` or :class:`DecodeError` (also for a side under
-    :data:`MIN_TARGET_SIDE` pixels)."""
-    image = decode_image(storage.read_bytes(url), mode)
-    height, width = image.shape[:2]
+def load_views(
+    url: str,
+    size: int,
+    mode: ColorMode,
+    geometry: Geometry,
+    *,
+    rng: np.random.Generator | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[tuple[View, np.ndarray, np.ndarray]]:
+    """The targets ``geometry`` makes of one image: (view, ``size x size`` target, bool region
+    of the target that shows the image). Views are in the input's own coordinates; an image
+    that will be shrunk (``resize``, ``letterbox``) is decoded at a reduced scale where the
+    format allows and at least twice the size it is shrunk to remains. Raises ``OSError`` or
+    :class:`DecodeError` (above ``max_pixels``, or a side under :data:`MIN_TARGET_SIDE`)."""
+    data = storage.read_bytes(url)
+    height, width = image_size(data, max_pixels=max_pixels)
     if min(height, width) < MIN_TARGET_SIDE:
         raise DecodeError(f"{width}x{height} is smaller than {MIN_TARGET_SIDE} pixels a side")
-    return resize(image, size)
+    views = plan_views(height, width, size, geometry, rng)
+    at_least = None
+    if geometry.one_view_per_image:
+        py0, px0, py1, px1 = views[0].placed
+        at_least = (2 * (py1 - py0), 2 * (px1 - px0))
+    image = decode_image(data, mode, max_pixels=max_pixels, at_least=at_least)
+    if image.shape[:2] != (height, width):  # decoded at reduced scale: the box is all of it
+        rendered = [replace(views[0], box=(0, 0, *image.shape[:2]))]
+    else:
+        rendered = views
+    return [
+        (view, render_view(image, shown, size), placed_region(view, size))
+        for view, shown in zip(views, rendered, strict=True)
+    ]
+
+
+def load_image(url: str, size: int, mode: ColorMode) -> np.ndarray:
+    """An image as a job sees it by default: read (local or s3://), decoded in ``mode``,
+    resized to ``size x size`` (:func:`load_views` with the ``resize`` geometry)."""
+    return load_views(url, size, mode, Geometry())[0][1]
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from cai_ray.config import SynthConfig
+from cai_ray.core.views import crop_rng
 from cai_ray.io import layout, storage
-from cai_ray.io.codecs import ColorMode, encode_png, load_image, to_mode
+from cai_ray.io.codecs import ColorMode, encode_png, load_views, to_mode
 from cai_ray.io.samples import decode_sample, read_meta
 from cai_ray.io.tar import iter_tar
 
@@ -78,15 +80,26 @@ def _caption(cell: np.ndarray, text: str) -> np.ndarray:
     return cell
 
 
-def write_preview(out: str, image_size: int, mode: ColorMode, count: int) -> None:
-    """``preview.png``: ``count`` pseudo-anomalies of different targets and classes, a row each
-    (normal | pseudo-anomaly, captioned with class and scale | mask overlay)."""
+def write_preview(out: str, config: SynthConfig, mode: ColorMode) -> None:
+    """``preview.png``: ``output.preview_samples`` pseudo-anomalies of different targets and
+    classes, a row each (normal | pseudo-anomaly, captioned with class and scale | mask
+    overlay)."""
     job = layout.read_json(storage.join(out, layout.JOB_FILE))
+    count, geometry = config.output.preview_samples, config.inputs.geometry
     rows: list[np.ndarray] = []
     for pick in pick_varied(_candidates(out, count, max_shards=max(4, count)), count):
         files = pick.files
         image, mask = decode_sample(files, mode)
-        normal = load_image(storage.join(job["inputs_root"], pick.target), image_size, mode)
+        rng = crop_rng(config.seed, pick.target) if geometry.mode == "crop" else None
+        views = load_views(
+            storage.join(job["inputs_root"], pick.target),
+            config.image_size,
+            mode,
+            geometry,
+            rng=rng,
+            max_pixels=config.inputs.max_pixels,
+        )
+        normal = views[pick.meta.get("view", {}).get("index", 0)][1]
         caption = f"{pick.anomaly_class} {pick.meta.get('scale') or ''}".strip()
         cells = [to_mode(normal, "rgb"), _caption(to_mode(image, "rgb").copy(), caption)]
         rows.append(np.concatenate([*cells, overlay(image, mask)], axis=1))

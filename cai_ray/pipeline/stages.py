@@ -16,6 +16,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import cv2
@@ -25,13 +26,15 @@ from cai_ray import __version__
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
 from cai_ray.core.synthesis import BatchSynthesizer, Failure, PseudoAnomaly
+from cai_ray.core.views import Geometry, crop_rng
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
 from cai_ray.io.codecs import (
+    DEFAULT_MAX_PIXELS,
     ColorMode,
     DecodeError,
     ImageFormat,
-    load_image,
+    load_views,
 )
 from cai_ray.io.layout import entry_name, sample_key, shard_name, write_json
 from cai_ray.io.samples import encode_sample
@@ -50,8 +53,36 @@ def _single_row(batch: Batch) -> dict[str, Any]:
     return {name: column[0] for name, column in batch.items()}
 
 
+def seed_key(target: dict) -> str:
+    """The key that seeds a target's samples: the input's key, with the view's index where
+    the geometry cuts several targets from one image."""
+    view = target.get("view")
+    if view is None or view["mode"] in ("resize", "letterbox"):
+        return str(target["key"])
+    return f"{target['key']}#{view['index']}"
+
+
+def _outside_padding(
+    result: PseudoAnomaly | Failure, target: np.ndarray, placed: list[int]
+) -> PseudoAnomaly | Failure:
+    """A padded target's padding (letterbox, or a side shorter than a crop) as it was and
+    unlabelled, whatever a synthesizer did near its edge: only the image is a target. CAI never
+    touches it (the padding is not foreground); a baseline's patch may reach over it."""
+    y0, x0, y1, x1 = placed
+    if isinstance(result, Failure) or (y0, x0, y1, x1) == (0, 0, *target.shape[:2]):
+        return result
+    image, mask = target.copy(), np.zeros_like(result.mask)
+    image[y0:y1, x0:x1] = result.image[y0:y1, x0:x1]
+    mask[y0:y1, x0:x1] = result.mask[y0:y1, x0:x1]
+    if not mask.any():
+        return Failure("the anomaly lay on the padding only", result.attempts)
+    # every PseudoAnomaly is a frozen dataclass; the Protocol cannot say so to mypy
+    return replace(result, image=image, mask=mask)  # type: ignore[type-var]
+
+
 class ForegroundStage:
-    """Reads a shard's normal images and extracts their foregrounds (model loaded once)."""
+    """Reads a shard's normal images, cuts them into targets (``geometry``) and extracts the
+    targets' foregrounds (model loaded once)."""
 
     def __init__(
         self,
@@ -61,37 +92,56 @@ class ForegroundStage:
         method: ForegroundMethod,
         model_path: str | None,
         min_fraction: float,
+        geometry: Geometry | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        seed: int = 0,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         storage.configure(**(storage_options or {}))
         self.image_size = image_size
         self.mode: ColorMode = mode
         self.min_fraction = min_fraction
+        self.geometry = geometry or Geometry()
+        self.max_pixels = max_pixels
+        self.seed = seed
         self.extract = make_foreground_extractor(method, model_path=model_path)
 
     def process_shard(self, targets: list[dict]) -> dict[str, Any]:
         kept: list[dict] = []
         images: list[np.ndarray] = []
         foregrounds: list[np.ndarray] = []
-        skipped: list[dict[str, str]] = []
+        skipped: list[dict[str, Any]] = []
+        geometry = self.geometry
         for target in targets:
+            rng = crop_rng(self.seed, target["key"]) if geometry.mode == "crop" else None
             try:
-                image = load_image(target["path"], self.image_size, self.mode)
+                views = load_views(
+                    target["path"],
+                    self.image_size,
+                    self.mode,
+                    geometry,
+                    rng=rng,
+                    max_pixels=self.max_pixels,
+                )
             except (OSError, DecodeError) as exc:
                 skipped.append({"path": target["path"], "reason": f"unreadable: {exc}"})
                 continue
-            try:
-                foreground = self.extract(image)
-            except cv2.error as exc:  # e.g. GrabCut on a flat image
-                skipped.append({"path": target["path"], "reason": f"foreground failed: {exc}"})
-                continue
-            if foreground.mean() < self.min_fraction or not foreground.any():
-                reason = f"foreground below {self.min_fraction:.0%} of the image"
-                skipped.append({"path": target["path"], "reason": reason})
-                continue
-            kept.append(target)
-            images.append(image)
-            foregrounds.append(foreground)
+            for view, image, region in views:
+                where = {} if geometry.one_view_per_image else {"view": view.index}
+                try:
+                    foreground = self.extract(image) & region
+                except cv2.error as exc:  # e.g. GrabCut on a flat image
+                    reason = f"foreground failed: {exc}"
+                    skipped.append({"path": target["path"], **where, "reason": reason})
+                    continue
+                if foreground.sum() < self.min_fraction * region.sum() or not foreground.any():
+                    reason = f"foreground below {self.min_fraction:.0%} of the image"
+                    skipped.append({"path": target["path"], **where, "reason": reason})
+                    continue
+                details = None if geometry.mode == "resize" else view.details(geometry.mode)
+                kept.append({**target, "view": details} if details else target)
+                images.append(image)
+                foregrounds.append(foreground)
         empty = np.empty(0, np.uint8)
         return {
             "targets": json.dumps(kept),
@@ -166,14 +216,20 @@ class InjectionStage:
         }
         self.context.damaged.clear()  # per shard: what this shard's draws met
         made = self._synthesize_all(targets, pixels, masks)
+        per_target = self.anomalies_per_target + int(self.include_normal)
         for target, image, results in zip(targets, pixels, made, strict=True):
             base = {
                 "target": target["key"],
                 "seed": self.seed,
                 "version": __version__,
             }
+            first = 0  # a view's samples follow the samples of the image's earlier views
+            if "view" in target:
+                base["view"] = target["view"]
+                first = target["view"]["index"] * per_target
+                results = [_outside_padding(r, image, target["view"]["placed"]) for r in results]
             for k, result in enumerate(results):
-                key = sample_key(self.key_prefix, target["index"], k)
+                key = sample_key(self.key_prefix, target["index"], first + k)
                 if isinstance(result, Failure):
                     failed.append({"key": key, "reason": result.reason})
                     continue
@@ -183,7 +239,7 @@ class InjectionStage:
                     **details,
                     "method": result.method,
                     "attempts": result.attempts,
-                    "sample_index": k,
+                    "sample_index": first + k,
                     "label": 1,
                 }
                 samples.append(self._encode(key, result.image, result.mask, meta))
@@ -193,7 +249,7 @@ class InjectionStage:
                         counts[name][details[name]] += 1
                 counts["label"]["1"] += 1
             if self.include_normal:
-                k = self.anomalies_per_target
+                k = first + self.anomalies_per_target
                 meta = {**base, "method": "none", "label": 0, "sample_index": k}
                 empty = np.zeros(image.shape[:2], np.uint8)
                 samples.append(
@@ -204,10 +260,12 @@ class InjectionStage:
                 counts["method"]["none"] += 1
                 counts["label"]["0"] += 1
         tar = build_tar(samples)
+        inputs = {t["index"] for t in targets}
         entry = {
             "shard": shard_name(index),
             "index": index,
-            "targets": len(targets) + len(skipped),
+            "targets": len(inputs) + sum(1 for skip in skipped if "view" not in skip),
+            "views": len(targets),
             "samples": len(samples),
             "bytes": len(tar),
             "sha256": hashlib.sha256(tar).hexdigest(),
@@ -225,14 +283,14 @@ class InjectionStage:
         (the CDM on a GPU), else target by target, each with the shard's other targets as
         donors (NSA's patch sources)."""
         if isinstance(self.synthesizer, BatchSynthesizer):
-            items = [(pixels[i], masks[i], t["key"]) for i, t in enumerate(targets)]
+            items = [(pixels[i], masks[i], seed_key(t)) for i, t in enumerate(targets)]
             return list(self.synthesizer.synthesize_many(items, seed=self.seed))
         return [
             self.synthesizer.synthesize(
                 pixels[i],
                 masks[i],
                 seed=self.seed,
-                target_key=target["key"],
+                target_key=seed_key(target),
                 donors=[(pixels[j], masks[j]) for j in range(len(targets)) if j != i],
             )
             for i, target in enumerate(targets)

@@ -311,6 +311,9 @@ def _stage_graph(
                 "method": config.foreground.method,
                 "model_path": config.foreground.model_path,
                 "min_fraction": config.foreground.min_fraction,
+                "geometry": config.inputs.geometry,
+                "max_pixels": config.inputs.max_pixels,
+                "seed": config.seed,
                 "storage_options": config.storage.model_dump(),
             },
         ),
@@ -406,6 +409,7 @@ def summarize(job: dict, entries: dict[int, dict]) -> dict:
         "version": __version__,
         "fingerprint": job["fingerprint"],
         "targets": job["targets"],
+        "views": sum(e.get("views", 0) for e in entries.values()),
         "shards": [entries[i]["shard"] for i in sorted(entries)],
         "complete": len(entries) == job["shards"],
         "samples": sum(e["samples"] for e in entries.values()),
@@ -473,5 +477,5 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool 
     layout.write_json(storage.join(out, layout.MANIFEST_FILE), manifest)
     preview_missing = not storage.exists(storage.join(out, layout.PREVIEW_FILE))
     if config.output.preview_samples and manifest["samples"] and (todo or preview_missing):
-        write_preview(out, config.image_size, plan.mode, config.output.preview_samples)
+        write_preview(out, config, plan.mode)
     return {**manifest, "shards_made": len(todo)}

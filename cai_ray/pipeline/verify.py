@@ -33,6 +33,11 @@ class VerifyReport:
         return not self.problems
 
 
+def _view_index(meta: dict) -> int:
+    """Which of its image's targets a sample was made from (0 where an image makes one)."""
+    return int(meta.get("view", {}).get("index", 0))
+
+
 def _check_sample(key: str, files: dict[str, bytes], problems: list[str]) -> dict | None:
     try:
         image = decode_image(files[image_member(files)])
@@ -81,6 +86,8 @@ def verify_output(out: str) -> VerifyReport:
 
     per_target, per_shard = job["samples_per_target"], job["targets_per_shard"]
     key_pattern = layout.sample_key_pattern(job["key_prefix"])
+    geometry = job["config"]["inputs"].get("geometry", {"mode": "resize"})
+    one_view = geometry["mode"] in ("resize", "letterbox")  # else several targets an image
     seen: set[str] = set()
     totals: dict[str, Counter[str]] = {}
     for index in sorted(entries):
@@ -100,11 +107,13 @@ def verify_output(out: str) -> VerifyReport:
                 seen.add(key)
                 if not match or not first <= int(match.group(1)) < last:
                     problems.append(f"{name}: key {key} does not belong to this shard")
-                elif int(match.group(2)) >= per_target:
+                elif one_view and int(match.group(2)) >= per_target:
                     problems.append(f"{name}: key {key} is past {per_target} samples per target")
                 meta = _check_sample(key, files, problems)
                 if meta is None:
                     continue
+                if match and _view_index(meta) != int(match.group(2)) // per_target:
+                    problems.append(f"{name}: key {key} does not belong to its view {meta['view']}")
                 for field_name in ("method", "anomaly_class", "scale"):
                     if field_name in meta:
                         counts.setdefault(field_name, Counter())[meta[field_name]] += 1
@@ -112,11 +121,13 @@ def verify_output(out: str) -> VerifyReport:
         except Exception as exc:  # tarfile raises several types for damaged archives
             problems.append(f"{name}: unreadable tar ({exc})")
             continue
-        expected = (last - first - len(entry["skipped_inputs"])) * per_target
+        views = entry.get("views", last - first - len(entry["skipped_inputs"]))
+        expected = views * per_target
         if count + len(entry["failed_samples"]) != expected:
             problems.append(
                 f"{name}: {count} samples + {len(entry['failed_samples'])} failed, expected "
-                f"{expected} ({last - first} targets, {len(entry['skipped_inputs'])} skipped)"
+                f"{expected} ({last - first} inputs, {views} targets made of them, "
+                f"{len(entry['skipped_inputs'])} skipped)"
             )
         if count != entry["samples"] or {k: dict(v) for k, v in counts.items()} != {
             k: v for k, v in entry["counts"].items() if v

@@ -166,3 +166,40 @@ def test_evaluate_and_bad_input():
         auroc(np.array([0.0, np.nan]), np.array([0, 1]))
     with pytest.raises(ValueError, match="anomalous region"):
         pro_score(np.ones((1, 4, 4)), np.zeros((1, 4, 4)))
+
+
+def test_images_of_different_sizes_are_scored_at_their_own_size():
+    """A test set of unequal images (stitched from tiles): pixel metrics are sklearn's over all
+    their pixels, PRO the per-threshold definition over all their regions, one image score per
+    image; an equal-sized set gives the same numbers as a list as one array does."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    shapes = [(24, 40), (31, 17), (24, 40)]
+    masks = [rng.random(shape) < 0.08 for shape in shapes]
+    masks[1][:] = False  # a normal image
+    maps = [np.round(rng.random(m.shape) + 0.5 * m, 2) for m in masks]
+    pixels = np.concatenate([m.ravel() for m in maps])
+    truth = np.concatenate([m.ravel() for m in masks])
+    assert auroc(maps, masks) == pytest.approx(roc_auc_score(truth, pixels))
+    assert average_precision(maps, masks) == pytest.approx(average_precision_score(truth, pixels))
+    # PRO by its definition: one row of all pixels, regions labelled image by image
+    regions = []
+    for i, mask in enumerate(masks):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [(i, labelled == r) for r in range(1, count + 1)]
+    points = [(0.0, 0.0)]
+    for t in np.unique(pixels)[::-1]:
+        fpr = ((pixels >= t) & ~truth).sum() / (~truth).sum()
+        points.append((fpr, np.mean([(maps[i][r] >= t).mean() for i, r in regions])))
+    xs, ys = np.array(points).T
+    inside = xs <= 0.3
+    end = np.searchsorted(xs, 0.3, side="right")
+    xs_cut = np.r_[xs[inside], 0.3]
+    ys_cut = np.r_[ys[inside], np.interp(0.3, xs[end - 1 : end + 1], ys[end - 1 : end + 1])]
+    assert pro_score(maps, masks) == pytest.approx(np.trapezoid(ys_cut, xs_cut) / 0.3)
+    assert evaluate(maps, masks)["image_auroc"] == auroc(image_scores(maps), [True, False, True])
+    same = [maps[0][:24, :17], maps[1][:24, :17]], [masks[0][:24, :17], masks[1][:24, :17]]
+    assert evaluate(*same) == evaluate(np.stack(same[0]), np.stack(same[1]))
+    with pytest.raises(ValueError, match="must be one"):
+        pro_curve([maps[0]], [masks[1]])

@@ -30,8 +30,10 @@ def test_magnetic_tile_split(shared_data):
     }
     held_out = {item.path for item in split.test if item.defect == "good"}
     assert not held_out & set(split.train) and len(held_out | set(split.train)) == 952
-    images, masks, kept = load_test_set(split, 64, "grey")
+    test = load_test_set(split, 64, "grey")
+    images, masks, kept = test.targets, np.stack(test.masks), test.items
     assert images.shape == (571, 64, 64) and masks.dtype == bool and len(kept) == 571
+    assert np.array_equal(test.target_masks, masks)  # resize: one target an image
     reasons = sorted(s["reason"] for s in split.skipped)
     # 7 defects vanish when their tile shrinks to 64x64; 4 MT_Uneven masks are empty
     assert reasons == ["defect smaller than a pixel at 64x64"] * 7 + ["mask is empty"] * 4
@@ -72,7 +74,8 @@ def test_mvtec_layout_with_bad_masks(tmp_path):
     split = load_target_split(MvtecTarget(layout="mvtec", name="bottle", root="bottle"), tmp_path)
     assert split.counts() == {"train": 3, "crack": 3, "good": 2}
     assert split.skipped[0]["reason"] == "no mask file 003_mask.png"
-    images, masks, kept = load_test_set(split, 32, "rgb")
+    test = load_test_set(split, 32, "rgb")
+    images, masks, kept = test.targets, np.stack(test.masks), test.items
     assert images.shape == (3, 32, 32, 3) and [k.defect for k in kept] == ["crack", "good", "good"]
     assert masks[0].sum() == 8 * 8 and not masks[1:].any()
     reasons = [s["reason"] for s in split.skipped]
@@ -203,7 +206,8 @@ def test_cotton_impurity_target(shared_data, tmp_path):
     train_frames = {p.name.split("_y")[0] for p in split.train}
     test_frames = {t.path.name.split("_y")[0] for t in split.test}
     assert train_frames and test_frames and not train_frames & test_frames
-    images, masks, kept = load_test_set(split, 96, "grey")
+    test = load_test_set(split, 96, "grey")
+    images, masks, kept = test.targets, np.stack(test.masks), test.items
     anomalous = np.array([item.mask is not None for item in kept])
     assert images.shape[1:] == (96, 96) and anomalous.sum() == 425
     assert masks[anomalous].reshape(anomalous.sum(), -1).any(axis=1).all()

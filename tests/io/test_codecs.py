@@ -99,3 +99,42 @@ def test_png_deflate_keeps_pixels_and_beats_zlib_level_1_on_real_images():
 def test_jpeg_encoding_is_close():
     grey = decode_image(TILE.read_bytes())
     assert np.abs(decode_image(encode_image(grey, "jpg")).astype(int) - grey).mean() < 3
+
+
+def test_a_large_jpeg_about_to_be_shrunk_decodes_at_reduced_scale(tmp_path):
+    """A 2400x1800 photo resized to 256 decodes at reduced scale, as far as twice the target
+    size remains; a PNG has no reduced decode and comes whole; the target is close to the one
+    decoding all of it and shrinking gives."""
+    from cai_ray.core.views import Geometry
+    from cai_ray.io.codecs import load_views
+
+    tile = cv2.imread(str(TILE), cv2.IMREAD_GRAYSCALE)
+    photo = cv2.resize(tile, (2400, 1800), interpolation=cv2.INTER_CUBIC)
+    data = encode_image(photo, "jpg")
+    assert decode_image(data).shape == (1800, 2400)
+    reduced = decode_image(data, at_least=(512, 512))
+    assert reduced.shape == (900, 1200)  # 1/4 would give 450 rows, under 512
+    assert decode_image(data, at_least=(200, 200)).shape == (225, 300)  # 1/8
+    assert decode_image(encode_png(photo), at_least=(200, 200)).shape == (1800, 2400)
+
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    ((view, target, region),) = load_views(str(path), 256, "grey", Geometry())
+    assert view.box == (0, 0, 1800, 2400) and view.image_shape == (1800, 2400)
+    assert target.shape == (256, 256) and region.all()
+    full = cv2.resize(decode_image(data), (256, 256), interpolation=cv2.INTER_AREA)
+    assert np.abs(target.astype(int) - full).mean() < 2.0
+    ((view, target, _),) = load_views(str(path), 256, "grey", Geometry(mode="letterbox"))
+    assert view.placed == (32, 0, 224, 256) and target.shape == (256, 256)
+
+
+def test_max_pixels_is_checked_before_decoding(tmp_path):
+    from cai_ray.core.views import Geometry
+    from cai_ray.io.codecs import load_views
+
+    path = tmp_path / "tile.jpg"
+    path.write_bytes(TILE.read_bytes())
+    height, width = decode_image(TILE.read_bytes()).shape
+    with pytest.raises(DecodeError, match=f"more than max_pixels \\({height * width - 1}\\)"):
+        load_views(str(path), 64, "grey", Geometry(mode="tile"), max_pixels=height * width - 1)
+    assert len(load_views(str(path), 64, "grey", Geometry(mode="tile"), max_pixels=height * width))

@@ -1,0 +1,59 @@
+"""The detector scored at the geometry its data was cut by: real magnetic-tile test images of
+varied, non-square sizes cut into tiles or letterboxed, the maps stitched back, the metrics
+taken on the ground truth at the images' own size."""
+
+import numpy as np
+import pytest
+import torch
+
+from cai_ray.core.views import Geometry
+from cai_ray.detector.evaluate import evaluate_network
+from cai_ray.detector.metrics import evaluate
+from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
+from tests.conftest import DEMO, REPO
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_target_split(load_target_spec(REPO / "configs/targets/demo.yaml"), DEMO)
+
+
+def test_tiles_give_back_every_test_image_and_mask_at_full_size(split):
+    test = load_test_set(split, 64, "grey", Geometry(mode="tile", overlap=8))
+    shapes = {mask.shape for mask in test.masks}
+    assert len(shapes) > 3 and all(h != w for h, w in shapes)  # real, varied, non-square
+    assert len(test.targets) == sum(len(v) for v in test.views) > 2 * len(test.masks)
+    images = test.stitch(test.targets)
+    for image, mask, views, item in zip(images, test.masks, test.views, test.items, strict=True):
+        assert image.shape == mask.shape and views[0].image_shape == mask.shape
+        assert (item.mask is None) == (not mask.any())
+    stitched_masks = test.stitch(test.target_masks.astype(np.float32))
+    assert all(np.array_equal(s > 0.5, m) for s, m in zip(stitched_masks, test.masks, strict=True))
+    # a detector that marks exactly the defects scores perfectly at full size
+    perfect = evaluate(stitched_masks, test.masks)
+    assert perfect["pixel_ap"] == 1.0 and perfect["pro"] == pytest.approx(1.0)
+
+
+def test_crops_are_scored_as_tiles_and_letterbox_as_one_padded_target(split):
+    crop = load_test_set(split, 64, "grey", Geometry(mode="crop", crops=2, overlap=8))
+    tile = load_test_set(split, 64, "grey", Geometry(mode="tile", overlap=8))
+    assert np.array_equal(crop.targets, tile.targets)
+    boxed = load_test_set(split, 64, "grey", Geometry(mode="letterbox"))
+    assert len(boxed.targets) == len(boxed.masks) == len(boxed.items)
+    for mask, views in zip(boxed.masks, boxed.views, strict=True):
+        (view,) = views
+        y0, x0, y1, x1 = view.placed
+        assert max(y1 - y0, x1 - x0) == 64
+        assert abs((x1 - x0) / (y1 - y0) - mask.shape[1] / mask.shape[0]) < 0.1
+    maps = boxed.stitch(boxed.target_masks.astype(np.float32))
+    assert evaluate(maps, boxed.masks)["pixel_auroc"] > 0.95  # through 64 px and back
+
+
+def test_a_network_is_scored_on_stitched_maps(split):
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1))
+    test = load_test_set(split, 64, "grey", Geometry(mode="tile"))
+    metrics, maps = evaluate_network(network, test)
+    assert [m.shape for m in maps] == [m.shape for m in test.masks]
+    assert metrics == evaluate(maps, test.masks)
+    assert set(metrics) == {"pixel_auroc", "pixel_ap", "pro", "image_auroc"}
