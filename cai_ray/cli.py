@@ -91,6 +91,8 @@ def _synth(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"{manifest['samples']} samples in {shards} shard(s) -> {out}")
+    if not config.inputs.geometry.one_view_per_image:  # crops or tiles
+        print(f"  {manifest['views']} targets cut from {manifest['targets']} input images")
     print(f"  counts: {json.dumps(manifest['counts'])}")
     print(
         f"  skipped inputs: {len(manifest['skipped_inputs'])}, "

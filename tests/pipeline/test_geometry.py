@@ -9,8 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 from pydantic import TypeAdapter
 
+from cai_ray.cli import main
 from cai_ray.config import SynthConfig
 from cai_ray.core.views import Geometry, plan_views
 from cai_ray.io.codecs import decode_image
@@ -192,3 +194,13 @@ def test_a_baseline_never_pastes_into_the_letterbox_padding(frames, demo_daad, t
         padding = np.ones((SIZE, SIZE), bool)
         padding[y0:y1, x0:x1] = False
         assert not image[padding].any() and not mask[padding].any()
+
+
+def test_the_cli_says_how_many_targets_the_images_were_cut_into(
+    frames, demo_daad, tmp_path, capsys
+):
+    config = _config(frames, demo_daad, tmp_path / "out", {"mode": "tile", "overlap": 16})
+    path = tmp_path / "tiles.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert main(["synth", "--config", str(path), "--no-progress"]) == 0
+    assert "60 targets cut from 2 input images" in capsys.readouterr().out
