@@ -21,6 +21,8 @@ import numpy as np
 from cai_ray.core.synthesis import sample_rng
 
 GeometryMode = Literal["resize", "letterbox", "crop", "tile"]
+WHOLE_IMAGE_MODES = ("resize", "letterbox")
+"""The modes that make one target of an image (the others make several, each its own key)."""
 Box = tuple[int, int, int, int]
 """(y0, x0, y1, x1), ends exclusive."""
 
@@ -35,7 +37,8 @@ class Geometry:
     ``crop``: ``crops`` windows of ``size x size`` at the image's own resolution, placed at
     random (drawn from the seed and the image's key) or one in the centre.
     ``tile``: windows of ``size x size`` at the image's own resolution covering all of it, each
-    two neighbours overlapping by at least ``overlap`` pixels; each window is a target.
+    two neighbours overlapping by at least ``overlap`` pixels; each window is a target. (A
+    detector trained on crops scores its test images by such tiles, with this ``overlap``.)
     In ``crop`` and ``tile`` a side shorter than ``size`` is taken whole and padded: an image is
     never enlarged.
     """
@@ -56,11 +59,11 @@ class Geometry:
 
     @property
     def one_view_per_image(self) -> bool:
-        return self.mode in ("resize", "letterbox")
+        return self.mode in WHOLE_IMAGE_MODES
 
     def check_size(self, size: int) -> None:
         """Raise ValueError where the settings cannot work at this target size."""
-        if self.mode == "tile" and self.overlap >= size:
+        if self.mode in ("crop", "tile") and self.overlap >= size:
             raise ValueError(f"tile overlap {self.overlap} must be smaller than the tile {size}")
 
 

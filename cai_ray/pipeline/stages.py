@@ -26,7 +26,7 @@ from cai_ray import __version__
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
 from cai_ray.core.synthesis import BatchSynthesizer, Failure, PseudoAnomaly
-from cai_ray.core.views import Geometry, crop_rng
+from cai_ray.core.views import WHOLE_IMAGE_MODES, Geometry, crop_rng
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
 from cai_ray.io.codecs import (
@@ -57,7 +57,7 @@ def seed_key(target: dict) -> str:
     """The key that seeds a target's samples: the input's key, with the view's index where
     the geometry cuts several targets from one image."""
     view = target.get("view")
-    if view is None or view["mode"] in ("resize", "letterbox"):
+    if view is None or view["mode"] in WHOLE_IMAGE_MODES:
         return str(target["key"])
     return f"{target['key']}#{view['index']}"
 

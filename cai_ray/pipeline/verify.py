@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cai_ray.core.views import WHOLE_IMAGE_MODES
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import DecodeError, decode_image
 from cai_ray.io.samples import MASK_MEMBER, SampleError, image_member, read_meta
@@ -87,7 +88,7 @@ def verify_output(out: str) -> VerifyReport:
     per_target, per_shard = job["samples_per_target"], job["targets_per_shard"]
     key_pattern = layout.sample_key_pattern(job["key_prefix"])
     geometry = job["config"]["inputs"].get("geometry", {"mode": "resize"})
-    one_view = geometry["mode"] in ("resize", "letterbox")  # else several targets an image
+    one_view = geometry["mode"] in WHOLE_IMAGE_MODES  # else several targets an image
     seen: set[str] = set()
     totals: dict[str, Counter[str]] = {}
     for index in sorted(entries):

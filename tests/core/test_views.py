@@ -112,5 +112,7 @@ def test_bad_geometry_settings_are_refused():
         Geometry(mode="crop", crops=3, position="centre")
     with pytest.raises(ValueError, match="smaller than the tile"):
         plan_views(500, 500, 64, Geometry(mode="tile", overlap=64))
+    with pytest.raises(ValueError, match="smaller than the tile"):  # crops are scored as tiles
+        Geometry(mode="crop", overlap=64).check_size(64)
     with pytest.raises(ValueError, match="random generator"):
         plan_views(500, 500, 64, Geometry(mode="crop"))
