@@ -88,13 +88,18 @@ class View:
         }
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to ``size x size``: area averaging when shrinking, bilinear when growing."""
-    if image.shape[0] == size and image.shape[1] == size:
+def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize to ``height x width``: area averaging when shrinking, bilinear when growing."""
+    if image.shape[:2] == (height, width):
         return image
-    shrink = image.shape[0] * image.shape[1] > size * size
+    shrink = image.shape[0] * image.shape[1] > height * width
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to ``size x size`` (:func:`_fit`'s interpolation)."""
+    return _fit(image, size, size)
 
 
 def window_starts(length: int, window: int, overlap: int) -> list[int]:
@@ -170,14 +175,9 @@ def render_view(image: np.ndarray, view: View, size: int) -> np.ndarray:
     rectangle, padding black around it."""
     y0, x0, y1, x1 = view.box
     py0, px0, py1, px1 = view.placed
-    part = image[y0:y1, x0:x1]
+    part = _fit(image[y0:y1, x0:x1], py1 - py0, px1 - px0)
     if (py0, px0, py1, px1) == (0, 0, size, size):
-        return resize(part, size)
-    height, width = py1 - py0, px1 - px0
-    if part.shape[:2] != (height, width):
-        shrink = part.shape[0] * part.shape[1] > height * width
-        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        part = cv2.resize(part, (width, height), interpolation=interp)
+        return part
     target = np.zeros((size, size, *image.shape[2:]), image.dtype)
     target[py0:py1, px0:px1] = part
     return target

@@ -31,6 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cai_ray.core.views import (
     Geometry,
     View,
+    crop_rng,
     placed_region,
     plan_views,
     render_view,
@@ -77,19 +78,35 @@ def _header(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _open(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, at_least: tuple[int, int] | None = None
-) -> Image.Image:
-    image = _header(data, max_pixels)
+def _sideways(image: Image.Image) -> bool:
+    """Whether the EXIF orientation swaps width and height (an unreadable tag: no)."""
+    try:
+        return image.getexif().get(_ORIENTATION_TAG) in _SIDEWAYS
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(height, width) as a viewer shows the lazily opened ``image``."""
+    width, height = image.size
+    return (width, height) if _sideways(image) else (height, width)
+
+
+def _load(image: Image.Image, at_least: tuple[int, int] | None = None) -> Image.Image:
+    """The pixels of a lazily opened image, upright; see :func:`decode_image` for
+    ``at_least``."""
     try:
         if at_least is not None:  # JPEG decodes at 1/2, 1/4 or 1/8 scale where that is enough
             height, width = at_least
-            sideways = image.getexif().get(_ORIENTATION_TAG) in _SIDEWAYS
-            image.draft(None, (height, width) if sideways else (width, height))
+            image.draft(None, (height, width) if _sideways(image) else (width, height))
         image.load()
         return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as exc:
         raise DecodeError(f"unreadable image ({exc})") from exc
+
+
+def _open(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    return _load(_header(data, max_pixels))
 
 
 def _to_uint8_array(image: Image.Image) -> np.ndarray:
@@ -139,7 +156,13 @@ def decode_image(
     what the file holds. ``at_least`` (height, width): the decoder may return a smaller image
     no smaller than this, where its format can decode at reduced scale (JPEG: 1/2, 1/4, 1/8),
     so a huge photo that is about to be shrunk is never decoded at full size."""
-    array = _to_uint8_array(_open(data, max_pixels, at_least))
+    return _decode(_header(data, max_pixels), mode, at_least)
+
+
+def _decode(
+    image: Image.Image, mode: ColorMode | None, at_least: tuple[int, int] | None = None
+) -> np.ndarray:
+    array = _to_uint8_array(_load(image, at_least))
     return array if mode is None else to_mode(array, mode)
 
 
@@ -168,13 +191,7 @@ def decode_class_mask(data: bytes) -> np.ndarray:
 def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(height, width) as a viewer shows the image (EXIF orientation applied), from its header
     only, without decoding its pixels."""
-    image = _header(data, max_pixels)
-    width, height = image.size
-    try:
-        orientation = image.getexif().get(_ORIENTATION_TAG)
-    except (OSError, SyntaxError, ValueError):
-        orientation = None
-    return (width, height) if orientation in _SIDEWAYS else (height, width)
+    return _oriented_size(_header(data, max_pixels))
 
 
 def decode_mat_mask(data: bytes, *, field_path: str, foreground_value: int) -> np.ndarray:
@@ -211,24 +228,27 @@ def load_views(
     mode: ColorMode,
     geometry: Geometry,
     *,
-    rng: np.random.Generator | None = None,
+    seed: int = 0,
+    key: str = "",
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[tuple[View, np.ndarray, np.ndarray]]:
     """The targets ``geometry`` makes of one image: (view, ``size x size`` target, bool region
-    of the target that shows the image). Views are in the input's own coordinates; an image
-    that will be shrunk (``resize``, ``letterbox``) is decoded at a reduced scale where the
-    format allows and at least twice the size it is shrunk to remains. Raises ``OSError`` or
-    :class:`DecodeError` (above ``max_pixels``, or a side under :data:`MIN_TARGET_SIDE`)."""
-    data = storage.read_bytes(url)
-    height, width = image_size(data, max_pixels=max_pixels)
+    of the target that shows the image). Views are in the input's own coordinates; random
+    crops are placed from (``seed``, ``key``), the image's key. An image that will be shrunk
+    (``resize``, ``letterbox``) is decoded at a reduced scale where the format allows and at
+    least twice the size it is shrunk to remains. Raises ``OSError`` or :class:`DecodeError`
+    (above ``max_pixels``, or a side under :data:`MIN_TARGET_SIDE`)."""
+    header = _header(storage.read_bytes(url), max_pixels)  # opened once: size, then pixels
+    height, width = _oriented_size(header)
     if min(height, width) < MIN_TARGET_SIDE:
         raise DecodeError(f"{width}x{height} is smaller than {MIN_TARGET_SIDE} pixels a side")
+    rng = crop_rng(seed, key) if geometry.mode == "crop" else None
     views = plan_views(height, width, size, geometry, rng)
     at_least = None
     if geometry.one_view_per_image:
         py0, px0, py1, px1 = views[0].placed
         at_least = (2 * (py1 - py0), 2 * (px1 - px0))
-    image = decode_image(data, mode, max_pixels=max_pixels, at_least=at_least)
+    image = _decode(header, mode, at_least)
     if image.shape[:2] != (height, width):  # decoded at reduced scale: the box is all of it
         rendered = [replace(views[0], box=(0, 0, *image.shape[:2]))]
     else:

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 
 from cai_ray.config import SynthConfig
-from cai_ray.core.views import crop_rng
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import ColorMode, encode_png, load_views, to_mode
 from cai_ray.io.samples import decode_sample, read_meta
@@ -90,13 +89,13 @@ def write_preview(out: str, config: SynthConfig, mode: ColorMode) -> None:
     for pick in pick_varied(_candidates(out, count, max_shards=max(4, count)), count):
         files = pick.files
         image, mask = decode_sample(files, mode)
-        rng = crop_rng(config.seed, pick.target) if geometry.mode == "crop" else None
         views = load_views(
             storage.join(job["inputs_root"], pick.target),
             config.image_size,
             mode,
             geometry,
-            rng=rng,
+            seed=config.seed,
+            key=pick.target,
             max_pixels=config.inputs.max_pixels,
         )
         normal = views[pick.meta.get("view", {}).get("index", 0)][1]

@@ -26,7 +26,7 @@ from cai_ray import __version__
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
 from cai_ray.core.synthesis import BatchSynthesizer, Failure, PseudoAnomaly
-from cai_ray.core.views import WHOLE_IMAGE_MODES, Geometry, crop_rng
+from cai_ray.core.views import WHOLE_IMAGE_MODES, Geometry
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
 from cai_ray.io.codecs import (
@@ -113,14 +113,14 @@ class ForegroundStage:
         skipped: list[dict[str, Any]] = []
         geometry = self.geometry
         for target in targets:
-            rng = crop_rng(self.seed, target["key"]) if geometry.mode == "crop" else None
             try:
                 views = load_views(
                     target["path"],
                     self.image_size,
                     self.mode,
                     geometry,
-                    rng=rng,
+                    seed=self.seed,
+                    key=target["key"],
                     max_pixels=self.max_pixels,
                 )
             except (OSError, DecodeError) as exc:
