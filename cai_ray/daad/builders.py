@@ -34,7 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cai_ray.core.duplicates import FINGERPRINT_BYTES
 from cai_ray.core.geometry import mask_bbox
 from cai_ray.daad.classes import AnomalyClass
-from cai_ray.daad.records import DaadRecord, make_record, safe_key_part
+from cai_ray.daad.records import (
+    PATTERN_IMAGE,
+    PATTERN_MASK,
+    DaadRecord,
+    make_record,
+    safe_key_part,
+)
 from cai_ray.io import storage
 from cai_ray.io.annotations import (
     Shape,
@@ -53,22 +59,24 @@ from cai_ray.io.codecs import (
     image_size,
 )
 from cai_ray.io.settings import ConfigError, load_settings, read_yaml
-from cai_ray.io.tar import build_tar, sample_spans
+from cai_ray.io.tar import build_tar, member_spans, sample_spans
 
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "daad.json"
 RECORDS_NAME = "records.parquet"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """2: a records table with each record's byte range, for lazy reads; 3: with each record's
-source path, image size and near-duplicate fingerprint (read by ``daad stats``)."""
+source path, image size and near-duplicate fingerprint (read by ``daad stats``); 4: records may
+keep their pattern crop, whose byte range the table gives (``pattern_start``, ``pattern_end``;
+-1 where a record has none). Sampling reads 2 and newer."""
 
 
 def _records_table(rows: list[dict]) -> bytes:
     """One row per record: what sampling needs without opening a shard (class, domain, mask
-    box), where the record lies (shard number, byte range) and what finds duplicates (source
-    path, image size, fingerprint). Sampling reads about 40 bytes a record of it, so an actor
-    can index millions of records."""
+    box), where the record and its pattern crop lie (shard number, byte ranges) and what finds
+    duplicates (source path, image size, fingerprint). Sampling reads about 60 bytes a record
+    of it, so an actor can index millions of records."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -79,6 +87,8 @@ def _records_table(rows: list[dict]) -> bytes:
         "shard": pa.array([r["shard"] for r in rows], pa.int32()),
         "start": pa.array([r["start"] for r in rows], pa.int64()),
         "end": pa.array([r["end"] for r in rows], pa.int64()),
+        "pattern_start": pa.array([r["pattern"][0] for r in rows], pa.int64()),
+        "pattern_end": pa.array([r["pattern"][1] for r in rows], pa.int64()),
     }
     for axis, name in enumerate(("y0", "x0", "y1", "x1")):
         columns[name] = pa.array([r["bbox"][axis] for r in rows], pa.int32())
@@ -576,6 +586,19 @@ def iter_candidates(spec: DaadSpec, data_root: Path, report: BuildReport) -> Ite
             yield from _mvtec_candidates(source, data_root, report)
 
 
+def _pattern_spans(shard: bytes) -> dict[str, tuple[int, int]]:
+    """Record key -> the byte range of its two pattern members (adjacent: their names sort
+    together), for records that keep a pattern crop."""
+    spans: dict[str, tuple[int, int]] = {}
+    members = member_spans(shard)
+    for (first, start, _), (second, _, end) in zip(members, members[1:], strict=False):
+        key, _, ext = first.partition(".")
+        if ext == PATTERN_MASK:
+            assert second == f"{key}.{PATTERN_IMAGE}", f"{first} is not followed by its image"
+            spans[key] = (start, end)
+    return spans
+
+
 def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
     """Build DAAD shards under ``out`` and return the index (which embeds the build report)."""
     root = Path(data_root)
@@ -590,6 +613,7 @@ def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
     def flush() -> None:
         name = f"daad-{len(shards):06d}.tar"
         data = build_tar(record.to_sample() for record in pending)
+        patterns = _pattern_spans(data)
         for record, (key, start, end) in zip(pending, sample_spans(data), strict=True):
             assert key == record.label.record_id
             rows.append(
@@ -600,6 +624,7 @@ def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
                     "shard": len(shards),
                     "start": start,
                     "end": end,
+                    "pattern": patterns.get(key, (-1, -1)),
                     "bbox": record.label.bbox,
                     "path": record.label.path,
                     "height": record.label.height,

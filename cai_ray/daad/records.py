@@ -2,6 +2,8 @@
 
 A record keeps the source image's original bytes (no re-encoding loss), a binary mask PNG and a
 JSON label: class, domain, source dataset and path, license tag and the mask's bounding box.
+Where it pays, it also keeps its pattern's crop (``crop.png``, ``crop.mask.png``), so that
+injection decodes the crop instead of the whole source image.
 """
 
 from __future__ import annotations
@@ -13,13 +15,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cai_ray.core.cai import SourcePattern
 from cai_ray.core.duplicates import fingerprint
 from cai_ray.core.geometry import mask_bbox
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.io.codecs import decode_image, decode_mask, encode_image
 
+PATTERN_IMAGE = "crop.png"
+PATTERN_MASK = "crop.mask.png"
+PATTERN_CROP_MAX_SHARE = 0.4
+"""A record keeps its pattern crop (mask box plus context, lossless PNG) when the crop has at
+most this share of the source image's pixels. A PNG crop decodes at about 2.5 times a JPEG's
+time per pixel (docs/BENCHMARKS.md, issue 24): a larger crop would not pay for its bytes."""
+
 MAX_KEY_LENGTH = 80
-"""Tar member names (key + "." + member) must fit ustar's 100 characters."""
+"""Tar member names (key, a region suffix ``-r<n>``, ".", a member name of at most 13
+characters: ``crop.mask.png``) must fit ustar's 100 characters."""
 
 
 def safe_key_part(text: str) -> str:
@@ -56,6 +67,16 @@ class DaadRecord:
     """The image's near-duplicate fingerprint (:mod:`cai_ray.core.duplicates`), for the
     records table; not stored in the shard."""
 
+    def pattern(self) -> SourcePattern:
+        """The source pattern as injection uses it, in the image's own colours."""
+        return SourcePattern.from_full_image(
+            decode_image(self.image_bytes),
+            self.mask,
+            anomaly_class=str(self.label.anomaly_class),
+            domain=self.label.domain,
+            record_id=self.label.record_id,
+        )
+
     def to_sample(self) -> tuple[str, dict[str, bytes]]:
         label = asdict(self.label)
         label["anomaly_class"] = str(self.label.anomaly_class)
@@ -64,6 +85,10 @@ class DaadRecord:
             "mask.png": encode_image(self.mask.astype(np.uint8) * 255, "png"),
             "json": json.dumps(label, sort_keys=True).encode(),
         }
+        pattern = self.pattern()
+        if pattern.mask.size <= PATTERN_CROP_MAX_SHARE * self.mask.size:
+            files[PATTERN_IMAGE] = encode_image(pattern.image, "png")
+            files[PATTERN_MASK] = encode_image(pattern.mask.astype(np.uint8) * 255, "png")
         return self.label.record_id, files
 
 

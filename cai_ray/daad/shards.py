@@ -16,10 +16,10 @@ import pyarrow as pa
 from cai_ray.core.cai import SourcePattern, UnreadablePattern
 from cai_ray.daad.builders import FORMAT_VERSION, INDEX_NAME, RECORDS_NAME, DaadSpec, build_daad
 from cai_ray.daad.classes import AnomalyClass
-from cai_ray.daad.records import RecordLabel, parse_sample
+from cai_ray.daad.records import PATTERN_IMAGE, PATTERN_MASK, RecordLabel, parse_sample
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
-from cai_ray.io.codecs import ColorMode, DecodeError, decode_image
+from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, decode_own_png
 from cai_ray.io.tar import iter_tar
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ def iter_records(daad: str) -> Iterator[tuple[RecordLabel, bytes, np.ndarray]]:
 
 
 SAMPLING_COLUMNS = ["anomaly_class", "domain", "shard", "start", "end", "y0", "x0", "y1", "x1"]
+PATTERN_COLUMNS = ["pattern_start", "pattern_end"]
+"""Sampling columns from format 4 on; an older DAAD's patterns are cut from whole records."""
 
 
 def content_digest(daad: str) -> str:
@@ -91,9 +93,10 @@ def read_records_table(
 class PatternBank:
     """The DAAD's usable source patterns, indexed up front and read lazily.
 
-    Only the records table is held for every record (about 40 bytes each); a pattern's pixels
-    are fetched with one ranged read the first time it is drawn and kept in an LRU cache of at
-    most ``cache_bytes`` decoded bytes. So a DAAD far larger than an actor's memory works: every
+    Only the records table is held for every record (about 60 bytes each); a pattern's pixels
+    are fetched with one ranged read the first time it is drawn (its crop where the record keeps
+    one, else the whole record) and kept in an LRU cache of at most ``cache_bytes`` decoded
+    bytes. So a DAAD far larger than an actor's memory works: every
     actor samples across all shards, and the cache bounds its memory. The cost is a read per
     cache miss (local disk: well under a millisecond; S3: a GET, tens of milliseconds).
 
@@ -115,7 +118,9 @@ class PatternBank:
         import pyarrow.compute as pc
 
         index = read_index(daad)
-        table = read_records_table(daad, index, columns=SAMPLING_COLUMNS)
+        crops = index.get("format_version", 1) >= 4
+        wanted = SAMPLING_COLUMNS + (PATTERN_COLUMNS if crops else [])
+        table = read_records_table(daad, index, columns=wanted)
         keep = pc.invert(pc.is_in(table["domain"], pa.array(list(exclude_domains), pa.string())))
         if include_classes:
             wanted = pa.array([str(c) for c in include_classes], pa.string())
@@ -137,9 +142,13 @@ class PatternBank:
         self._shard = table["shard"].to_numpy()
         self._start = table["start"].to_numpy()
         self._end = table["end"].to_numpy()
+        no_crops = np.full(table.num_rows, -1, np.int64)
+        self._pattern_start = table["pattern_start"].to_numpy() if crops else no_crops
+        self._pattern_end = table["pattern_end"].to_numpy() if crops else no_crops
         columns = [table[name].to_numpy() for name in ("y0", "x0", "y1", "x1")]
         self.longest_sides = np.maximum(columns[2] - columns[0], columns[3] - columns[1])
         self.classes = np.asarray(table["anomaly_class"].to_pylist())
+        self.domains = np.asarray(table["domain"].to_pylist())
         self.damaged = damaged if damaged is not None else {}
         """Damaged records met (``<shard>#<byte offset>`` -> why), for the job's report."""
         self._cache: OrderedDict[int, SourcePattern] = OrderedDict()
@@ -169,22 +178,34 @@ class PatternBank:
         return pattern
 
     def _read(self, index: int) -> SourcePattern:
+        """The pattern from its crop, where the record keeps one (a small PNG that OpenCV
+        decodes), else from the record's whole source image and mask: the same pixels."""
         url = self._shard_urls[int(self._shard[index])]
-        data = storage.read_range(url, int(self._start[index]), int(self._end[index]))
+        crop = self._pattern_start[index] >= 0
+        start, end = (
+            (self._pattern_start[index], self._pattern_end[index])
+            if crop
+            else (self._start[index], self._end[index])
+        )
+        data = storage.read_range(url, int(start), int(end))
         self.reads += 1
         samples = list(iter_tar(data))
         if len(samples) != 1:
             raise ValueError(f"{url}: the records table points at {len(samples)} records, not 1")
-        label, image_bytes, mask = parse_sample(*samples[0])
+        key, files = samples[0]
+        if crop:
+            image = decode_own_png(files[PATTERN_IMAGE], self.mode)
+            mask = decode_own_png(files[PATTERN_MASK]) > 0
+            anomaly_class, domain = str(self.classes[index]), str(self.domains[index])
+        else:
+            label, image_bytes, mask = parse_sample(key, files)
+            image = decode_image(image_bytes, self.mode)
+            anomaly_class, domain = str(label.anomaly_class), label.domain
         pattern = SourcePattern.from_full_image(
-            decode_image(image_bytes, self.mode),
-            mask,
-            anomaly_class=str(label.anomaly_class),
-            domain=label.domain,
-            record_id=label.record_id,
+            image, mask, anomaly_class=anomaly_class, domain=domain, record_id=key
         )
         if pattern.longest_side != self.longest_sides[index]:
-            raise ValueError(f"{url}: record {label.record_id} does not match the records table")
+            raise ValueError(f"{url}: record {key} does not match the records table")
         return pattern
 
 

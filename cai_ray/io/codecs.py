@@ -166,6 +166,23 @@ def _decode(
     return array if mode is None else to_mode(array, mode)
 
 
+def decode_own_png(data: bytes, mode: ColorMode | None = None) -> np.ndarray:
+    """A PNG that :func:`encode_png` wrote (8-bit grey or RGB, no metadata), by OpenCV's
+    decoder: :func:`decode_image`'s pixels at about twice its speed, without the handling that
+    files from elsewhere need (EXIF, 16-bit, palettes)."""
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # an empty buffer
+        array = None
+    if array is None or array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise DecodeError("damaged PNG (not an 8-bit grey or RGB one that cai-ray wrote)")
+    if array.ndim == 3:
+        if array.shape[2] != 3:
+            raise DecodeError(f"a PNG that cai-ray wrote has 1 or 3 channels, not {array.shape[2]}")
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    return array if mode is None else to_mode(array, mode)
+
+
 def decode_mask(data: bytes) -> np.ndarray:
     """Decode a mask image to (M, N) bool: a pixel is set when any channel is >= 128, or, for
     a mask stored as 0 and 1 (a common export), when it is 1.

@@ -53,19 +53,30 @@ def build_tar(samples: Iterable[Sample]) -> bytes:
     return b"".join(parts)
 
 
-def sample_spans(data: bytes) -> list[tuple[str, int, int]]:
-    """``(key, start, end)`` of each sample's members (headers included) in a tar: the byte range
-    ``data[start:end]`` is itself a tar that :func:`iter_tar` reads, so one sample can be fetched
-    with one ranged read."""
-    spans: list[tuple[str, int, int]] = []
+def member_spans(data: bytes) -> list[tuple[str, int, int]]:
+    """``(name, start, end)`` of each member of a tar, header and padding included: a run of
+    consecutive members ``data[start:end]`` is itself a tar that :func:`iter_tar` reads, so
+    they can be fetched with one ranged read."""
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-        for member in archive:
-            key = member.name.partition(".")[0]
-            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-            if spans and spans[-1][0] == key:
-                spans[-1] = (key, spans[-1][1], end)
-            else:
-                spans.append((key, member.offset, end))
+        return [
+            (
+                member.name,
+                member.offset,
+                member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE,
+            )
+            for member in archive
+        ]
+
+
+def sample_spans(data: bytes) -> list[tuple[str, int, int]]:
+    """``(key, start, end)`` of each sample's members in a tar (see :func:`member_spans`)."""
+    spans: list[tuple[str, int, int]] = []
+    for name, start, end in member_spans(data):
+        key = name.partition(".")[0]
+        if spans and spans[-1][0] == key:
+            spans[-1] = (key, spans[-1][1], end)
+        else:
+            spans.append((key, start, end))
     return spans
 
 

@@ -1,20 +1,24 @@
 """Lazy DAAD reads: the pattern bank against a full scan, its memory bound, its errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
-from cai_ray.core.cai import CAIInjector, CAIParams, Injection, SourcePattern
+from cai_ray.core.cai import CAIInjector, CAIParams, Injection, SourcePattern, UnreadablePattern
 from cai_ray.daad.shards import PatternBank, iter_records
 from cai_ray.io.codecs import decode_image
+from cai_ray.io.tar import member_spans
 
 
-def _full_scan(daad: str) -> list[SourcePattern]:
+def _full_scan(daad: str, mode="grey") -> list[SourcePattern]:
+    """The reference: every record's pattern cut from its whole source image."""
     return [
         SourcePattern.from_full_image(
-            decode_image(image, "grey"),
+            decode_image(image, mode),
             mask,
             anomaly_class=str(label.anomaly_class),
             domain=label.domain,
@@ -24,16 +28,28 @@ def _full_scan(daad: str) -> list[SourcePattern]:
     ]
 
 
-def test_lazy_reads_give_the_full_scans_patterns_within_the_cache_bound(demo_daad):
-    expected = _full_scan(demo_daad)
+def _crops_kept(daad: str) -> int:
+    return sum(
+        start >= 0
+        for start in pq.read_table(Path(daad, "records.parquet"))["pattern_start"].to_pylist()
+    )
+
+
+@pytest.mark.parametrize("mode", ["grey", "rgb"])
+def test_lazy_reads_give_the_full_scans_patterns_within_the_cache_bound(demo_daad, mode):
+    """Records that keep their crop (most) and records that do not give the full scan's
+    pixels, in either colour mode."""
+    assert 0 < _crops_kept(demo_daad) < len(list(iter_records(demo_daad)))
+    expected = _full_scan(demo_daad, mode)
     one_pattern = max(p.image.nbytes + p.mask.nbytes for p in expected)
-    bank = PatternBank(demo_daad, mode="grey", cache_bytes=2 * one_pattern)
+    bank = PatternBank(demo_daad, mode=mode, cache_bytes=2 * one_pattern)
     assert len(bank) == len(expected)
     np.testing.assert_array_equal(bank.longest_sides, [p.longest_side for p in expected])
     for _ in range(2):  # the second pass re-reads what the small cache evicted
         for i, pattern in enumerate(expected):
             got = bank[i]
             assert got.record_id == pattern.record_id and got.box == pattern.box
+            assert (got.anomaly_class, got.domain) == (pattern.anomaly_class, pattern.domain)
             np.testing.assert_array_equal(got.image, pattern.image)
             np.testing.assert_array_equal(got.mask, pattern.mask)
             assert bank.cached_bytes <= 2 * one_pattern
@@ -71,6 +87,21 @@ def test_an_injector_over_a_list_and_over_the_bank_agree(demo_daad, tile_targets
         np.testing.assert_array_equal(a.image, b.image)
 
 
+def test_a_format_3_daad_without_crops_gives_the_same_patterns(demo_daad, tmp_path):
+    """A DAAD built before records kept crops is still read, from whole records."""
+    old = tmp_path / "v3"
+    shutil.copytree(demo_daad, old)
+    index = json.loads((old / "daad.json").read_text())
+    index["format_version"] = 3
+    (old / "daad.json").write_text(json.dumps(index))
+    table = pq.read_table(old / "records.parquet")
+    pq.write_table(table.drop_columns(["pattern_start", "pattern_end"]), old / "records.parquet")
+    new, legacy = PatternBank(demo_daad, mode="grey"), PatternBank(str(old), mode="grey")
+    for i in range(len(new)):
+        np.testing.assert_array_equal(new[i].image, legacy[i].image)
+        np.testing.assert_array_equal(new[i].mask, legacy[i].mask)
+
+
 def test_an_old_daad_and_a_damaged_shard_fail_clearly(demo_daad, tmp_path):
     old = tmp_path / "old"
     old.mkdir()
@@ -89,3 +120,24 @@ def test_an_old_daad_and_a_damaged_shard_fail_clearly(demo_daad, tmp_path):
     bank = PatternBank(str(damaged), mode="grey")
     with pytest.raises(OSError, match="shorter than expected"):
         bank[len(bank) - 1]
+
+
+def test_a_damaged_crop_is_a_damaged_record(demo_daad, tmp_path):
+    """A crop whose PNG is damaged fails like any damaged record: counted, named, drawn again."""
+    daad = tmp_path / "daad"
+    shutil.copytree(demo_daad, daad)
+    shard = daad / "daad-000000.tar"
+    data = bytearray(shard.read_bytes())
+    _, start, end = next(m for m in member_spans(bytes(data)) if m[0].endswith(".crop.png"))
+    data[start + 512 + 40 : end - 64] = bytes(end - 64 - start - 552)  # zeros over its IDAT
+    shard.write_bytes(bytes(data))
+    bank = PatternBank(str(daad), mode="grey")
+    table = pq.read_table(daad / "records.parquet").to_pylist()
+    index = next(
+        i
+        for i, r in enumerate(table)
+        if r["shard"] == 0 and r["pattern_start"] < start < r["pattern_end"]
+    )
+    with pytest.raises(UnreadablePattern, match="damaged DAAD record"):
+        bank[index]
+    assert list(bank.damaged) == [f"{shard}#{bank._start[index]}"]

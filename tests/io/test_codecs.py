@@ -10,6 +10,7 @@ from cai_ray.io.codecs import (
     decode_image,
     decode_mask,
     decode_mat_mask,
+    decode_own_png,
     encode_image,
     encode_png,
     is_grey_content,
@@ -75,6 +76,28 @@ def test_png_round_trips_exactly(shape):
     assert np.array_equal(decode_image(encode_png(image)), image)
     with pytest.raises(ValueError):
         encode_png(image.astype(np.uint16))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (17, 33), (20, 9, 3), (300, 257, 3)])
+@pytest.mark.parametrize("mode", [None, "grey", "rgb"])
+def test_own_pngs_decode_by_opencv_to_decode_images_pixels(shape, mode):
+    """The DAAD's pattern crops are read by OpenCV: the same arrays as the Pillow path."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    image[: shape[0] // 2] //= 7  # a smooth half as well as noise
+    png = encode_png(image)
+    got = decode_own_png(png, mode)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, decode_image(png, mode))
+
+
+def test_a_damaged_own_png_is_a_decode_error():
+    png = bytearray(encode_png(np.full((40, 40, 3), 90, np.uint8)))
+    png[45:-12] = bytes(len(png) - 57)
+    with pytest.raises(DecodeError, match="damaged PNG"):
+        decode_own_png(bytes(png))
+    with pytest.raises(DecodeError, match="damaged PNG"):
+        decode_own_png(b"")
 
 
 def test_png_deflate_keeps_pixels_and_beats_zlib_level_1_on_real_images():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from cai_ray.io.tar import build_tar, iter_tar
+from cai_ray.io.tar import build_tar, iter_tar, member_spans, sample_spans
 
 SAMPLES = [("a-0", {"png": b"x" * 10, "json": b"{}", "mask.png": b"m"}), ("a-1", {"json": b"[]"})]
 
@@ -59,3 +59,13 @@ def test_build_tar_writes_tarfiles_bytes():
         assert build_tar(samples) == _tarfile_reference(samples)
     with pytest.raises(ValueError, match="100 bytes"):
         build_tar([("k" * 97, {"png": b""})])
+
+
+def test_member_spans_cut_runs_of_members_readable_on_their_own():
+    data = build_tar(SAMPLES)
+    spans = member_spans(data)
+    assert [name for name, _, _ in spans] == ["a-0.json", "a-0.mask.png", "a-0.png", "a-1.json"]
+    _, start, _ = spans[1]
+    _, _, end = spans[2]
+    assert list(iter_tar(data[start:end])) == [("a-0", {"mask.png": b"m", "png": b"x" * 10})]
+    assert sample_spans(data) == [("a-0", spans[0][1], spans[2][2]), ("a-1", *spans[3][1:])]

@@ -122,8 +122,9 @@ def test_a_job_that_can_use_no_input_fails_with_why(tmp_path, capsys):
 
 
 def test_a_damaged_daad_record_is_redrawn_and_reported(tmp_path, demo_daad):
-    """A record whose image bytes are damaged inside its shard: draws that meet it draw again,
-    the job completes, and the manifest names the record's shard and offset."""
+    """A record whose image bytes are damaged inside its shard (its source image and, where
+    it keeps one, its crop): draws that meet it draw again, the job completes, and the manifest
+    names the record's shard and offset."""
     import pyarrow.parquet as pq
 
     daad = tmp_path / "daad"
@@ -133,6 +134,10 @@ def test_a_damaged_daad_record_is_redrawn_and_reported(tmp_path, demo_daad):
     data = bytearray(shard.read_bytes())
     image_at = data.index(b"\xff\xd8\xff", table[0]["start"])  # the first record's JPEG
     data[image_at : image_at + 3] = b"XXX"
+    crop = table[0]["pattern_start"] >= 0
+    if crop:
+        png_at = data.index(b"\x89PNG", table[0]["pattern_start"])
+        data[png_at : png_at + 4] = b"XXXX"
     shard.write_bytes(bytes(data))
     config = SynthConfig.model_validate(
         {
@@ -151,7 +156,8 @@ def test_a_damaged_daad_record_is_redrawn_and_reported(tmp_path, demo_daad):
     assert manifest["complete"] and manifest["samples"] >= 50
     where = f"{shard}#{table[0]['start']}"
     assert list(manifest["damaged_sources"]) == [where]
-    assert "not a format Pillow recognises" in manifest["damaged_sources"][where]
+    why = "damaged PNG" if crop else "not a format Pillow recognises"
+    assert why in manifest["damaged_sources"][where]
 
 
 def test_a_class_filter_that_leaves_no_source_fails_in_the_driver(tmp_path, demo_daad):
