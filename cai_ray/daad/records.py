@@ -23,10 +23,11 @@ from cai_ray.io.codecs import decode_image, decode_mask, encode_image
 
 PATTERN_IMAGE = "crop.png"
 PATTERN_MASK = "crop.mask.png"
-PATTERN_CROP_MAX_SHARE = 0.4
+PATTERN_CROP_MAX_SHARE = 0.6
 """A record keeps its pattern crop (mask box plus context, lossless PNG) when the crop has at
-most this share of the source image's pixels. A PNG crop decodes at about 2.5 times a JPEG's
-time per pixel (docs/BENCHMARKS.md, issue 24): a larger crop would not pay for its bytes."""
+most this share of the source image's pixels: there the crop decodes in at most half the time
+of the record's image and mask; above it the gain shrinks while the crop's bytes grow to three
+times a JPEG source's (docs/BENCHMARKS.md, issue 24)."""
 
 MAX_KEY_LENGTH = 80
 """Tar member names (key, a region suffix ``-r<n>``, ".", a member name of at most 13

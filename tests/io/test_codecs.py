@@ -81,7 +81,7 @@ def test_png_round_trips_exactly(shape):
 @pytest.mark.parametrize("shape", [(1, 1), (17, 33), (20, 9, 3), (300, 257, 3)])
 @pytest.mark.parametrize("mode", [None, "grey", "rgb"])
 def test_own_pngs_decode_by_opencv_to_decode_images_pixels(shape, mode):
-    """The DAAD's pattern crops are read by OpenCV: the same arrays as the Pillow path."""
+    """The DAAD's pattern crops are read by hand: the same arrays as the Pillow path."""
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, shape, dtype=np.uint8)
     image[: shape[0] // 2] //= 7  # a smooth half as well as noise
@@ -98,6 +98,11 @@ def test_a_damaged_own_png_is_a_decode_error():
         decode_own_png(bytes(png))
     with pytest.raises(DecodeError, match="damaged PNG"):
         decode_own_png(b"")
+    with pytest.raises(DecodeError, match="damaged PNG"):
+        decode_own_png(encode_png(np.zeros((40, 40), np.uint8))[:-40])  # truncated
+    other = _png(Image.fromarray(np.full((40, 40), 90, np.uint8)))  # Pillow's filters
+    with pytest.raises(DecodeError, match="not a PNG that cai-ray writes"):
+        decode_own_png(other)
 
 
 def test_png_deflate_keeps_pixels_and_beats_zlib_level_1_on_real_images():
