@@ -96,9 +96,9 @@ class PatternBank:
     Only the records table is held for every record (about 60 bytes each); a pattern's pixels
     are fetched with one ranged read the first time it is drawn (its crop where the record keeps
     one, else the whole record) and kept in an LRU cache of at most ``cache_bytes`` decoded
-    bytes. So a DAAD far larger than an actor's memory works: every
-    actor samples across all shards, and the cache bounds its memory. The cost is a read per
-    cache miss (local disk: well under a millisecond; S3: a GET, tens of milliseconds).
+    bytes. So a DAAD far larger than an actor's memory works: every actor samples across all
+    shards, and the cache bounds its memory. The cost is a read per cache miss (local disk:
+    well under a millisecond; S3: a GET, tens of milliseconds).
 
     Pattern ``i`` is the ``i``-th usable record in DAAD order, whatever is cached, so samples
     depend only on the seed. Records from ``exclude_domains`` are never used: the dataset being
@@ -178,8 +178,9 @@ class PatternBank:
         return pattern
 
     def _read(self, index: int) -> SourcePattern:
-        """The pattern from its crop, where the record keeps one (a small PNG that OpenCV
-        decodes), else from the record's whole source image and mask: the same pixels."""
+        """The pattern from its crop, where the record keeps one (small PNGs that cai-ray
+        wrote, decoded by hand), else from the record's whole source image and mask: the same
+        pixels either way."""
         url = self._shard_urls[int(self._shard[index])]
         crop = self._pattern_start[index] >= 0
         start, end = (
@@ -217,6 +218,14 @@ def prepare_daad(daad: DaadConfig) -> None:
         build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
     index = read_index(daad.path)
     read_records_table(daad.path, index, columns=["domain"])  # an old one fails, saying so
+    if (version := index.get("format_version", 1)) < 4:
+        log.warning(
+            "DAAD %s is format %d: each pattern's first draw decodes its whole source image. "
+            "Rebuilt by this cai-ray ('cai-ray daad build'), it keeps pattern crops: the same "
+            "samples, first draws 1.4-4.5x faster (a job resumes only with the DAAD it began with)",
+            daad.path,
+            version,
+        )
     domains = index["report"]["by_domain"]
     if not set(domains) - set(daad.exclude_domains):
         raise ValueError(

@@ -1,6 +1,7 @@
 """Lazy DAAD reads: the pattern bank against a full scan, its memory bound, its errors."""
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cai_ray.core.cai import CAIInjector, CAIParams, Injection, SourcePattern, UnreadablePattern
-from cai_ray.daad.shards import PatternBank, iter_records
+from cai_ray.daad.settings import DaadConfig
+from cai_ray.daad.shards import PatternBank, iter_records, prepare_daad
 from cai_ray.io.codecs import decode_image
 from cai_ray.io.tar import member_spans
 
@@ -87,8 +89,9 @@ def test_an_injector_over_a_list_and_over_the_bank_agree(demo_daad, tile_targets
         np.testing.assert_array_equal(a.image, b.image)
 
 
-def test_a_format_3_daad_without_crops_gives_the_same_patterns(demo_daad, tmp_path):
-    """A DAAD built before records kept crops is still read, from whole records."""
+def test_a_format_3_daad_without_crops_gives_the_same_patterns(demo_daad, tmp_path, caplog):
+    """A DAAD built before records kept crops is still read, from whole records; a job says
+    that rebuilding it would speed its first reads."""
     old = tmp_path / "v3"
     shutil.copytree(demo_daad, old)
     index = json.loads((old / "daad.json").read_text())
@@ -100,6 +103,10 @@ def test_a_format_3_daad_without_crops_gives_the_same_patterns(demo_daad, tmp_pa
     for i in range(len(new)):
         np.testing.assert_array_equal(new[i].image, legacy[i].image)
         np.testing.assert_array_equal(new[i].mask, legacy[i].mask)
+    with caplog.at_level(logging.WARNING, logger="cai_ray.daad.shards"):
+        prepare_daad(DaadConfig(path=str(old)))
+        prepare_daad(DaadConfig(path=demo_daad))
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"DAAD {old} is format 3"]
 
 
 def test_an_old_daad_and_a_damaged_shard_fail_clearly(demo_daad, tmp_path):

@@ -80,7 +80,7 @@ def test_png_round_trips_exactly(shape):
 
 @pytest.mark.parametrize("shape", [(1, 1), (17, 33), (20, 9, 3), (300, 257, 3)])
 @pytest.mark.parametrize("mode", [None, "grey", "rgb"])
-def test_own_pngs_decode_by_opencv_to_decode_images_pixels(shape, mode):
+def test_own_pngs_decode_by_hand_to_decode_images_pixels(shape, mode):
     """The DAAD's pattern crops are read by hand: the same arrays as the Pillow path."""
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, shape, dtype=np.uint8)
