@@ -8,6 +8,7 @@ import yaml
 
 from cai_ray.cli import main
 from cai_ray.config import SynthConfig
+from cai_ray.daad.settings import DaadConfig
 from cai_ray.pipeline.synth import run_synth
 from cai_ray.pipeline.verify import verify_output
 from tests.cdm.conftest import tiny_config
@@ -50,7 +51,9 @@ def test_a_subset_of_the_classes_is_generated(tiny_cdm, demo_daad, tmp_path):
     assert manifest["counts"]["anomaly_class"] == {"crack": 6}
     assert (tmp_path / "crack" / "preview.png").is_file()
     weighted = _config(tmp_path / "weighted", demo_daad, tiny_cdm)
-    weighted.daad.class_weights = {"stain": 1, "crack": 0}
+    weighted.daad = DaadConfig.model_validate(
+        {**weighted.daad.model_dump(), "class_weights": {"stain": 1, "crack": 0}}
+    )
     weighted.resources.executor = "local"
     manifest = run_synth(weighted, show_progress=False)
     assert manifest["counts"]["anomaly_class"] == {"stain": 6}  # the DAAD's class weights
