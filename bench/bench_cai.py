@@ -9,7 +9,9 @@ first pass, which reads and decodes every pattern it draws, as a short job's act
     python bench/bench_cai.py [--targets 64] [--baselines] [--stages] [--label-rule published]
 
 --stages adds where a CAI-N sample's time goes, per stage of the data flow, from one profiled
-pass (cProfile's overhead included, so the shares, not the sums, are the figures to compare).
+pass with the patterns cached (``stage_*``) and one by a new actor (``stage_cold_*``: every
+pattern's first read is its ``daad_read``); cProfile's overhead is included, so the shares, not
+the sums, are the figures to compare.
 """
 
 from __future__ import annotations
@@ -78,26 +80,31 @@ def main() -> None:
             ("glass", GlassMethod(method="glass", textures=textures), CAIParams()),
         ]
     for name, synthesizer, params in methods:
-        stage = InjectionStage(
-            synthesizer=synthesizer,
-            daad=DaadConfig(path=daad, exclude_domains=["magnetic_tile", "crackforest"]),
-            cai=params,
-            image_size=256,
-            mode="grey",
-            seed=0,
-            key_prefix="b",
-            image_format="png",
-            include_normal=False,
-            out="unused: process_shard packs the shard, it does not commit it",
-        )
-        inject = partial(
-            stage.process_shard,
-            0,
-            json.loads(prepared["targets"]),
-            prepared["images"],
-            prepared["foregrounds"],
-            [],
-        )
+
+        def injection(synthesizer=synthesizer, params=params):
+            """One pass of a new injection actor's work (its pattern cache empty at first)."""
+            stage = InjectionStage(
+                synthesizer=synthesizer,
+                daad=DaadConfig(path=daad, exclude_domains=["magnetic_tile", "crackforest"]),
+                cai=params,
+                image_size=256,
+                mode="grey",
+                seed=0,
+                key_prefix="b",
+                image_format="png",
+                include_normal=False,
+                out="unused: process_shard packs the shard, it does not commit it",
+            )
+            return partial(
+                stage.process_shard,
+                0,
+                json.loads(prepared["targets"]),
+                prepared["images"],
+                prepared["foregrounds"],
+                [],
+            )
+
+        inject = injection()
         timings = []
         for _ in range(3):
             start = time.perf_counter()
@@ -114,16 +121,22 @@ def main() -> None:
         # foreground, inject, encode, pack (what the Ray job spreads over its actors)
         figures[f"{name}_job_work_samples_per_s"] = samples / (float(np.median(timings)) + decode_s)
         if args.stages and name == "cai_n":
-            stages = stage_times(partial(foreground.process_shard, targets), inject)
-            figures.update(
-                {f"stage_{k}_ms_per_sample": v * 1000 / samples for k, v in stages.items()}
-            )
+            prepare = partial(foreground.process_shard, targets)
+            for regime, call in (("", inject), ("cold_", injection())):
+                stages = stage_times(prepare, call)
+                figures.update(
+                    {
+                        f"stage_{regime}{k}_ms_per_sample": v * 1000 / samples
+                        for k, v in stages.items()
+                    }
+                )
     figures["peak_rss_mb"] = peak_rss_mb()
     report(figures)
 
 
 # Stage -> the functions whose cumulative time is that stage's (file name ending, function).
 INJECTION_STAGES = {
+    "daad_read": [("shards.py", "_read")],
     "poisson": [("poisson.py", "poisson_blend")],
     "label": [("cai.py", "_label")],
     "encode": [("codecs.py", "encode_png")],
@@ -151,13 +164,13 @@ def stage_times(prepare, inject) -> dict[str, float]:
     ``stm_ils`` is the draws' remainder (pattern choice, scaling, placement, the blend's mask),
     ``other`` the shard's (sample keys and JSON, copies)."""
     wall, functions = _profiled(prepare)
-    stages = {"decode": functions.get(("codecs.py", "load_image"), 0.0)}
+    stages = {"decode": functions.get(("codecs.py", "load_views"), 0.0)}
     stages["foreground"] = wall - stages["decode"]
     wall, functions = _profiled(inject)
     for stage, pairs in INJECTION_STAGES.items():
         stages[stage] = sum(functions.get(pair, 0.0) for pair in pairs)
     draws = functions.get(("cai.py", "draw_by_quota"), 0.0)
-    stages["stm_ils"] = draws - stages["poisson"] - stages["label"]
+    stages["stm_ils"] = draws - stages["daad_read"] - stages["poisson"] - stages["label"]
     stages["other"] = wall - draws - stages["encode"] - stages["pack"]
     return stages
 
