@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from common import report, shared_daad
 
+from cai_ray.core.cai import SourcePattern
 from cai_ray.daad.builders import INDEX_NAME, RECORDS_NAME
-from cai_ray.daad.records import DaadRecord
 from cai_ray.daad.shards import PatternBank, iter_records
 from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, decode_own_png, encode_png
 
@@ -51,8 +51,13 @@ def decode_times_by_share(daad: str, mode: ColorMode) -> dict[str, float | int]:
     for n, (label, image_bytes, mask) in enumerate(iter_records(daad)):
         if n % 3:
             continue
-        record = DaadRecord(label, image_bytes, mask, fingerprint=np.zeros(0))
-        pattern = record.pattern()
+        pattern = SourcePattern.from_full_image(
+            decode_image(image_bytes),
+            mask,
+            anomaly_class=str(label.anomaly_class),
+            domain=label.domain,
+            record_id=label.record_id,
+        )
         mask_png = encode_png(mask.astype(np.uint8) * 255)
         crop_pngs = [encode_png(pattern.image), encode_png(pattern.mask.astype(np.uint8) * 255)]
         start = time.perf_counter()

@@ -39,6 +39,7 @@ from cai_ray.daad.records import (
     PATTERN_MASK,
     DaadRecord,
     make_record,
+    pattern_crop_files,
     safe_key_part,
 )
 from cai_ray.io import storage
@@ -54,6 +55,7 @@ from cai_ray.io.annotations import (
 from cai_ray.io.codecs import (
     DecodeError,
     decode_class_mask,
+    decode_image,
     decode_mask,
     decode_mat_mask,
     image_size,
@@ -385,7 +387,7 @@ def split_regions(mask: np.ndarray, min_pixels: int) -> tuple[list[np.ndarray], 
 
 def _to_records(candidate: Candidate, report: BuildReport) -> list[DaadRecord]:
     """The candidate's record, or with ``regions: split`` one per region (``<id>-r<n>``)."""
-    record = _to_record(candidate)
+    record, image = _to_record(candidate)
     if candidate.source.regions == "whole":
         return [record]
     regions, dropped = split_regions(record.mask, candidate.source.min_region_pixels)
@@ -398,11 +400,13 @@ def _to_records(candidate: Candidate, report: BuildReport) -> list[DaadRecord]:
         assert box is not None
         record_id = record.label.record_id + (f"-r{number}" if len(regions) > 1 else "")
         label = replace(record.label, record_id=record_id, bbox=box)
-        made.append(replace(record, mask=region, label=label))
+        crop = pattern_crop_files(image, region, label)
+        made.append(replace(record, mask=region, label=label, crop_files=crop))
     return made
 
 
-def _to_record(candidate: Candidate) -> DaadRecord:
+def _to_record(candidate: Candidate) -> tuple[DaadRecord, np.ndarray]:
+    """The candidate's record, and its image decoded (which its regions are cut from)."""
     if candidate.load_mask is None:
         raise ValueError("no mask file")
     try:
@@ -417,8 +421,10 @@ def _to_record(candidate: Candidate) -> DaadRecord:
         raise ValueError(f"unreadable mask file ({exc})") from exc
     ext = candidate.image_path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
     source = candidate.source
-    return make_record(
+    image = decode_image(image_bytes)
+    record = make_record(
         record_id=candidate.record_id,
+        image=image,
         image_bytes=image_bytes,
         image_ext=ext,
         mask=mask,
@@ -428,6 +434,7 @@ def _to_record(candidate: Candidate) -> DaadRecord:
         path=candidate.relative_path,
         license=source.license,
     )
+    return record, image
 
 
 def _label_names(source: YoloSource, root: Path) -> list[str]:

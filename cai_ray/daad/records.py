@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from cai_ray.core.cai import SourcePattern
 from cai_ray.core.duplicates import fingerprint
 from cai_ray.core.geometry import mask_bbox
 from cai_ray.daad.classes import AnomalyClass
-from cai_ray.io.codecs import decode_image, decode_mask, encode_image
+from cai_ray.io.codecs import decode_mask, encode_image
 
 PATTERN_IMAGE = "crop.png"
 PATTERN_MASK = "crop.mask.png"
@@ -67,16 +67,9 @@ class DaadRecord:
     fingerprint: np.ndarray
     """The image's near-duplicate fingerprint (:mod:`cai_ray.core.duplicates`), for the
     records table; not stored in the shard."""
-
-    def pattern(self) -> SourcePattern:
-        """The source pattern as injection uses it, in the image's own colours."""
-        return SourcePattern.from_full_image(
-            decode_image(self.image_bytes),
-            self.mask,
-            anomaly_class=str(self.label.anomaly_class),
-            domain=self.label.domain,
-            record_id=self.label.record_id,
-        )
+    crop_files: dict[str, bytes] = field(default_factory=dict)
+    """The pattern crop's members (:func:`pattern_crop_files`), made while the image is
+    decoded anyway."""
 
     def to_sample(self) -> tuple[str, dict[str, bytes]]:
         label = asdict(self.label)
@@ -86,16 +79,31 @@ class DaadRecord:
             "mask.png": encode_image(self.mask.astype(np.uint8) * 255, "png"),
             "json": json.dumps(label, sort_keys=True).encode(),
         }
-        pattern = self.pattern()
-        if pattern.mask.size <= PATTERN_CROP_MAX_SHARE * self.mask.size:
-            files[PATTERN_IMAGE] = encode_image(pattern.image, "png")
-            files[PATTERN_MASK] = encode_image(pattern.mask.astype(np.uint8) * 255, "png")
-        return self.label.record_id, files
+        return self.label.record_id, {**files, **self.crop_files}
+
+
+def pattern_crop_files(image: np.ndarray, mask: np.ndarray, label: RecordLabel) -> dict[str, bytes]:
+    """The members that keep a record's pattern crop, as injection cuts it from the decoded
+    ``image``; none where the crop has more than :data:`PATTERN_CROP_MAX_SHARE` of it."""
+    pattern = SourcePattern.from_full_image(
+        image,
+        mask,
+        anomaly_class=str(label.anomaly_class),
+        domain=label.domain,
+        record_id=label.record_id,
+    )
+    if pattern.mask.size > PATTERN_CROP_MAX_SHARE * mask.size:
+        return {}
+    return {
+        PATTERN_IMAGE: encode_image(pattern.image, "png"),
+        PATTERN_MASK: encode_image(pattern.mask.astype(np.uint8) * 255, "png"),
+    }
 
 
 def make_record(
     *,
     record_id: str,
+    image: np.ndarray,
     image_bytes: bytes,
     image_ext: str,
     mask: np.ndarray,
@@ -105,8 +113,8 @@ def make_record(
     path: str,
     license: str,
 ) -> DaadRecord:
-    """Validate a candidate and build its record; ``ValueError`` says why it is unusable."""
-    image = decode_image(image_bytes)
+    """Validate a candidate and build its record from its bytes and its decoded ``image``
+    (as the file holds it); ``ValueError`` says why it is unusable."""
     if image.shape[:2] != mask.shape:
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
     box = mask_bbox(mask)
@@ -127,7 +135,11 @@ def make_record(
         image_ext=image_ext,
     )
     return DaadRecord(
-        label=label, image_bytes=image_bytes, mask=mask, fingerprint=fingerprint(image)
+        label=label,
+        image_bytes=image_bytes,
+        mask=mask,
+        fingerprint=fingerprint(image),
+        crop_files=pattern_crop_files(image, mask, label),
     )
 
 
