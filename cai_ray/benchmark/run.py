@@ -31,10 +31,10 @@ from cai_ray.detector.evaluate import (
 )
 from cai_ray.detector.targets import (
     TestSet,
+    job_geometry,
     load_target_spec,
     load_target_split,
     load_test_set,
-    training_geometry,
 )
 from cai_ray.detector.train import DetectorConfig, checkpoint_url, read_checkpoint, train_detector
 from cai_ray.io import storage
@@ -95,7 +95,7 @@ def _check_given_output(config: BenchmarkConfig, out: str, seed: int, inputs: st
     job = layout.read_json(storage.join(out, layout.JOB_FILE))
     if job["config"]["seed"] != seed:
         raise ConfigError(f"{out} was made with seed {job['config']['seed']}, not {seed}")
-    made_with = training_geometry([out])
+    made_with = job_geometry(job)
     if made_with != config.geometry:
         raise ConfigError(
             f"{out} was cut by geometry {made_with}, the benchmark by {config.geometry}"

@@ -52,7 +52,9 @@ def iter_records(daad: str) -> Iterator[tuple[RecordLabel, bytes, np.ndarray]]:
 
 SAMPLING_COLUMNS = ["anomaly_class", "domain", "shard", "start", "end", "y0", "x0", "y1", "x1"]
 PATTERN_COLUMNS = ["pattern_start", "pattern_end"]
-"""Sampling columns from format 4 on; an older DAAD's patterns are cut from whole records."""
+CROPS_FORMAT = 4
+"""The first DAAD format whose records keep pattern crops (``PATTERN_COLUMNS``); an older
+DAAD's patterns are cut from whole records."""
 
 
 def content_digest(daad: str) -> str:
@@ -118,7 +120,7 @@ class PatternBank:
         import pyarrow.compute as pc
 
         index = read_index(daad)
-        crops = index.get("format_version", 1) >= 4
+        crops = index.get("format_version", 1) >= CROPS_FORMAT
         wanted = SAMPLING_COLUMNS + (PATTERN_COLUMNS if crops else [])
         table = read_records_table(daad, index, columns=wanted)
         keep = pc.invert(pc.is_in(table["domain"], pa.array(list(exclude_domains), pa.string())))
@@ -218,7 +220,7 @@ def prepare_daad(daad: DaadConfig) -> None:
         build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
     index = read_index(daad.path)
     read_records_table(daad.path, index, columns=["domain"])  # an old one fails, saying so
-    if (version := index.get("format_version", 1)) < 4:
+    if (version := index.get("format_version", 1)) < CROPS_FORMAT:
         log.warning(
             "DAAD %s is format %d: each pattern's first draw decodes its whole source image. "
             "Rebuilt by this cai-ray ('cai-ray daad build'), it keeps pattern crops: the same "

@@ -406,13 +406,16 @@ def scoring_geometry(geometry: Geometry) -> Geometry:
     return geometry
 
 
+def job_geometry(job: dict) -> Geometry:
+    """The ``inputs.geometry`` a synthesis job (its ``job.json``) was made with (``resize``
+    for a job that predates it)."""
+    return Geometry(**job["config"]["inputs"].get("geometry", {}))
+
+
 def training_geometry(data: list[str]) -> Geometry:
-    """The ``inputs.geometry`` the synthesis outputs in ``data`` were made with (``resize`` for
-    an output that predates it); outputs made differently cannot be scored as one."""
-    found = set()
-    for out in data:
-        job = read_json(storage.join(out, JOB_FILE))
-        found.add(Geometry(**job["config"]["inputs"].get("geometry", {})))
+    """The geometry the synthesis outputs in ``data`` were made with; outputs made differently
+    cannot be scored as one."""
+    found = {job_geometry(read_json(storage.join(out, JOB_FILE))) for out in data}
     if len(found) > 1:
         raise ValueError(f"the training data was cut by different geometries: {list(found)}")
     return found.pop() if found else Geometry()

@@ -43,6 +43,12 @@ def read_meta(files: dict[str, bytes]) -> dict[str, Any]:
     return dict(json.loads(files[META_MEMBER]))
 
 
+def view_index(meta: dict[str, Any]) -> int:
+    """Which of its input image's targets a sample was made from (0 where an image makes one
+    target: ``inputs.geometry`` resize or letterbox)."""
+    return int(meta.get("view", {}).get("index", 0))
+
+
 def decode_sample(
     files: dict[str, bytes], mode: ColorMode | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

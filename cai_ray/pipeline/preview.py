@@ -10,7 +10,7 @@ import numpy as np
 from cai_ray.config import SynthConfig
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import ColorMode, encode_png, load_views, to_mode
-from cai_ray.io.samples import decode_sample, read_meta
+from cai_ray.io.samples import decode_sample, read_meta, view_index
 from cai_ray.io.tar import iter_tar
 
 
@@ -98,7 +98,7 @@ def write_preview(out: str, config: SynthConfig, mode: ColorMode) -> None:
             key=pick.target,
             max_pixels=config.inputs.max_pixels,
         )
-        normal = views[pick.meta.get("view", {}).get("index", 0)][1]
+        normal = views[view_index(pick.meta)][1]
         caption = f"{pick.anomaly_class} {pick.meta.get('scale') or ''}".strip()
         cells = [to_mode(normal, "rgb"), _caption(to_mode(image, "rgb").copy(), caption)]
         rows.append(np.concatenate([*cells, overlay(image, mask)], axis=1))

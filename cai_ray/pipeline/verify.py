@@ -19,7 +19,7 @@ import numpy as np
 from cai_ray.core.views import WHOLE_IMAGE_MODES
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import DecodeError, decode_image
-from cai_ray.io.samples import MASK_MEMBER, SampleError, image_member, read_meta
+from cai_ray.io.samples import MASK_MEMBER, SampleError, image_member, read_meta, view_index
 from cai_ray.io.tar import iter_tar
 
 
@@ -32,11 +32,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _view_index(meta: dict) -> int:
-    """Which of its image's targets a sample was made from (0 where an image makes one)."""
-    return int(meta.get("view", {}).get("index", 0))
 
 
 def _check_sample(key: str, files: dict[str, bytes], problems: list[str]) -> dict | None:
@@ -113,7 +108,7 @@ def verify_output(out: str) -> VerifyReport:
                 meta = _check_sample(key, files, problems)
                 if meta is None:
                     continue
-                if match and _view_index(meta) != int(match.group(2)) // per_target:
+                if match and view_index(meta) != int(match.group(2)) // per_target:
                     problems.append(f"{name}: key {key} does not belong to its view {meta['view']}")
                 for field_name in ("method", "anomaly_class", "scale"):
                     if field_name in meta:
