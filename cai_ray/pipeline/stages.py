@@ -260,11 +260,10 @@ class InjectionStage:
                 counts["method"]["none"] += 1
                 counts["label"]["0"] += 1
         tar = build_tar(samples)
-        inputs = {t["index"] for t in targets}
         entry = {
             "shard": shard_name(index),
             "index": index,
-            "targets": len(inputs) + sum(1 for skip in skipped if "view" not in skip),
+            "targets": len({t["path"] for t in targets} | {skip["path"] for skip in skipped}),
             "views": len(targets),
             "samples": len(samples),
             "bytes": len(tar),
