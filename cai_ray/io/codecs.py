@@ -46,6 +46,8 @@ DEFAULT_MAX_PIXELS = 100_000_000
 """About 300 MB once decoded as RGB. Pillow's own limit (179 million pixels, against
 decompression bombs) stays in force above it."""
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DEFLATE_LEVEL = 0
+"""ISA-L's only deterministic level (see :func:`encode_png`)."""
 _ORIENTATION_TAG = 0x0112
 _SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -315,10 +317,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def encode_png(image: np.ndarray) -> bytes:
     """Lossless 8-bit PNG of an (M, N) grey or (M, N, 3) RGB uint8 image.
 
-    Written directly (PNG filter "Up", then deflate by ISA-L at level 1): encoding is the
-    largest cost of a CAI sample. ISA-L's deflate was 3-10 times faster than zlib's level 1,
-    files within 10% of its size (docs/BENCHMARKS.md, issue 24); the pixels are the same
-    whichever deflate wrote them, the file bytes are not (nor are zlib's across zlib builds).
+    Written directly (PNG filter "Up", then deflate by ISA-L at level 0): encoding is the
+    largest cost of a CAI sample, and ISA-L's deflate is 3-10 times faster than zlib's level 1
+    (docs/BENCHMARKS.md, issue 24). Level 0, not 1: ISA-L's levels 1-3 are not deterministic
+    (the same pixels compressed in two processes can give two streams), level 0 resets all its
+    state on every call; its files are 17-47% larger than level 1's. The pixels
+    are the same whichever deflate wrote them, the file bytes are not.
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(
@@ -339,7 +343,7 @@ def encode_png(image: np.ndarray) -> bytes:
         [
             _PNG_SIGNATURE,
             _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", isal_zlib.compress(filtered.tobytes(), 1)),
+            _png_chunk(b"IDAT", isal_zlib.compress(filtered.tobytes(), _DEFLATE_LEVEL)),
             _png_chunk(b"IEND", b""),
         ]
     )
