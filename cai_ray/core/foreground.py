@@ -111,6 +111,21 @@ class RembgForeground:
         return np.asarray(matte, dtype=np.uint8) > self.threshold
 
 
+def foreground_in_placed(
+    extract: ForegroundExtractor, target: np.ndarray, placed: tuple[int, int, int, int]
+) -> np.ndarray:
+    """The foreground of a padded target (letterbox, or a crop or tile wider than its image):
+    ``extract`` sees only the ``placed`` rectangle that shows the image, never the padding.
+    Padding would otherwise dominate Otsu's histogram and GrabCut's border model and turn the
+    whole image into "object". Padding is never foreground."""
+    y0, x0, y1, x1 = placed
+    if (y0, x0, y1, x1) == (0, 0, *target.shape[:2]):
+        return extract(target)
+    foreground = np.zeros(target.shape[:2], dtype=bool)
+    foreground[y0:y1, x0:x1] = extract(np.ascontiguousarray(target[y0:y1, x0:x1]))
+    return foreground
+
+
 def make_foreground_extractor(
     method: ForegroundMethod, *, model_path: str | None = None
 ) -> ForegroundExtractor:

@@ -24,7 +24,11 @@ import numpy as np
 
 from cai_ray import __version__
 from cai_ray.core.cai import CAIParams
-from cai_ray.core.foreground import ForegroundMethod, make_foreground_extractor
+from cai_ray.core.foreground import (
+    ForegroundMethod,
+    foreground_in_placed,
+    make_foreground_extractor,
+)
 from cai_ray.core.synthesis import BatchSynthesizer, Failure, PseudoAnomaly
 from cai_ray.core.views import WHOLE_IMAGE_MODES, Geometry
 from cai_ray.daad.settings import DaadConfig
@@ -129,7 +133,7 @@ class ForegroundStage:
             for view, image, region in views:
                 where = {} if geometry.one_view_per_image else {"view": view.index}
                 try:
-                    foreground = self.extract(image) & region
+                    foreground = foreground_in_placed(self.extract, image, view.placed)
                 except cv2.error as exc:  # e.g. GrabCut on a flat image
                     reason = f"foreground failed: {exc}"
                     skipped.append({"path": target["path"], **where, "reason": reason})

@@ -3,8 +3,11 @@
 import hashlib
 import json
 
+import cv2
 import numpy as np
+import pytest
 
+from cai_ray.core.views import Geometry
 from cai_ray.io.layout import committed_shards
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
@@ -48,3 +51,50 @@ def test_stages_chain_without_ray(make_config, tmp_path):
     normal = [json.loads(f["json"]) for _, f in samples if json.loads(f["json"])["label"] == 0]
     assert len(normal) == 2 and entry["counts"]["label"]["0"] == 2
     assert committed_shards(str(tmp_path / "o"))[0] == entry
+
+
+@pytest.fixture(scope="module")
+def belt(tmp_path_factory, tile_targets) -> tuple[str, np.ndarray]:
+    """A 100x300 conveyor belt (grey, textured) with a bright real tile on it covering 8.3% of
+    the image, as a file, and where the object is."""
+    rng = np.random.default_rng(0)
+    belt = rng.integers(80, 110, (100, 300)).astype(np.uint8)
+    tile = cv2.resize(tile_targets[0], (50, 50), interpolation=cv2.INTER_AREA)
+    belt[25:75, 125:175] = 170 + tile // 3
+    truth = np.zeros(belt.shape, bool)
+    truth[25:75, 125:175] = True
+    path = tmp_path_factory.mktemp("belt") / "belt.png"
+    cv2.imwrite(str(path), belt)
+    return str(path), truth
+
+
+@pytest.mark.parametrize("method", ["otsu", "grabcut"])
+@pytest.mark.parametrize(
+    "geometry", [Geometry(mode="letterbox"), Geometry(mode="crop", position="centre")]
+)
+def test_the_foreground_of_a_padded_target_is_found_in_the_image_not_the_padding(
+    belt, method, geometry
+):
+    """Fails on a4045c6: the extractors saw the black padding, and Otsu marked the whole
+    letterboxed belt as object (100% of the image region instead of 8%)."""
+    path, truth = belt
+    stage = ForegroundStage(
+        image_size=256,
+        mode="grey",
+        method=method,
+        model_path=None,
+        min_fraction=0.01,
+        geometry=geometry,
+    )
+    shard = stage.process_shard([{"index": 0, "key": "belt.png", "path": path}])
+    [target] = json.loads(shard["targets"])
+    foreground = np.unpackbits(shard["foregrounds"], count=256 * 256).reshape(256, 256) > 0
+    y0, x0, y1, x1 = target["view"]["placed"]
+    assert not foreground[:y0].any() and not foreground[y1:].any()  # padding: never
+    shown = foreground[y0:y1, x0:x1]
+    by0, bx0, by1, bx1 = target["view"]["box"]
+    box_truth = truth[by0:by1, bx0:bx1]
+    if shown.shape != box_truth.shape:  # letterbox: the image scaled into the placed box
+        box_truth = cv2.resize(box_truth.astype(np.uint8), shown.shape[::-1]) > 0
+    iou = (shown & box_truth).sum() / (shown | box_truth).sum()
+    assert shown.mean() < 0.2 and iou > 0.8, (shown.mean(), iou)
