@@ -151,6 +151,78 @@ class SynthConfig(Settings):
         return self.anomalies_per_target + int(self.output.include_normal)
 
 
+SHAPES_SAMPLES = frozenset(
+    {
+        "seed", "image_size", "color",
+        "inputs.geometry.mode", "inputs.geometry.crops", "inputs.geometry.position",
+        "inputs.geometry.overlap", "inputs.max_pixels",
+        "foreground.method", "foreground.model_path", "foreground.min_fraction",
+        "daad.exclude_domains", "daad.include_classes", "daad.class_weights",
+        "output.samples_key_prefix", "output.targets_per_shard", "output.image_format",
+        "output.include_normal",
+        # every synthesizer's settings, by name across methods; the CDM's batch_size and
+        # device too (another batch or device rounds the network's floats differently)
+        "synthesizer.method", "synthesizer.anomalies_per_target", "synthesizer.min_mask_pixels",
+        "synthesizer.max_draws", "synthesizer.variant", "synthesizer.area_ratio",
+        "synthesizer.aspect_ratio", "synthesizer.scar_width", "synthesizer.scar_height",
+        "synthesizer.scar_rotation", "synthesizer.jitter", "synthesizer.reference_size",
+        "synthesizer.blend", "synthesizer.width_bounds", "synthesizer.gamma_shape",
+        "synthesizer.gamma_scale", "synthesizer.max_patches", "synthesizer.resize_bounds",
+        "synthesizer.label_threshold", "synthesizer.max_perlin_exponent",
+        "synthesizer.threshold", "synthesizer.max_rotation", "synthesizer.augmentations",
+        "synthesizer.max_beta", "synthesizer.textures", "synthesizer.checkpoint",
+        "synthesizer.classes", "synthesizer.scheduler", "synthesizer.steps",
+        "synthesizer.batch_size", "synthesizer.device", "synthesizer.precision",
+        "synthesizer.label", "synthesizer.affine.rotation", "synthesizer.affine.scale_x",
+        "synthesizer.affine.shear", "synthesizer.affine.flip", "synthesizer.side_bounds",
+        "synthesizer.factor_bounds", "synthesizer.beta_mean", "synthesizer.beta_std",
+        "synthesizer.beta_bounds",
+        "cai.blend", "cai.quotas.large", "cai.quotas.medium", "cai.quotas.small", "cai.stm",
+        "cai.ils", "cai.label_rule", "cai.diff_threshold", "cai.median_size",
+        "cai.pattern_dilation", "cai.min_mask_pixels", "cai.max_draws", "cai.mask_kernel",
+        "cai.blend_margin",
+    }
+)  # fmt: skip
+"""The settings (dotted paths) whose values shape a job's samples: a resume over an output
+started with other values is refused. Every settings field is in this set or in
+:data:`LEAVES_SAMPLES_ALONE`, itself or a section above it (a test walks them all), so a new
+field is classified on purpose."""
+
+LEAVES_SAMPLES_ALONE = frozenset(
+    {
+        "name",
+        # the input list and each input's stamps are parts of the job's identity of their own
+        "inputs.paths", "inputs.limit",
+        # the DAAD's contents are fingerprinted wherever it lies; how it was built is moot
+        "daad.path", "daad.build",
+        "daad.cache_mb",  # memory per actor
+        "output.path", "output.preview_samples",
+        "resources.executor", "resources.num_cpus", "resources.injection_actors",
+        "resources.cpus_per_injection_actor", "resources.foreground_actors",
+        "resources.cpus_per_foreground_actor", "resources.gpus_per_injection_actor",
+        "resources.autoscaling",
+        "storage.endpoint_url", "storage.request_attempts", "storage.timeout_s",
+    }
+)  # fmt: skip
+"""The settings that change where samples go, how fast or with how much memory they are made,
+but not their bytes: a resume may change them."""
+
+
+def sample_shaping(dumped: dict, prefix: str = "") -> dict:
+    """A dumped config (``model_dump(mode="json")``) without the settings that leave samples
+    alone: what a job's identity fingerprints."""
+    kept = {}
+    for key, value in dumped.items():
+        path = f"{prefix}{key}"
+        if path in LEAVES_SAMPLES_ALONE:
+            continue
+        if isinstance(value, dict) and path not in SHAPES_SAMPLES:
+            kept[key] = sample_shaping(value, f"{path}.")
+        else:
+            kept[key] = value
+    return kept
+
+
 def load_config(path: str | Path, *, out: str | None = None) -> SynthConfig:
     """Load and validate a synthesis config (a local file or an s3:// object);
     ``out`` overrides ``output.path``."""

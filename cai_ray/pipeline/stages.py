@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cai_ray import __version__
+from cai_ray import SAMPLES_VERSION
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import (
     ForegroundMethod,
@@ -225,7 +225,7 @@ class InjectionStage:
             base = {
                 "target": target["key"],
                 "seed": self.seed,
-                "version": __version__,
+                "samples_version": SAMPLES_VERSION,
             }
             first = 0  # a view's samples follow the samples of the image's earlier views
             if "view" in target:

@@ -4,7 +4,7 @@ baseline) -> committed WebDataset shards, then the manifest and a preview sheet.
 Resumable: a shard is done once its entry file exists next to it, and a re-run over the same
 output skips done shards. Deterministic: shard contents depend only on the config and the inputs.
 A re-run refuses an output whose job changed since it was started (:func:`job_identity`): the
-config, the input list, an input's size or modification time, the DAAD's contents, or a
+version of the code that shapes samples, the config, the input list, an input's size or modification time, the DAAD's contents, or a
 synthesizer's files; the error names what changed.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cai_ray import __version__
-from cai_ray.config import SynthConfig
+from cai_ray import SAMPLES_VERSION, __version__
+from cai_ray.config import SynthConfig, sample_shaping
 from cai_ray.core.foreground import make_foreground_extractor
 from cai_ray.daad.shards import content_digest, prepare_daad
 from cai_ray.io import layout, storage
@@ -94,24 +94,17 @@ def _digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def _shaping(dumped: dict) -> dict:
-    """A dumped config as far as it shapes samples (not where they go, nor how many workers)."""
-    shaping = {k: v for k, v in dumped.items() if k not in ("resources", "storage")}
-    output = {
-        k: v for k, v in dumped.get("output", {}).items() if k not in ("path", "preview_samples")
-    }
-    return {**shaping, "output": output}
-
-
 def _identity_config(config: SynthConfig) -> dict:
-    return _shaping(config.model_dump(mode="json"))
+    return sample_shaping(config.model_dump(mode="json"))
 
 
 def job_identity(
     config: SynthConfig, targets: list[dict], stamps: list[str], targets_per_shard: int
 ) -> dict:
     """What the samples depend on, part by part, so that a refused resume can say which part
-    changed: the config, the input list, each shard's inputs' change stamps (size and
+    changed: the code that shapes them (:data:`cai_ray.SAMPLES_VERSION`, not the release: a
+    release that writes the same bytes resumes), the settings that shape them
+    (:func:`cai_ray.config.sample_shaping`), the input list, each shard's inputs' change stamps (size and
     modification time, as rsync compares them), the DAAD's contents and the synthesizer's and
     the foreground model's files (their stamps). ``stamps``: the targets' change stamps."""
     per_shard = [
@@ -122,7 +115,7 @@ def job_identity(
     if config.foreground.model_path is not None:
         model_files.append(config.foreground.model_path)
     return {
-        "version": __version__,
+        "samples_version": SAMPLES_VERSION,
         "config": _digest(_identity_config(config)),
         "inputs": _digest([t["key"] for t in targets]),
         "input_stamps": per_shard,
@@ -164,10 +157,17 @@ def _what_changed(config: SynthConfig, plan: JobPlan, previous: dict) -> str:
         return "it was started by an older cai-ray"
     now = plan.identity
     changes = []
-    if before.get("version") != now["version"]:
-        changes.append(f"cai-ray version {before.get('version')} -> {now['version']}")
+    samples_before = before.get("samples_version", 1)
+    if samples_before != now["samples_version"]:
+        started_by = previous.get("version", "an older version")
+        changes.append(
+            f"cai-ray {__version__} writes other bytes for the same job than cai-ray "
+            f"{started_by}, which started it (samples version {samples_before} -> "
+            f"{now['samples_version']}): finish it with cai-ray {started_by}, or start this "
+            "job in a new output path"
+        )
     if before.get("config") != now["config"]:
-        keys = _differing_keys(_shaping(previous.get("config", {})), _identity_config(config))
+        keys = _differing_keys(sample_shaping(previous.get("config", {})), _identity_config(config))
         changes.append(f"config differs: {', '.join(keys) or 'settings'}")
     if before.get("inputs") != now["inputs"]:
         changes.append("the input list differs (images added, removed or renamed)")
@@ -245,6 +245,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
             "fingerprint": plan.fingerprint,
             "identity": plan.identity,
             "version": __version__,
+            "samples_version": SAMPLES_VERSION,
             "mode": plan.mode,
             "targets": len(plan.targets),
             "inputs_root": plan.inputs_root,
@@ -407,6 +408,7 @@ def summarize(job: dict, entries: dict[int, dict]) -> dict:
         damaged.update(entry.get("damaged_sources", {}))
     return {
         "version": __version__,
+        "samples_version": SAMPLES_VERSION,
         "fingerprint": job["fingerprint"],
         "targets": job["targets"],
         "views": sum(e.get("views", 0) for e in entries.values()),
