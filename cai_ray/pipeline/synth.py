@@ -4,8 +4,8 @@ baseline) -> committed WebDataset shards, then the manifest and a preview sheet.
 Resumable: a shard is done once its entry file exists next to it, and a re-run over the same
 output skips done shards. Deterministic: shard contents depend only on the config and the inputs.
 A re-run refuses an output whose job changed since it was started (:func:`job_identity`): the
-version of the code that shapes samples, the config, the input list, an input's size or modification time, the DAAD's contents, or a
-synthesizer's files; the error names what changed.
+version of the code that shapes samples, the config, the input list, an input's size or
+modification time, the DAAD's contents, or a synthesizer's files; the error names what changed.
 """
 
 from __future__ import annotations
@@ -104,9 +104,10 @@ def job_identity(
     """What the samples depend on, part by part, so that a refused resume can say which part
     changed: the code that shapes them (:data:`cai_ray.SAMPLES_VERSION`, not the release: a
     release that writes the same bytes resumes), the settings that shape them
-    (:func:`cai_ray.config.sample_shaping`), the input list, each shard's inputs' change stamps (size and
-    modification time, as rsync compares them), the DAAD's contents and the synthesizer's and
-    the foreground model's files (their stamps). ``stamps``: the targets' change stamps."""
+    (:func:`cai_ray.config.sample_shaping`), the input list, each shard's inputs' change stamps
+    (size and modification time, as rsync compares them), the DAAD's contents and the
+    synthesizer's and the foreground model's files (their stamps). ``stamps``: the targets'
+    change stamps."""
     per_shard = [
         _digest(stamps[start : start + targets_per_shard])[:16]
         for start in range(0, len(targets), targets_per_shard)
