@@ -20,6 +20,7 @@ import torch
 from cai_ray.cdm.classes import class_id
 from cai_ray.cdm.masks import GenerationMask, MaskGenerator
 from cai_ray.cdm.model import network_input
+from cai_ray.core.geometry import region_box
 from cai_ray.core.labels import label_mask
 from cai_ray.core.synthesis import Donor, Failure, Patched, sample_rng
 
@@ -207,5 +208,10 @@ class CDMSynthesizer:
             mask = np.where(region.mask, changed, 0).astype(np.uint8)
         if int(np.count_nonzero(mask)) < self.min_mask_pixels:
             return Failure("label mask below min_mask_pixels", region.attempts)
-        info = {**region.details(), "steps": self.steps, "label_source": self.label}
+        info = {
+            **region.details(),
+            "blend_box": region_box(region.mask),
+            "steps": self.steps,
+            "label_source": self.label,
+        }
         return Patched(image, mask, self.method, region.attempts, info)

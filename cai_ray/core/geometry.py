@@ -51,6 +51,13 @@ def mask_bbox(mask: np.ndarray) -> BBox | None:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
+def region_box(mask: np.ndarray) -> list[int]:
+    """A sample's ``blend_box`` when it changed no pixel outside ``mask``: the mask's bounding
+    box as [y0, x0, y1, x1], [0, 0, 0, 0] for an empty one (such a sample changed nothing)."""
+    box = mask_bbox(mask)
+    return [0, 0, 0, 0] if box is None else list(box)
+
+
 def bbox_longest_side(box: BBox) -> int:
     y0, x0, y1, x1 = box
     return max(y1 - y0, x1 - x0)

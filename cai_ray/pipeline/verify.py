@@ -3,8 +3,11 @@
 Checks: every planned shard is committed (no gaps) and no stray shard exists; each tar is
 readable and matches its entry's checksum and counts; keys are well formed, unique, and belong
 to the shard's targets; each sample has an image, a binary {0, 255} mask of the image's size and
-a JSON label consistent with the mask; every target is accounted for (its samples, failed
-samples and skipped inputs add up); totals match the manifest.
+a JSON label consistent with the mask; every input of a shard's range is accounted for, from the
+keys of its samples and failed samples and from its skipped inputs, not from the entry's own
+counts (kept or skipped, never both, never neither; each kept target with exactly its samples'
+worth of keys; under tile or crop every view of an image kept or skipped); totals match the
+manifest.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from cai_ray.core.views import WHOLE_IMAGE_MODES
+from cai_ray.core.views import WHOLE_IMAGE_MODES, Geometry, plan_views
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import DecodeError, decode_image
 from cai_ray.io.samples import MASK_MEMBER, SampleError, image_member, read_meta, view_index
@@ -57,6 +61,152 @@ def _check_sample(key: str, files: dict[str, bytes], problems: list[str]) -> dic
     return meta
 
 
+@dataclass
+class _ShardInputs:
+    """What a shard's tar and its entry's failure and skip lists say of its inputs, by input
+    index: which of its targets (views) made which sample indices, the image's size where a
+    sample records it, and which inputs or views were skipped."""
+
+    samples: dict[int, dict[int, set[int]]] = field(default_factory=dict)
+    image_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    skipped_views: dict[int, set[int]] = field(default_factory=dict)
+    skipped_whole: set[int] = field(default_factory=set)
+
+    def add_sample(self, target: int, sample: int, per_target: int) -> None:
+        views = self.samples.setdefault(target, {})
+        views.setdefault(sample // per_target, set()).add(sample)
+
+
+def _check_meta(
+    name: str,
+    key: str,
+    target: int,
+    meta: dict,
+    found: _ShardInputs,
+    inputs: list[str] | None,
+    problems: list[str],
+) -> None:
+    """The sample's JSON names the input its key's index does; its view's image size kept."""
+    if inputs is not None and 0 <= target < len(inputs) and "target" in meta:
+        path = inputs[target]
+        if path != meta["target"] and not path.endswith("/" + meta["target"]):
+            problems.append(
+                f"{name}: key {key} is input {target} ({path}) but its json names {meta['target']}"
+            )
+    view = meta.get("view")
+    if isinstance(view, dict) and "image_size" in view:
+        found.image_sizes.setdefault(
+            target, (int(view["image_size"][0]), int(view["image_size"][1]))
+        )
+
+
+def _inputs_list(out: str, count: int) -> list[str] | None:
+    """The job's input paths by index (``inputs.txt``), or None where it is absent or does not
+    hold ``count`` lines (a path with a line break in it)."""
+    url = storage.join(out, layout.INPUTS_FILE)
+    if not storage.exists(url):
+        return None
+    lines = storage.read_bytes(url).decode("utf-8", "surrogateescape").split("\n")[:-1]
+    return lines if len(lines) == count else None
+
+
+def _names(indices: list[int], inputs: list[str] | None, most: int = 5) -> str:
+    shown = [
+        f"{i} ({inputs[i].rsplit('/', 1)[-1]})" if inputs and 0 <= i < len(inputs) else str(i)
+        for i in indices[:most]
+    ]
+    more = f" and {len(indices) - most} more" if len(indices) > most else ""
+    return ", ".join(shown) + more
+
+
+def _inputs(indices: list[int], inputs: list[str] | None) -> str:
+    """'input 4 (b.jpg) is' or 'inputs 4 (b.jpg), 5 (c.jpg) are'."""
+    if len(indices) == 1:
+        return f"input {_names(indices, inputs)} is"
+    return f"inputs {_names(indices, inputs)} are"
+
+
+def _check_inputs(
+    name: str,
+    span: range,
+    entry: dict[str, Any],
+    found: _ShardInputs,
+    inputs: list[str] | None,
+    index_of: dict[str, int],
+    job: dict[str, Any],
+    problems: list[str],
+) -> None:
+    """Every input of the shard's range ``span`` kept or skipped, each kept target complete
+    (``index_of``: each of ``inputs`` by path)."""
+    per_target = job["samples_per_target"]
+    where = f"its range [{span.start}, {span.stop})"
+    if "targets" in entry and entry["targets"] != len(span):
+        problems.append(
+            f"{name}: its entry accounts for {entry['targets']} inputs, {where} holds {len(span)}"
+        )
+    for skip in entry["skipped_inputs"]:
+        target = index_of.get(skip["path"])
+        if target is None:
+            if inputs is not None:
+                problems.append(f"{name}: skipped input {skip['path']} is not one of the job's")
+            continue
+        if "view" in skip:
+            found.skipped_views.setdefault(target, set()).add(int(skip["view"]))
+        else:
+            found.skipped_whole.add(target)
+    accounted = set(found.samples) | set(found.skipped_views) | found.skipped_whole
+    outside = sorted(accounted - set(span))
+    if outside:
+        problems.append(f"{name}: {_inputs(outside, inputs)} outside {where}")
+    if inputs is not None:  # skips are named by path: without the list they cannot be placed
+        missing = sorted(set(span) - accounted)
+        if missing:
+            problems.append(
+                f"{name}: {_inputs(missing, inputs)} neither kept nor skipped (in {where}, "
+                "no sample, failed sample or skip names it)"
+            )
+    both = sorted(found.skipped_whole & (set(found.samples) | set(found.skipped_views)))
+    if both:
+        problems.append(f"{name}: {_inputs(both, inputs)} skipped and also kept")
+    geometry = Geometry(**job["config"]["inputs"].get("geometry", {}))
+    views_made = 0
+    for target, views in sorted(found.samples.items()):
+        views_made += len(views)
+        for view, made in sorted(views.items()):
+            wanted = set(range(view * per_target, (view + 1) * per_target))
+            if made != wanted:
+                problems.append(
+                    f"{name}: input {_names([target], inputs)} view {view} has sample indices "
+                    f"{sorted(made)}, expected {sorted(wanted)}"
+                )
+        skipped = found.skipped_views.get(target, set())
+        if skipped & set(views):
+            problems.append(
+                f"{name}: input {_names([target], inputs)} views {sorted(skipped & set(views))} "
+                "are skipped and also kept"
+            )
+        if not geometry.one_view_per_image and target in found.image_sizes:
+            height, width = found.image_sizes[target]
+            size = job["config"]["image_size"]
+            count = len(plan_views(height, width, size, geometry, np.random.default_rng(0)))
+            unaccounted = sorted(set(range(count)) - set(views) - skipped)
+            if unaccounted:
+                problems.append(
+                    f"{name}: input {_names([target], inputs)}: views {unaccounted} of its "
+                    f"{count} are neither kept nor skipped"
+                )
+            beyond = sorted(v for v in set(views) | skipped if v >= count)
+            if beyond:
+                problems.append(
+                    f"{name}: input {_names([target], inputs)}: views {beyond} lie past its {count}"
+                )
+    if "views" in entry and entry["views"] != views_made:
+        problems.append(
+            f"{name}: its entry counts {entry['views']} targets, its samples and failed samples "
+            f"come from {views_made}"
+        )
+
+
 def verify_output(out: str) -> VerifyReport:
     report = VerifyReport()
     problems = report.problems
@@ -86,6 +236,8 @@ def verify_output(out: str) -> VerifyReport:
     one_view = geometry["mode"] in WHOLE_IMAGE_MODES  # else several targets an image
     seen: set[str] = set()
     totals: dict[str, Counter[str]] = {}
+    inputs = _inputs_list(out, job["targets"])
+    index_of = {path: i for i, path in enumerate(inputs or [])}
     for index in sorted(entries):
         entry, name = entries[index], layout.shard_name(index)
         data = storage.read_bytes(storage.join(out, name))
@@ -94,6 +246,7 @@ def verify_output(out: str) -> VerifyReport:
         first, last = index * per_shard, min((index + 1) * per_shard, job["targets"])
         count = 0
         counts: dict[str, Counter[str]] = {}
+        found = _ShardInputs()
         try:
             for key, files in iter_tar(data):
                 count += 1
@@ -105,9 +258,13 @@ def verify_output(out: str) -> VerifyReport:
                     problems.append(f"{name}: key {key} does not belong to this shard")
                 elif one_view and int(match.group(2)) >= per_target:
                     problems.append(f"{name}: key {key} is past {per_target} samples per target")
+                if match:
+                    found.add_sample(int(match.group(1)), int(match.group(2)), per_target)
                 meta = _check_sample(key, files, problems)
                 if meta is None:
                     continue
+                if match:
+                    _check_meta(name, key, int(match.group(1)), meta, found, inputs, problems)
                 if match and view_index(meta) != int(match.group(2)) // per_target:
                     problems.append(f"{name}: key {key} does not belong to its view {meta['view']}")
                 for field_name in ("method", "anomaly_class", "scale"):
@@ -117,6 +274,13 @@ def verify_output(out: str) -> VerifyReport:
         except Exception as exc:  # tarfile raises several types for damaged archives
             problems.append(f"{name}: unreadable tar ({exc})")
             continue
+        for failure in entry["failed_samples"]:
+            match = key_pattern.match(failure["key"])
+            if match is None:
+                problems.append(f"{name}: failed sample key {failure['key']} is malformed")
+                continue
+            found.add_sample(int(match.group(1)), int(match.group(2)), per_target)
+        _check_inputs(name, range(first, last), entry, found, inputs, index_of, job, problems)
         views = entry.get("views", last - first - len(entry["skipped_inputs"]))
         expected = views * per_target
         if count + len(entry["failed_samples"]) != expected:

@@ -96,5 +96,10 @@ class CutPaste(PatchSynthesizer):
         image[region][shape] = patch[shape]
         mask = np.zeros((height, width), np.uint8)
         mask[region][shape] = 255
-        info = {"cut": [y0, x0, cut_h, cut_w], "paste": [py, px], "rotation": round(angle, 3)}
+        info = {
+            "cut": [y0, x0, cut_h, cut_w],
+            "paste": [py, px],
+            "rotation": round(angle, 3),
+            "blend_box": [py, px, py + shape.shape[0], px + shape.shape[1]],
+        }
         return Patched(image, mask, self.method, 1, info)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from cai_ray.core.geometry import region_box
 from cai_ray.core.synthesis import Donor, Patched
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, load_image
@@ -229,5 +230,10 @@ class Draem(PatchSynthesizer):
         beta = rng.uniform(0, p.max_beta)
         image = blend_texture(target, texture, region, beta)
         mask = (region * 255).astype(np.uint8)
-        info = {"texture": texture_index, "perlin_cells": list(cells), "beta": round(beta, 4)}
+        info = {
+            "texture": texture_index,
+            "perlin_cells": list(cells),
+            "beta": round(beta, 4),
+            "blend_box": region_box(region),
+        }
         return Patched(image, mask, self.method, 1, info)

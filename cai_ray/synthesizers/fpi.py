@@ -83,5 +83,9 @@ class FPI(PatchSynthesizer):
         inside[box] = True
         changed = grey_difference(image, target) > p.label_threshold
         mask = ((changed & inside) * 255).astype(np.uint8)
-        info = {"box": [y, x, box_h, box_w], "factor": round(factor, 4)}
+        info = {
+            "box": [y, x, box_h, box_w],
+            "factor": round(factor, 4),
+            "blend_box": [y, x, y + box_h, x + box_w],
+        }
         return Patched(image, mask, self.method, 1, info)

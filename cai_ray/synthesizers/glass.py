@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from cai_ray.core.geometry import region_box
 from cai_ray.core.synthesis import Donor, Patched
 from cai_ray.io import storage
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
@@ -166,5 +167,6 @@ class Glass(PatchSynthesizer):
             "masks": how,
             "augmentations": chosen,
             "beta": round(beta, 4),
+            "blend_box": region_box(region),
         }
         return Patched(image, mask, self.method, 1, info)

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from cai_ray.core.geometry import region_box
 from cai_ray.core.labels import grey_difference
 from cai_ray.core.poisson import poisson_blend
 from cai_ray.core.synthesis import Donor, Patched
@@ -104,4 +105,5 @@ class NSA(PatchSynthesizer):
             boxes.append([sy, sx, cut_h, cut_w, py, px, new_h, new_w])
         changed = grey_difference(image, target) > p.label_threshold
         mask = ((changed & patches) * 255).astype(np.uint8)
-        return Patched(image, mask, self.method, 1, {"patches": boxes})
+        info = {"patches": boxes, "blend_box": region_box(patches)}
+        return Patched(image, mask, self.method, 1, info)
