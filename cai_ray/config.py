@@ -15,6 +15,7 @@ from cai_ray.core.foreground import ForegroundMethod
 from cai_ray.core.views import Geometry
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io.codecs import DEFAULT_MAX_PIXELS, ImageFormat
+from cai_ray.io.layout import KEY_PREFIX_MAX_LENGTH
 from cai_ray.io.settings import Settings, read_yaml, validate_settings
 from cai_ray.io.storage import DEFAULT_REQUEST_ATTEMPTS, DEFAULT_TIMEOUT_S
 from cai_ray.synthesizers.registry import SynthesizerConfig, default_method
@@ -48,7 +49,12 @@ class ForegroundConfig(Settings):
 
 class OutputConfig(Settings):
     path: str
-    samples_key_prefix: str = Field("s", pattern=r"^[A-Za-z0-9_-]+$")
+    samples_key_prefix: str = Field(
+        "s",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        max_length=KEY_PREFIX_MAX_LENGTH,
+        description="Sample keys are <prefix>-<input index>-<sample index>.",
+    )
     targets_per_shard: int = Field(32, ge=1)
     image_format: ImageFormat = "png"
     include_normal: bool = Field(False, description="Also write each normal image, label 0.")

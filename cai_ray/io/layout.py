@@ -35,6 +35,13 @@ def entry_name(index: int) -> str:
     return f"shard-{index:06d}.json"
 
 
+KEY_PREFIX_MAX_LENGTH = 64
+"""The longest samples key prefix: a key with it and the widest indices (a trillion targets,
+9,999 samples each) and a sample's longest member name (``.mask.png``) still fits the 100 bytes
+of a ustar member name, so a long prefix is refused with the config, not after a shard was
+made."""
+
+
 def sample_key(prefix: str, target_index: int, sample_index: int) -> str:
     """``<prefix>-<target, 7+ digits>-<sample, 2+ digits>``: zero-padded so keys sort in
     order for the usual sizes, and wider past 9,999,999 targets or 99 samples per target."""

@@ -67,11 +67,13 @@ def seed_key(target: dict) -> str:
 
 
 def _outside_padding(
-    result: PseudoAnomaly | Failure, target: np.ndarray, placed: list[int]
+    result: PseudoAnomaly | Failure, target: np.ndarray, placed: list[int], label_floor: int
 ) -> PseudoAnomaly | Failure:
     """A padded target's padding (letterbox, or a side shorter than a crop) as it was and
     unlabelled, whatever a synthesizer did near its edge: only the image is a target. CAI never
-    touches it (the padding is not foreground); a baseline's patch may reach over it."""
+    touches it (the padding is not foreground); a baseline's patch may reach over it. A label
+    left with fewer than ``label_floor`` pixels is given up, as the synthesizer gives up one
+    drawn too small."""
     y0, x0, y1, x1 = placed
     if isinstance(result, Failure) or (y0, x0, y1, x1) == (0, 0, *target.shape[:2]):
         return result
@@ -80,6 +82,9 @@ def _outside_padding(
     mask[y0:y1, x0:x1] = result.mask[y0:y1, x0:x1]
     if not mask.any():
         return Failure("the anomaly lay on the padding only", result.attempts)
+    if np.count_nonzero(mask) < label_floor:
+        reason = f"the anomaly's label off the padding is below {label_floor} pixels"
+        return Failure(reason, result.attempts)
     # every PseudoAnomaly is a frozen dataclass; the Protocol cannot say so to mypy
     return replace(result, image=image, mask=mask)  # type: ignore[type-var]
 
@@ -196,6 +201,7 @@ class InjectionStage:
         self.image_format: ImageFormat = image_format
         self.include_normal = include_normal
         self.anomalies_per_target = self.synthesizer.anomalies_per_target
+        self.label_floor = synthesizer.label_floor(cai)
 
     def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Sample:
         return key, encode_sample(image, mask, meta, self.image_format)
@@ -231,7 +237,8 @@ class InjectionStage:
             if "view" in target:
                 base["view"] = target["view"]
                 first = target["view"]["index"] * per_target
-                results = [_outside_padding(r, image, target["view"]["placed"]) for r in results]
+                placed = target["view"]["placed"]
+                results = [_outside_padding(r, image, placed, self.label_floor) for r in results]
             for k, result in enumerate(results):
                 key = sample_key(self.key_prefix, target["index"], first + k)
                 if isinstance(result, Failure):

@@ -37,6 +37,11 @@ class MethodSettings:
         """Pseudo-anomalies made per target (CAI's quotas, or the method's own setting)."""
         raise NotImplementedError
 
+    def label_floor(self, cai: CAIParams) -> int:
+        """The fewest label pixels a sample may have (smaller labels are redrawn or given up):
+        CAI's ``min_mask_pixels`` unless the method has its own."""
+        return cai.min_mask_pixels
+
     def check(self, context: BuildContext) -> None:
         """Fail in the driver, before any worker starts, on a missing source or model."""
 

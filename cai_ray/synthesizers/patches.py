@@ -26,6 +26,10 @@ class SampleBudget(BaseModel):
         """The job's count per target (the ``MethodSettings`` hook): the baseline's own."""
         return self.anomalies_per_target
 
+    def label_floor(self, cai: CAIParams) -> int:
+        """The ``MethodSettings`` hook: the baseline's own ``min_mask_pixels``."""
+        return self.min_mask_pixels
+
 
 class PatchSynthesizer:
     """A baseline synthesizer: :meth:`attempt` draws one sample; :meth:`synthesize` makes the

@@ -4,7 +4,10 @@ refused with their new names."""
 import pytest
 
 from cai_ray.config import load_config
+from cai_ray.io.layout import KEY_PREFIX_MAX_LENGTH, sample_key
+from cai_ray.io.samples import MASK_MEMBER
 from cai_ray.io.settings import ConfigError
+from cai_ray.io.tar import build_tar
 
 VALID = "inputs: {paths: [x]}\noutput: {path: o}\n"
 
@@ -58,3 +61,16 @@ def test_the_new_names_load(tmp_path):
     text = VALID + "daad: {path: d}\nstorage: {request_attempts: 3}\ncai: {max_draws: 4}\n"
     config = load_config(_write(tmp_path, text))
     assert config.storage.request_attempts == 3 and config.cai.max_draws == 4
+
+
+def test_a_key_prefix_too_long_for_a_tar_member_is_refused_with_the_config(tmp_path):
+    """Fails on a4045c6: a 95-character prefix passed validation and the job failed only when
+    its first shard was written. The longest allowed prefix fits with the widest indices."""
+    longest = "p" * KEY_PREFIX_MAX_LENGTH
+    widest = sample_key(longest, 10**12 - 1, 9_999)
+    assert build_tar([(widest, {MASK_MEMBER: b"m", "json": b"{}", "png": b"i"})])
+    fits = VALID.replace("path: o", f"path: o, samples_key_prefix: {longest}")
+    assert load_config(_write(tmp_path, fits + "daad: {path: d}\n"))
+    too_long = VALID.replace("path: o", f"path: o, samples_key_prefix: {'p' * 95}")
+    with pytest.raises(ConfigError, match=r"output.samples_key_prefix: .*at most 64 characters"):
+        load_config(_write(tmp_path, too_long))

@@ -7,10 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
+from cai_ray.core.synthesis import Failure, Patched
 from cai_ray.core.views import Geometry
 from cai_ray.io.layout import committed_shards
 from cai_ray.io.tar import iter_tar
-from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
+from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, _outside_padding
 from cai_ray.pipeline.synth import plan_job
 
 
@@ -98,3 +99,18 @@ def test_the_foreground_of_a_padded_target_is_found_in_the_image_not_the_padding
         box_truth = cv2.resize(box_truth.astype(np.uint8), shown.shape[::-1]) > 0
     iou = (shown & box_truth).sum() / (shown | box_truth).sum()
     assert shown.mean() < 0.2 and iou > 0.8, (shown.mean(), iou)
+
+
+def test_a_label_mostly_on_the_padding_is_given_up_when_too_small_to_keep():
+    """Fails on a4045c6: a patch over the letterbox bar kept a 4-pixel label on the image,
+    below the 10 pixels any sample's label must have."""
+    target = np.zeros((32, 32), np.uint8)
+    target[8:24] = 100  # a letterboxed image: rows 8-23 are the image, the rest padding
+    image, mask = target.copy(), np.zeros((32, 32), np.uint8)
+    image[2:10, 4:6], mask[2:10, 4:6] = 200, 1  # 16 labelled pixels, 4 of them on the image
+    patched = Patched(image, mask, "cutpaste", attempts=1)
+    result = _outside_padding(patched, target, [8, 0, 24, 32], label_floor=10)
+    assert isinstance(result, Failure) and "below 10 pixels" in result.reason
+    kept = _outside_padding(patched, target, [8, 0, 24, 32], label_floor=4)
+    assert isinstance(kept, Patched) and np.count_nonzero(kept.mask) == 4
+    assert (kept.image[:8] == 0).all() and kept.image[8, 4] == 200
