@@ -139,7 +139,7 @@ INJECTION_STAGES = {
     "daad_read": [("shards.py", "_read")],
     "poisson": [("poisson.py", "poisson_blend")],
     "label": [("cai.py", "_label")],
-    "encode": [("codecs.py", "encode_png")],
+    "encode": [("png.py", "encode_png")],
     "pack": [("tar.py", "build_tar")],
 }
 

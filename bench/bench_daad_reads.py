@@ -29,7 +29,8 @@ from common import report, shared_daad
 from cai_ray.core.cai import SourcePattern
 from cai_ray.daad.builders import INDEX_NAME, RECORDS_NAME
 from cai_ray.daad.shards import PatternBank, iter_records
-from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, decode_own_png, encode_png
+from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, decode_png
+from cai_ray.io.png import encode_png
 
 
 def whole_record_view(daad: str, into: Path) -> str:
@@ -63,7 +64,7 @@ def decode_times_by_share(daad: str, mode: ColorMode) -> dict[str, float | int]:
         start = time.perf_counter()
         decode_image(image_bytes, mode), decode_mask(mask_png)
         middle = time.perf_counter()
-        decode_own_png(crop_pngs[0], mode), decode_own_png(crop_pngs[1])
+        decode_png(crop_pngs[0], mode), decode_png(crop_pngs[1], "grey")
         end = time.perf_counter()
         share = min(int(pattern.mask.size / mask.size * 5), 4) / 5
         whole_kib = (len(image_bytes) + len(mask_png)) / 1024

@@ -21,18 +21,18 @@ def digest_in_this_process(daad: str, level: int, junk: int) -> str:
     import numpy as np
 
     from cai_ray.daad.records import PATTERN_IMAGE
-    from cai_ray.io import codecs
+    from cai_ray.io import codecs, png
     from cai_ray.io.tar import iter_tar
 
     rng = np.random.default_rng(junk)
     kept = [rng.integers(0, 255, int(rng.integers(1, 1 << 20)), np.uint8) for _ in range(junk)]
-    codecs._DEFLATE_LEVEL = level  # the level under test, in this process only
+    png._DEFLATE_LEVEL = level  # the level under test, in this process only
     digest = hashlib.sha256()
     for shard in sorted(Path(daad).glob("*.tar")):
         for _, files in iter_tar(shard.read_bytes()):
             for name, data in files.items():
                 if name == PATTERN_IMAGE or name in ("jpg", "png"):
-                    digest.update(codecs.encode_png(codecs.decode_image(data)))
+                    digest.update(png.encode_png(codecs.decode_image(data)))
                     kept.append(np.empty(int(rng.integers(1, 5000)), np.uint8))
     return digest.hexdigest()
 

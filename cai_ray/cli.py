@@ -52,7 +52,7 @@ def _daad_stats(args: argparse.Namespace) -> int:
 
 def _daad_preview(args: argparse.Namespace) -> int:
     from cai_ray.daad.preview import contact_sheet
-    from cai_ray.io.codecs import encode_png
+    from cai_ray.io.png import encode_png
 
     out = args.out or storage.join(args.daad, "preview.png")
     sheet = contact_sheet(args.daad, per_class=args.per_class, cell=args.cell)

@@ -19,7 +19,7 @@ from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import PATTERN_IMAGE, PATTERN_MASK, RecordLabel, parse_sample
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
-from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, decode_own_png
+from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, decode_png
 from cai_ray.io.tar import iter_tar
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,8 @@ class PatternBank:
         return pattern
 
     def _read(self, index: int) -> SourcePattern:
-        """The pattern from its crop, where the record keeps one (small PNGs that cai-ray
-        wrote, decoded by hand), else from the record's whole source image and mask: the same
+        """The pattern from its crop, where the record keeps one (small PNGs, decoded by hand
+        where cai-ray wrote them), else from the record's whole source image and mask: the same
         pixels either way."""
         url = self._shard_urls[int(self._shard[index])]
         crop = self._pattern_start[index] >= 0
@@ -197,8 +197,8 @@ class PatternBank:
             raise ValueError(f"{url}: the records table points at {len(samples)} records, not 1")
         key, files = samples[0]
         if crop:
-            image = decode_own_png(files[PATTERN_IMAGE], self.mode)
-            mask = decode_own_png(files[PATTERN_MASK]) > 0
+            image = decode_png(files[PATTERN_IMAGE], self.mode)
+            mask = decode_png(files[PATTERN_MASK], "grey") > 0
             anomaly_class, domain = str(self.classes[index]), str(self.domains[index])
         else:
             label, image_bytes, mask = parse_sample(key, files)

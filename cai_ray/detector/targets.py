@@ -32,11 +32,11 @@ from cai_ray.io.codecs import (
     DecodeError,
     decode_image,
     decode_mask,
-    encode_png,
     resize,
     resize_mask,
 )
 from cai_ray.io.layout import JOB_FILE, read_json
+from cai_ray.io.png import encode_png
 from cai_ray.io.settings import read_yaml, validate_settings
 
 

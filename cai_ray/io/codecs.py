@@ -17,15 +17,12 @@ sets), which shows an image as a viewer does:
 from __future__ import annotations
 
 import io
-import struct
 import warnings
-import zlib
 from dataclasses import replace
 from typing import Literal
 
 import cv2
 import numpy as np
-from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cai_ray.core.views import (
@@ -38,6 +35,7 @@ from cai_ray.core.views import (
     resize,
 )
 from cai_ray.io import storage
+from cai_ray.io.png import DamagedPng, decode_own_png, encode_png
 
 ColorMode = Literal["grey", "rgb"]
 ImageFormat = Literal["png", "jpg"]
@@ -45,9 +43,6 @@ ImageFormat = Literal["png", "jpg"]
 DEFAULT_MAX_PIXELS = 100_000_000
 """About 300 MB once decoded as RGB. Pillow's own limit (179 million pixels, against
 decompression bombs) stays in force above it."""
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_DEFLATE_LEVEL = 0
-"""ISA-L's only deterministic level (see :func:`encode_png`)."""
 _ORIENTATION_TAG = 0x0112
 _SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -170,38 +165,18 @@ def _decode(
     return array if mode is None else to_mode(array, mode)
 
 
-def decode_own_png(data: bytes, mode: ColorMode | None = None) -> np.ndarray:
-    """A PNG that :func:`encode_png` wrote (8-bit grey or RGB, every row filtered "Up"): its
-    stream inflated by ISA-L and the filter undone row by row. :func:`decode_image`'s pixels at
-    about 3 times its speed and twice OpenCV's (docs/BENCHMARKS.md, issue 24), for the DAAD's
-    pattern crops. Any other PNG, or a damaged one, is a :class:`DecodeError`."""
-    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
-        raise DecodeError("damaged PNG (no PNG signature and header)")
-    width, height, depth, colour, *methods = struct.unpack(">IIBBBBB", data[16:29])
-    if depth != 8 or colour not in (0, 2) or any(methods):
-        raise DecodeError(f"not a PNG that cai-ray writes (depth {depth}, colour type {colour})")
-    channels = 1 if colour == 0 else 3
-    stream, at = [], 33
-    while at + 8 <= len(data) and data[at + 4 : at + 8] != b"IEND":
-        (length,) = struct.unpack(">I", data[at : at + 4])
-        if data[at + 4 : at + 8] == b"IDAT":
-            stream.append(data[at + 8 : at + 8 + length])
-        at += length + 12
+def decode_png(data: bytes, mode: ColorMode | None = None) -> np.ndarray:
+    """A PNG, for the DAAD's pattern crops: read by hand where it has the layout that
+    :func:`~cai_ray.io.png.encode_png` writes (about twice OpenCV's speed), else by
+    :func:`decode_image`, whatever wrote it (an optimiser, Pillow, OpenCV): the same pixels
+    either way. A file that is not a whole PNG (truncated, a chunk's CRC wrong) or that neither
+    reads is a :class:`DecodeError`."""
     try:
-        raw = isal_zlib.decompress(b"".join(stream))
-    except isal_zlib.error as exc:  # type: ignore[misc]  # (isal's stubs declare an instance)
+        image = decode_own_png(data)
+    except DamagedPng as exc:
         raise DecodeError(f"damaged PNG ({exc})") from None
-    if len(raw) != height * (1 + width * channels):
-        raise DecodeError(f"damaged PNG ({len(raw)} bytes of pixels for {width}x{height})")
-    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + width * channels)
-    if height and not (rows[:, 0] == 2).all():
-        raise DecodeError("not a PNG that cai-ray writes (a row not filtered 'Up')")
-    image = np.empty((height, width * channels), np.uint8)
-    if height:
-        image[0] = rows[0, 1:]
-    for y in range(1, height):  # "Up": each row is the one above plus its bytes, modulo 256
-        np.add(image[y - 1], rows[y, 1:], out=image[y])
-    image = image.reshape(height, width, 3) if channels == 3 else image
+    if image is None:
+        return decode_image(data, mode)
     return image if mode is None else to_mode(image, mode)
 
 
@@ -308,45 +283,6 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """A bool mask resized like its image (:func:`resize`), then thresholded at half, so it
     stays binary and aligned with the image."""
     return np.asarray(resize(mask.astype(np.uint8) * 255, size) > 127)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """Lossless 8-bit PNG of an (M, N) grey or (M, N, 3) RGB uint8 image.
-
-    Written directly (PNG filter "Up", then deflate by ISA-L at level 0): encoding is the
-    largest cost of a CAI sample, and ISA-L's deflate is 3-10 times faster than zlib's level 1
-    (docs/BENCHMARKS.md, issue 24). Level 0, not 1: ISA-L's levels 1-3 are not deterministic
-    (the same pixels compressed in two processes can give two streams), level 0 resets all its
-    state on every call; its files are 17-47% larger than level 1's. The pixels
-    are the same whichever deflate wrote them, the file bytes are not.
-    """
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(
-            f"encode_png needs a grey or RGB uint8 image, got {image.dtype} {image.shape}"
-        )
-    height, width = image.shape[:2]
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels not in (1, 3):
-        raise ValueError(f"encode_png needs 1 or 3 channels, got {channels}")
-    rows = image.reshape(height, width * channels)
-    filtered = np.empty((height, width * channels + 1), np.uint8)
-    filtered[:, 0] = 2  # filter type Up: each row minus the row above, modulo 256
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    colour_type = 0 if channels == 1 else 2
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return b"".join(
-        [
-            _PNG_SIGNATURE,
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", isal_zlib.compress(filtered.tobytes(), _DEFLATE_LEVEL)),
-            _png_chunk(b"IEND", b""),
-        ]
-    )
 
 
 def encode_image(image: np.ndarray, fmt: ImageFormat, *, jpeg_quality: int = 95) -> bytes:

@@ -9,7 +9,8 @@ import numpy as np
 
 from cai_ray.config import SynthConfig
 from cai_ray.io import layout, storage
-from cai_ray.io.codecs import ColorMode, encode_png, load_views, to_mode
+from cai_ray.io.codecs import ColorMode, load_views, to_mode
+from cai_ray.io.png import encode_png
 from cai_ray.io.samples import decode_sample, read_meta, view_index
 from cai_ray.io.tar import iter_tar
 

@@ -1,19 +1,24 @@
 """Lazy DAAD reads: the pattern bank against a full scan, its memory bound, its errors."""
 
+import io
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from cai_ray.core.cai import CAIInjector, CAIParams, Injection, SourcePattern, UnreadablePattern
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.daad.shards import PatternBank, iter_records, prepare_daad
 from cai_ray.io.codecs import decode_image
-from cai_ray.io.tar import member_spans
+from cai_ray.io.tar import build_tar, iter_tar, member_spans, sample_spans
 
 
 def _full_scan(daad: str, mode="grey") -> list[SourcePattern]:
@@ -148,3 +153,117 @@ def test_a_damaged_crop_is_a_damaged_record(demo_daad, tmp_path):
     with pytest.raises(UnreadablePattern, match="damaged DAAD record"):
         bank[index]
     assert list(bank.damaged) == [f"{shard}#{bank._start[index]}"]
+
+
+def _rewrite_crops(daad: str, out: Path, change: Callable[[str, str, bytes], bytes]) -> Path:
+    """A copy of ``daad`` whose crop members are ``change(key, ext, data)``, the shards and
+    the records table's byte ranges rewritten to match."""
+    shutil.copytree(daad, out)
+    table = pq.read_table(out / "records.parquet")
+    names = ("start", "end", "pattern_start", "pattern_end")
+    columns = {name: table[name].to_pylist() for name in names}
+    row = 0
+    for shard in sorted(out.glob("daad-*.tar")):
+        samples = [
+            (
+                key,
+                {
+                    ext: change(key, ext, d) if ext.startswith("crop") else d
+                    for ext, d in files.items()
+                },
+            )
+            for key, files in iter_tar(shard.read_bytes())
+        ]
+        data = build_tar(samples)
+        shard.write_bytes(data)
+        members = {name: (start, end) for name, start, end in member_spans(data)}
+        for (key, start, end), (_, files) in zip(sample_spans(data), samples, strict=True):
+            columns["start"][row], columns["end"][row] = start, end
+            if "crop.png" in files:
+                first, last = members[f"{key}.crop.mask.png"], members[f"{key}.crop.png"]
+                columns["pattern_start"][row], columns["pattern_end"][row] = first[0], last[1]
+            row += 1
+    for name, values in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+    pq.write_table(table, out / "records.parquet")
+    return out
+
+
+def _pillow_png(data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(decode_image(data)).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _opencv_png(data: bytes) -> bytes:
+    image = decode_image(data)
+    ok, buffer = cv2.imencode(
+        ".png",
+        image if image.ndim == 2 else image[..., ::-1],
+        [cv2.IMWRITE_PNG_COMPRESSION, 9, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH],
+    )
+    assert ok
+    return buffer.tobytes()
+
+
+@pytest.mark.parametrize("writer", [_pillow_png, _opencv_png], ids=["pillow", "opencv"])
+@pytest.mark.parametrize("mode", ["grey", "rgb"])
+def test_crops_another_encoder_wrote_give_the_same_patterns(demo_daad, tmp_path, writer, mode):
+    """Issue 32: crops re-optimised or written by another PNG encoder are intact records, read
+    to the same patterns, none counted damaged (so no slot redraws and samples stay put)."""
+    daad = _rewrite_crops(demo_daad, tmp_path / "daad", lambda key, ext, data: writer(data))
+    ours, theirs = PatternBank(demo_daad, mode=mode), PatternBank(str(daad), mode=mode)
+    assert len(theirs) == len(ours) and _crops_kept(str(daad)) == _crops_kept(demo_daad)
+    for i in range(len(ours)):
+        assert theirs[i].record_id == ours[i].record_id and theirs[i].box == ours[i].box
+        np.testing.assert_array_equal(theirs[i].image, ours[i].image)
+        np.testing.assert_array_equal(theirs[i].mask, ours[i].mask)
+    assert theirs.damaged == {}
+
+
+def _flip_idat_byte(data: bytes) -> bytes:
+    at = data.index(b"IDAT") + 4 + 10
+    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :]
+
+
+def _flip_idat_crc(data: bytes) -> bytes:
+    at = data.index(b"IEND") - 4 - 4 + 1  # the last chunk's CRC ends where IEND's length begins
+    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:20],  # the signature and part of the header: struct.error today
+        lambda data: data[:28],
+        lambda data: data[: len(data) // 2],
+        _flip_idat_byte,
+        _flip_idat_crc,
+        lambda data: _flip_idat_crc(_pillow_png(data)),  # Pillow itself skips IDAT's CRC
+    ],
+    ids=["20-bytes", "28-bytes", "half", "idat-byte", "idat-crc", "pillow-idat-crc"],
+)
+@pytest.mark.parametrize("member", ["crop.png", "crop.mask.png"])
+def test_a_short_or_corrupt_crop_is_a_counted_damaged_record(demo_daad, tmp_path, damage, member):
+    """Issue 32: one short, truncated or CRC-corrupt crop is a damaged record, counted and
+    named, whose draw fails as an unreadable pattern; it never ends the reader, and the other
+    records read as before."""
+    victim = next(
+        r["record_id"]
+        for r in pq.read_table(Path(demo_daad, "records.parquet")).to_pylist()
+        if r["pattern_start"] >= 0
+    )
+    daad = _rewrite_crops(
+        demo_daad,
+        tmp_path / "daad",
+        lambda key, ext, data: damage(data) if (key, ext) == (victim, member) else data,
+    )
+    ours, bank = PatternBank(demo_daad, mode="grey"), PatternBank(str(daad), mode="grey")
+    for i in range(len(bank)):
+        if ours[i].record_id == victim:
+            with pytest.raises(UnreadablePattern, match="damaged DAAD record"):
+                bank[i]
+            assert list(bank.damaged) == [f"{daad / 'daad-000000.tar'}#{bank._start[i]}"]
+        else:
+            np.testing.assert_array_equal(bank[i].image, ours[i].image)
+    assert len(bank.damaged) == 1

@@ -10,11 +10,10 @@ from cai_ray.io.codecs import (
     decode_image,
     decode_mask,
     decode_mat_mask,
-    decode_own_png,
     encode_image,
-    encode_png,
     is_grey_content,
 )
+from cai_ray.io.png import encode_png
 from tests.conftest import DEMO
 
 TILE = next(iter(sorted((DEMO / "normal").glob("*.jpg"))))
@@ -68,61 +67,6 @@ def test_crackforest_mat_masks(shared_data):
         decode_mat_mask(data, field_path="groundTruth.Missing", foreground_value=2)
     with pytest.raises(DecodeError):
         decode_mat_mask(b"junk", field_path="x", foreground_value=1)
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (17, 33), (20, 9, 3)])
-def test_png_round_trips_exactly(shape):
-    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    assert np.array_equal(decode_image(encode_png(image)), image)
-    with pytest.raises(ValueError):
-        encode_png(image.astype(np.uint16))
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (17, 33), (20, 9, 3), (300, 257, 3)])
-@pytest.mark.parametrize("mode", [None, "grey", "rgb"])
-def test_own_pngs_decode_by_hand_to_decode_images_pixels(shape, mode):
-    """The DAAD's pattern crops are read by hand: the same arrays as the Pillow path."""
-    rng = np.random.default_rng(1)
-    image = rng.integers(0, 256, shape, dtype=np.uint8)
-    image[: shape[0] // 2] //= 7  # a smooth half as well as noise
-    png = encode_png(image)
-    got = decode_own_png(png, mode)
-    assert got.dtype == np.uint8
-    np.testing.assert_array_equal(got, decode_image(png, mode))
-
-
-def test_a_damaged_own_png_is_a_decode_error():
-    png = bytearray(encode_png(np.full((40, 40, 3), 90, np.uint8)))
-    png[45:-12] = bytes(len(png) - 57)
-    with pytest.raises(DecodeError, match="damaged PNG"):
-        decode_own_png(bytes(png))
-    with pytest.raises(DecodeError, match="damaged PNG"):
-        decode_own_png(b"")
-    with pytest.raises(DecodeError, match="damaged PNG"):
-        decode_own_png(encode_png(np.zeros((40, 40), np.uint8))[:-40])  # truncated
-    other = _png(Image.fromarray(np.full((40, 40), 90, np.uint8)))  # Pillow's filters
-    with pytest.raises(DecodeError, match="not a PNG that cai-ray writes"):
-        decode_own_png(other)
-
-
-def test_png_deflate_keeps_pixels_and_stays_near_zlib_level_1_on_real_images():
-    """Issue 24: ISA-L's deflate changes the file bytes, never the pixels, and on a grey
-    texture and a mask its files (level 0, its deterministic one: fixed Huffman codes) are
-    within 60% of zlib's level 1."""
-    import zlib
-
-    grey = decode_image(TILE.read_bytes())
-    mask = np.where(grey > grey.mean() + 2 * grey.std(), 255, 0).astype(np.uint8)
-    for image in (grey, mask, decode_image(TILE.read_bytes(), "rgb")):
-        png = encode_png(image)
-        assert np.array_equal(decode_image(png, "rgb" if image.ndim == 3 else "grey"), image)
-        ok, reference = cv2.imencode(".png", image if image.ndim == 2 else image[..., ::-1])
-        assert ok and np.array_equal(decode_image(png), decode_image(reference.tobytes()))
-    for image in (grey, mask):
-        filtered = np.diff(image.astype(np.int16), axis=0, prepend=0).astype(np.uint8)
-        rows = np.hstack([np.full((image.shape[0], 1), 2, np.uint8), filtered])
-        default_size = len(zlib.compress(rows.tobytes(), 1)) + 57  # PNG signature and chunks
-        assert len(encode_png(image)) < 1.6 * default_size
 
 
 def test_jpeg_encoding_is_close():
