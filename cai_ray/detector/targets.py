@@ -33,7 +33,7 @@ from cai_ray.io.codecs import (
     decode_image,
     decode_mask,
     encode_png,
-    resize,
+    load_views,
     resize_mask,
 )
 from cai_ray.io.layout import JOB_FILE, read_json
@@ -425,38 +425,38 @@ def load_test_set(
     split: TargetSplit, size: int, mode: ColorMode, geometry: Geometry | None = None
 ) -> TestSet:
     """The test set of ``split`` (see :class:`TestSet`); unusable images are added to
-    ``split.skipped`` with the reason."""
+    ``split.skipped`` with the reason. Each image is decoded and cut by
+    :func:`~cai_ray.io.codecs.load_views`, as synthesis reads its inputs (a large JPEG that
+    ``resize`` or ``letterbox`` shrinks decodes at reduced scale in both)."""
     geometry = scoring_geometry(geometry or Geometry())
     targets, target_masks, views, masks, kept = [], [], [], [], []
     for item in split.test:
         try:
-            image = decode_image(item.path.read_bytes(), mode)
+            shown = load_views(str(item.path), size, mode, geometry)
+            shape = shown[0][0].image_shape
             mask = (
-                np.zeros(image.shape[:2], bool)
-                if item.mask is None
-                else decode_mask(item.mask.read_bytes())
+                np.zeros(shape, bool) if item.mask is None else decode_mask(item.mask.read_bytes())
             )
         except (OSError, DecodeError) as exc:
             split.skipped.append({"path": str(item.path), "reason": f"unreadable: {exc}"})
             continue
-        if mask.shape != image.shape[:2]:
-            reason = f"mask {mask.shape} and image {image.shape[:2]} differ in size"
+        if mask.shape != shape:
+            reason = f"mask {mask.shape} and image {shape} differ in size"
             split.skipped.append({"path": str(item.path), "reason": reason})
             continue
         if item.mask is not None and not mask.any():
             split.skipped.append({"path": str(item.path), "reason": "mask is empty"})
             continue
+        image_views = [view for view, _, _ in shown]
         if geometry.mode == "resize":  # scored at size x size: one view, nothing to stitch
             mask = resize_mask(mask, size)
             if item.mask is not None and not mask.any():
                 reason = f"defect smaller than a pixel at {size}x{size}"
                 split.skipped.append({"path": str(item.path), "reason": reason})
                 continue
-            image = resize(image, size)
-        height, width = image.shape[:2]
-        image_views = plan_views(height, width, size, geometry)
-        for view in image_views:
-            targets.append(render_view(image, view, size))
+            image_views = plan_views(size, size, size, geometry)
+        for view, (_, target, _) in zip(image_views, shown, strict=True):
+            targets.append(target)
             target_masks.append(render_view(mask.astype(np.uint8) * 255, view, size) > 127)
         views.append(image_views)
         masks.append(mask)

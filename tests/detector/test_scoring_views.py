@@ -2,6 +2,7 @@
 varied, non-square sizes cut into tiles or letterboxed, the maps stitched back, the metrics
 taken on the ground truth at the images' own size."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,14 @@ import torch
 from cai_ray.core.views import Geometry
 from cai_ray.detector.evaluate import evaluate_network
 from cai_ray.detector.metrics import evaluate
-from cai_ray.detector.targets import load_target_spec, load_target_split, load_test_set
+from cai_ray.detector.targets import (
+    TargetSplit,
+    load_target_spec,
+    load_target_split,
+    load_test_set,
+)
+from cai_ray.detector.targets import TestImage as Item  # (a name pytest would collect)
+from cai_ray.io.codecs import encode_image, load_views
 from tests.conftest import DEMO, REPO
 
 
@@ -57,3 +65,20 @@ def test_a_network_is_scored_on_stitched_maps(split):
     assert [m.shape for m in maps] == [m.shape for m in test.masks]
     assert metrics == evaluate(maps, test.masks)
     assert set(metrics) == {"pixel_auroc", "pixel_ap", "pro", "image_auroc"}
+
+
+@pytest.mark.parametrize("mode", ["resize", "letterbox"])
+def test_a_large_jpeg_test_image_is_decoded_as_synthesis_decodes_it(tmp_path, mode):
+    """Synthesis decodes a JPEG it shrinks by 2x or more at reduced scale (load_views); the
+    test set goes through the same path, so a file gives the same target in both."""
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (600, 900), np.uint8), (0, 0), 1.5)
+    (tmp_path / "photo.jpg").write_bytes(encode_image(photo, "jpg"))
+    mask = np.zeros(photo.shape, np.uint8)
+    mask[200:320, 300:480] = 255
+    (tmp_path / "photo_mask.png").write_bytes(encode_image(mask, "png"))
+    item = Item(tmp_path / "photo.jpg", tmp_path / "photo_mask.png", "crack")
+    test = load_test_set(TargetSplit("photo", [], [item]), 64, "grey", Geometry(mode=mode))
+    ((_, target, _),) = load_views(str(item.path), 64, "grey", Geometry(mode=mode))
+    assert np.array_equal(test.targets[0], target)
+    assert test.masks[0].shape == ((64, 64) if mode == "resize" else photo.shape)
