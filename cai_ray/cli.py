@@ -184,15 +184,17 @@ def _detector_eval(args: argparse.Namespace) -> int:
         load_target_split,
         load_test_set,
         scoring_geometry,
-        training_geometry,
+        training_cut,
     )
     from cai_ray.detector.train import read_checkpoint
 
     state = read_checkpoint(args.checkpoint)
     trained = state["config"]
     split = load_target_split(load_target_spec(args.test), args.data_root)
-    geometry = training_geometry(trained["data"])
-    test = load_test_set(split, trained["image_size"], trained["color"], geometry)
+    geometry, data_size = training_cut(trained["data"])
+    test = load_test_set(
+        split, trained["image_size"], trained["color"], geometry, data_size=data_size
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     metrics, maps = evaluate_network(network_from_checkpoint(state, device), test, device=device)
     by_defect = evaluate_by_defect(maps, test.masks, [item.defect for item in test.items])
@@ -200,6 +202,7 @@ def _detector_eval(args: argparse.Namespace) -> int:
         "epoch": state["epoch"],
         "test_images": len(test.items),
         "geometry": scoring_geometry(geometry).mode,
+        "view_size": test.view_size,
         **metrics,
         "by_defect": by_defect,
     }

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from cai_ray.config import SynthConfig
 from cai_ray.core.views import Geometry
 from cai_ray.io.settings import Settings, load_settings
 
@@ -66,22 +67,21 @@ class BenchmarkConfig(Settings):
         default_factory=Geometry,
         description="How the training normals are cut into targets (the synth job's "
         "inputs.geometry) and the test images are scored: tiles and letterboxed images are "
-        "stitched back, so the metrics are taken at the test images' own size.",
+        "stitched back, so the metrics are taken at the test images' own size. Tiles are cut "
+        "at each run's synth image_size and resized to detector.image_size, as in training.",
     )
     detector: DetectorSettings = DetectorSettings()
     fid: FidSettings | None = None
     examples: int = Field(6, ge=0, description="Test defects shown with their predictions.")
 
+    @property
+    def synth_image_size(self) -> int:
+        """The shared synth settings' ``image_size`` (a row's ``settings`` may change it)."""
+        return int(self.synth.get("image_size", SynthConfig.model_fields["image_size"].default))
+
     @model_validator(mode="after")
-    def _one_target_size(self) -> BenchmarkConfig:
-        synth_size = self.synth.get("image_size", 256)
-        if self.geometry.mode != "resize" and synth_size != self.detector.image_size:
-            raise ValueError(
-                f"geometry {self.geometry.mode!r} scores the targets the synth job cuts: "
-                f"synth.image_size ({synth_size}) must equal detector.image_size "
-                f"({self.detector.image_size})"
-            )
-        self.geometry.check_size(self.detector.image_size)
+    def _geometry_fits(self) -> BenchmarkConfig:
+        self.geometry.check_size(self.synth_image_size)
         return self
 
 

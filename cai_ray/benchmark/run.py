@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,17 @@ from cai_ray.detector.evaluate import (
     network_from_checkpoint,
 )
 from cai_ray.detector.targets import (
+    TargetSplit,
     TestSet,
     job_geometry,
+    job_image_size,
     load_target_spec,
     load_target_split,
     load_test_set,
+    scoring_size,
 )
 from cai_ray.detector.train import DetectorConfig, checkpoint_url, read_checkpoint, train_detector
-from cai_ray.io import storage
-from cai_ray.io.codecs import ColorMode
+from cai_ray.io import layout, storage
 from cai_ray.io.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,6 @@ def synth_output(config: BenchmarkConfig, entry: SynthesizerEntry, seed: int) ->
 def _check_given_output(config: BenchmarkConfig, out: str, seed: int, inputs: str) -> dict:
     """The manifest of a ready-made output, once it is known to be complete, made with this
     seed and only from the training normals (a test image among its inputs would leak)."""
-    from cai_ray.io import layout
-
     manifest_url = storage.join(out, layout.MANIFEST_FILE)
     if not storage.exists(manifest_url):
         raise ConfigError(f"{out} holds no finished 'cai-ray synth' output (no manifest.json)")
@@ -109,6 +109,43 @@ def _check_given_output(config: BenchmarkConfig, out: str, seed: int, inputs: st
             f"training normals (e.g. {strangers[0]}): the test set would leak into training"
         )
     return dict(manifest)
+
+
+def data_size(config: BenchmarkConfig, entry: SynthesizerEntry, seed: int, inputs: str) -> int:
+    """The ``image_size`` of a run's training data: its synth settings' (shared, or its row's
+    ``settings``), or a ready-made output's (from its ``job.json``)."""
+    if entry.data is None:
+        return synth_config(config, entry, seed, inputs).image_size
+    job = layout.read_json(storage.join(synth_output(config, entry, seed), layout.JOB_FILE))
+    return job_image_size(job)
+
+
+class RunTestSets:
+    """The target's test set as each run scores it: cut like the run's training data (under
+    ``crop`` and ``tile``, tiles of its ``image_size``, each resized to the detector's), each
+    cut loaded once. ``shared`` is the cut of the shared synth settings; its skips are the
+    ones ``split.skipped`` lists (they do not depend on the cut, nor then do the images)."""
+
+    def __init__(self, config: BenchmarkConfig, split: TargetSplit, inputs: str) -> None:
+        self._config, self._split, self._inputs = config, split, inputs
+        self._loaded: dict[int, TestSet] = {}
+        self.shared = self.at(config.synth_image_size)
+
+    def at(self, size: int) -> TestSet:
+        """The test set for training data of ``image_size`` ``size``."""
+        config = self._config
+        network = config.detector.image_size
+        cut = scoring_size(config.geometry, size, network)
+        if cut not in self._loaded:
+            split = replace(self._split, skipped=[]) if self._loaded else self._split
+            self._loaded[cut] = load_test_set(
+                split, network, config.detector.color, config.geometry, data_size=size
+            )
+        return self._loaded[cut]
+
+    def of(self, entry: SynthesizerEntry, seed: int) -> TestSet:
+        """The test set of a run (a ready-made output is read: check it first)."""
+        return self.at(data_size(self._config, entry, seed, self._inputs))
 
 
 def _detector_config(
@@ -139,7 +176,7 @@ def run_one(
     entry: SynthesizerEntry,
     seed: int,
     inputs: str,
-    test: TestSet,
+    tests: RunTestSets,
     examples: list[int],
 ) -> dict:
     """Synthesise, train and score one (synthesizer, seed); resumable at every step."""
@@ -157,6 +194,7 @@ def run_one(
     else:
         log.info("%s: synthesising into %s", name, data)
         manifest = run_synth(synth_config(config, entry, seed, inputs), show_progress=False)
+    test = tests.of(entry, seed)
     epochs_file = run_dir / "epochs.json"
     scored: list[dict] = json.loads(epochs_file.read_text()) if epochs_file.is_file() else []
     best_maps_file = run_dir / "examples.npy"
@@ -200,7 +238,11 @@ def run_one(
 
 
 def _by_defect(
-    config: BenchmarkConfig, result: dict, test: TestSet, defects: list[str]
+    config: BenchmarkConfig,
+    entry: SynthesizerEntry,
+    result: dict,
+    tests: RunTestSets,
+    defects: list[str],
 ) -> dict | None:
     """The metrics per defect type (each type's images plus every normal test image) of a
     finished run's last checkpoint, computed once and kept beside its result; None when the
@@ -216,6 +258,7 @@ def _by_defect(
     state = read_checkpoint(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     network = network_from_checkpoint(state, device)
+    test = tests.of(entry, result["seed"])
     _, maps = evaluate_network(network, test, device=device)
     by_defect = {"epoch": state["epoch"], "defects": evaluate_by_defect(maps, test.masks, defects)}
     storage.write_bytes_atomic(str(kept), json.dumps(by_defect, indent=1).encode())
@@ -248,8 +291,8 @@ def run_benchmark(
     train = split.train[: config.train_limit] if config.train_limit else split.train
     inputs = out / "train-normals.txt"
     inputs.write_text("".join(f"{p.resolve()}\n" for p in train))
-    mode: ColorMode = config.detector.color
-    test = load_test_set(split, config.detector.image_size, mode, config.geometry)
+    tests = RunTestSets(config, split, str(inputs))
+    test = tests.shared
     defects = [item.defect for item in test.items]
     examples = _pick_examples(test.masks, defects, config.examples)
     log.info(
@@ -262,7 +305,7 @@ def run_benchmark(
     for seed in config.seeds:
         for entry in config.synthesizers:
             if (only is None or entry.name in only) and (seeds is None or seed in seeds):
-                run_one(config, entry, seed, str(inputs), test, examples)
+                run_one(config, entry, seed, str(inputs), tests, examples)
     results, missing = [], []
     for seed in config.seeds:
         for entry in config.synthesizers:
@@ -270,11 +313,11 @@ def run_benchmark(
             if result is None:
                 missing.append(run_name(entry, seed))
             else:
-                by_defect = _by_defect(config, result, test, defects)
+                by_defect = _by_defect(config, entry, result, tests, defects)
                 results.append({**result, "by_defect": by_defect})
     if not results:
         raise ValueError(f"no finished run in {config.out} yet")
-    fid = _fid_scores(config, test) if config.fid and not missing else {}
+    fid = _fid_scores(config, tests) if config.fid and not missing else {}
     size = config.detector.image_size
     shown_images = test.thumbnails(test.stitch(test.targets, examples), size)
     shown_masks = test.thumbnails([test.masks[i].astype(np.float32) for i in examples], size)
@@ -297,16 +340,17 @@ def run_benchmark(
     return {**summary, "missing": missing}
 
 
-def _fid_scores(config: BenchmarkConfig, test: TestSet) -> dict[str, float]:
+def _fid_scores(config: BenchmarkConfig, tests: RunTestSets) -> dict[str, float]:
     """FID of each synthesizer's anomalies (first seed) against the real test defects (the
-    test targets that show some)."""
+    test targets that show some, cut as its training data was)."""
     from cai_ray.detector.fid import fid_of, load_inception
 
     assert config.fid is not None
     model = load_inception(config.fid.weights)
-    real = test.targets[test.target_masks.any(axis=(1, 2))]
     scores = {}
     for entry in config.synthesizers:
+        test = tests.of(entry, config.seeds[0])
+        real = test.targets[test.target_masks.any(axis=(1, 2))]
         fake = read_synth_images(
             synth_output(config, entry, config.seeds[0]),
             config.detector.image_size,

@@ -32,6 +32,7 @@ from cai_ray.io.codecs import (
     DecodeError,
     decode_image,
     decode_mask,
+    load_views,
     resize,
     resize_mask,
 )
@@ -361,28 +362,37 @@ def _crops_split(spec: YoloCropsTarget, root: Path) -> TargetSplit:
 
 @dataclass(frozen=True)
 class TestSet:
-    """A target's test images as the detector scores them: each image cut into ``size x size``
-    targets by the geometry its training data was made with, every target stacked in
-    ``targets``, and each image's ground truth at the resolution its maps are stitched back to
-    (``size x size`` under ``resize``, as the paper scores; the image's own otherwise, so PRO
-    counts each real defect region at its true size)."""
+    """A target's test images as the detector scores them: each image cut into targets by the
+    geometry its training data was made with (:func:`scoring_size` says how large), each target
+    resized to the network's ``size x size`` as training resizes its samples, every target
+    stacked in ``targets``, and each image's ground truth at the resolution its maps are
+    stitched back to (``size x size`` under ``resize``, as the paper scores; the image's own
+    otherwise, so PRO counts each real defect region at its true size)."""
 
     targets: np.ndarray  # (V, size, size[, 3]) uint8, the views of image 0, then of image 1 ...
     target_masks: np.ndarray  # (V, size, size) bool: the ground truth each target shows
     views: list[list[View]]  # per image
     masks: list[np.ndarray]  # per image, (H, W) bool
     items: list[TestImage]
+    view_size: int  # the side the images were cut at, before the resize to the network's
 
     def _ranges(self) -> list[slice]:
         ends = np.cumsum([len(views) for views in self.views])
         return [slice(end - len(views), end) for end, views in zip(ends, self.views, strict=True)]
 
     def stitch(self, target_maps: np.ndarray, images: Sequence[int] | None = None) -> list:
-        """Per image (all, or those listed), its targets' maps stitched into one map of its
-        mask's shape (float32); ``stitch(test.targets)`` gives the images back."""
+        """Per image (all, or those listed), its targets' maps (at the network's size) scaled
+        back to the side the image was cut at and stitched into one map of its mask's shape
+        (float32); ``stitch(test.targets)`` gives the images back."""
         ranges = self._ranges()
         chosen = range(len(self.views)) if images is None else images
-        return [stitch(target_maps[ranges[i]], self.views[i]) for i in chosen]
+        return [stitch(self._at_view_size(target_maps[ranges[i]]), self.views[i]) for i in chosen]
+
+    def _at_view_size(self, maps: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        side = self.view_size
+        if maps.shape[1:3] == (side, side):
+            return maps
+        return [cv2.resize(m, (side, side), interpolation=cv2.INTER_LINEAR) for m in maps]
 
     @staticmethod
     def thumbnails(arrays: Sequence[np.ndarray], size: int) -> np.ndarray:
@@ -406,61 +416,93 @@ def scoring_geometry(geometry: Geometry) -> Geometry:
     return geometry
 
 
+def scoring_size(geometry: Geometry, data_size: int, network_size: int) -> int:
+    """The side of the targets test images are cut into, for a network taking
+    ``network_size`` squares trained on data that ``geometry`` cut into ``data_size`` squares.
+    Under ``crop`` and ``tile`` the training data's: tiles at the image's own resolution, each
+    then resized to the network's side as its training samples were, so the detector sees test
+    content at the scale it was trained at. ``resize`` and ``letterbox`` show the whole image
+    whatever the size: at the network's side."""
+    return network_size if geometry.one_view_per_image else data_size
+
+
 def job_geometry(job: dict) -> Geometry:
     """The ``inputs.geometry`` a synthesis job (its ``job.json``) was made with (``resize``
     for a job that predates it)."""
     return Geometry(**job["config"]["inputs"].get("geometry", {}))
 
 
-def training_geometry(data: list[str]) -> Geometry:
-    """The geometry the synthesis outputs in ``data`` were made with; outputs made differently
-    cannot be scored as one."""
-    found = {job_geometry(read_json(storage.join(out, JOB_FILE))) for out in data}
-    if len(found) > 1:
-        raise ValueError(f"the training data was cut by different geometries: {list(found)}")
-    return found.pop() if found else Geometry()
+def job_image_size(job: dict) -> int:
+    """The ``image_size`` of the targets a synthesis job (its ``job.json``) cut."""
+    return int(job["config"]["image_size"])
+
+
+def training_cut(data: list[str]) -> tuple[Geometry, int]:
+    """The geometry and ``image_size`` the synthesis outputs in ``data`` (at least one) were
+    cut by; outputs cut differently cannot be scored as one (under ``crop`` and ``tile`` their
+    sizes are scales: they must agree too)."""
+    jobs = [read_json(storage.join(out, JOB_FILE)) for out in data]
+    geometries = {job_geometry(job) for job in jobs}
+    if len(geometries) > 1:
+        raise ValueError(f"the training data was cut by different geometries: {list(geometries)}")
+    geometry = geometries.pop()
+    sizes = sorted({job_image_size(job) for job in jobs})
+    if len(sizes) > 1 and not geometry.one_view_per_image:
+        raise ValueError(
+            f"the training data was cut into {geometry.mode}s of different image_size {sizes}: "
+            "their content is at different scales"
+        )
+    return geometry, sizes[0]
 
 
 def load_test_set(
-    split: TargetSplit, size: int, mode: ColorMode, geometry: Geometry | None = None
+    split: TargetSplit,
+    size: int,
+    mode: ColorMode,
+    geometry: Geometry | None = None,
+    *,
+    data_size: int | None = None,
 ) -> TestSet:
-    """The test set of ``split`` (see :class:`TestSet`); unusable images are added to
-    ``split.skipped`` with the reason."""
+    """The test set of ``split`` (see :class:`TestSet`) for a network taking ``size`` squares,
+    trained on data cut by ``geometry`` into ``data_size`` squares (default ``size``);
+    unusable images are added to ``split.skipped`` with the reason. Each image is decoded and
+    cut by :func:`~cai_ray.io.codecs.load_views`, as synthesis reads its inputs (a large JPEG
+    that ``resize`` or ``letterbox`` shrinks decodes at reduced scale in both)."""
     geometry = scoring_geometry(geometry or Geometry())
+    cut = scoring_size(geometry, data_size or size, size)
     targets, target_masks, views, masks, kept = [], [], [], [], []
     for item in split.test:
         try:
-            image = decode_image(item.path.read_bytes(), mode)
+            shown = load_views(str(item.path), cut, mode, geometry)
+            shape = shown[0][0].image_shape
             mask = (
-                np.zeros(image.shape[:2], bool)
-                if item.mask is None
-                else decode_mask(item.mask.read_bytes())
+                np.zeros(shape, bool) if item.mask is None else decode_mask(item.mask.read_bytes())
             )
         except (OSError, DecodeError) as exc:
             split.skipped.append({"path": str(item.path), "reason": f"unreadable: {exc}"})
             continue
-        if mask.shape != image.shape[:2]:
-            reason = f"mask {mask.shape} and image {image.shape[:2]} differ in size"
+        if mask.shape != shape:
+            reason = f"mask {mask.shape} and image {shape} differ in size"
             split.skipped.append({"path": str(item.path), "reason": reason})
             continue
         if item.mask is not None and not mask.any():
             split.skipped.append({"path": str(item.path), "reason": "mask is empty"})
             continue
-        if geometry.mode == "resize":  # scored at size x size: one view, nothing to stitch
+        image_views = [view for view, _, _ in shown]
+        if geometry.mode == "resize":  # scored at size x size (the cut): nothing to stitch
             mask = resize_mask(mask, size)
             if item.mask is not None and not mask.any():
                 reason = f"defect smaller than a pixel at {size}x{size}"
                 split.skipped.append({"path": str(item.path), "reason": reason})
                 continue
-            image = resize(image, size)
-        height, width = image.shape[:2]
-        image_views = plan_views(height, width, size, geometry)
-        for view in image_views:
-            targets.append(render_view(image, view, size))
-            target_masks.append(render_view(mask.astype(np.uint8) * 255, view, size) > 127)
+            image_views = plan_views(size, size, size, geometry)
+        for view, (_, target, _) in zip(image_views, shown, strict=True):
+            targets.append(resize(target, size))
+            shows = render_view(mask.astype(np.uint8) * 255, view, cut) > 127
+            target_masks.append(resize_mask(shows, size))
         views.append(image_views)
         masks.append(mask)
         kept.append(item)
     if not kept:
         raise ValueError(f"target {split.name!r}: no usable test images")
-    return TestSet(np.stack(targets), np.stack(target_masks), views, masks, kept)
+    return TestSet(np.stack(targets), np.stack(target_masks), views, masks, kept, cut)
