@@ -130,20 +130,28 @@ def synthesizer(
     cai: dict[str, Any] | None = None,
     exclude_domains: Sequence[str] = (),
     class_weights: dict[str, float] | None = None,
+    draw: str = "records",
+    exclude_tags: Sequence[str] = (),
     **settings: Any,
 ) -> OnTheFly:
     """A synthesizer from keyword arguments: ``method`` is a registered name (``cai``,
     ``cutpaste``, ``nsa``, ``draem``, ``cdm``), ``daad`` a DAAD folder or URL (CAI and the CDM
-    need one; ``exclude_domains`` and ``class_weights`` as in the ``daad:`` section), ``cai``
-    the ``cai:`` section as a dict (quotas, blend, ...), ``settings`` the method's own (e.g.
-    ``variant="scar"``). Validated like a job config."""
+    need one; ``exclude_domains``, ``exclude_tags``, ``draw`` and ``class_weights`` as in the
+    ``daad:`` section), ``cai`` the ``cai:`` section as a dict (quotas, blend, ...),
+    ``settings`` the method's own (e.g. ``variant="scar"``). Validated like a job config."""
     if method not in METHODS:
         raise ValueError(f"unknown synthesizer {method!r}; registered: {', '.join(METHODS)}")
     chosen = TypeAdapter(METHODS[method]).validate_python({"method": method, **settings})
     sources = None
     if daad is not None:
         sources = DaadConfig.model_validate(
-            {"path": daad, "exclude_domains": list(exclude_domains), "class_weights": class_weights}
+            {
+                "path": daad,
+                "exclude_domains": list(exclude_domains),
+                "exclude_tags": list(exclude_tags),
+                "draw": draw,
+                "class_weights": class_weights,
+            }
         )
         prepare_daad(sources)
     elif chosen.needs_daad:

@@ -30,6 +30,8 @@ def _daad_build(args: argparse.Namespace) -> int:
     print(f"DAAD {index['name']!r}: {report['records']} records in {shards} shard(s) -> {args.out}")
     print(f"  by class:  {report['by_class']}")
     print(f"  by domain: {report['by_domain']}")
+    if report["by_tag"]:
+        print(f"  by tag:    {report['by_tag']}")
     if report["dropped_regions"]:
         print(f"  dropped:   {report['dropped_regions']} regions below min_region_pixels")
     if report["unmapped_labels"]:

@@ -163,7 +163,8 @@ SHAPES_SAMPLES = frozenset(
         "inputs.geometry.mode", "inputs.geometry.crops", "inputs.geometry.position",
         "inputs.geometry.overlap", "inputs.max_pixels",
         "foreground.method", "foreground.model_path", "foreground.min_fraction",
-        "daad.exclude_domains", "daad.include_classes", "daad.class_weights",
+        "daad.exclude_domains", "daad.include_classes", "daad.class_weights", "daad.draw",
+        "daad.exclude_tags",
         "output.samples_key_prefix", "output.targets_per_shard", "output.image_format",
         "output.include_normal",
         # every synthesizer's settings, by name across methods; the CDM's batch_size and
@@ -214,13 +215,22 @@ LEAVES_SAMPLES_ALONE = frozenset(
 but not their bytes: a resume may change them."""
 
 
+LATER_SETTINGS = {"daad.draw": "records", "daad.exclude_tags": []}
+"""Settings that shape samples but came after outputs that may still be resumed, with the value
+that writes the bytes of a cai-ray without them: at that value they are left out of a job's
+identity, so an output begun before they existed resumes (its identity did not name them)."""
+
+
 def sample_shaping(dumped: dict, prefix: str = "") -> dict:
     """A dumped config (``model_dump(mode="json")``) without the settings that leave samples
-    alone: what a job's identity fingerprints."""
+    alone, nor those of :data:`LATER_SETTINGS` at their old behaviour's value: what a job's
+    identity fingerprints."""
     kept = {}
     for key, value in dumped.items():
         path = f"{prefix}{key}"
         if path in LEAVES_SAMPLES_ALONE:
+            continue
+        if path in LATER_SETTINGS and value == LATER_SETTINGS[path]:
             continue
         if isinstance(value, dict) and path not in SHAPES_SAMPLES:
             kept[key] = sample_shaping(value, f"{path}.")

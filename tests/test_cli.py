@@ -37,6 +37,7 @@ def test_daad_build_and_stats(tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.startswith(f"DAAD {out}: 20 records, 4 classes, 1 domains")
     assert "near-duplicate images" in text
+    assert "tags: none" in text  # the demo spec tags no source
 
 
 def test_bad_config_is_a_clear_error(tmp_path, capsys):

@@ -101,8 +101,8 @@ def warp_mask(mask: np.ndarray, params: AffineParams, rng: np.random.Generator) 
 
 class MaskGenerator:
     """Generation masks for one target at a time, ``params.quotas`` of them (large first);
-    source masks drawn uniformly, or in proportion to per-pattern ``weights`` (the DAAD's class
-    weights, as CAI draws them)."""
+    source masks drawn uniformly, or in proportion to per-pattern ``weights`` (a job's draw mode
+    and class weights, as CAI draws them: :func:`cai_ray.core.cai.draw_weights`)."""
 
     def __init__(
         self,

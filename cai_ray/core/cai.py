@@ -324,6 +324,51 @@ def class_weights(classes: np.ndarray, weights: dict[str, float]) -> np.ndarray:
     return np.array([per_class[name] for name in classes], np.float64)
 
 
+DrawMode = Literal["records", "classes", "domains"]
+"""How a pattern is drawn (a job's ``daad.draw``): every pattern alike (``records``), every
+class alike (``classes``), or every source domain alike (``domains``), then a pattern within."""
+DRAW_MODES: tuple[str, ...] = get_args(DrawMode)
+
+
+def _share_equally(groups: np.ndarray) -> np.ndarray:
+    """Per-pattern weights that give every distinct value of ``groups`` the same total, 1
+    (``groups``: one row per pattern, of one or more columns)."""
+    _, inverse, counts = np.unique(groups, axis=0, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse.ravel()].astype(np.float64)
+
+
+def draw_weights(
+    classes: np.ndarray,
+    domains: np.ndarray,
+    draw: str = "records",
+    weights: dict[str, float] | None = None,
+) -> np.ndarray | None:
+    """Per-pattern sampling weights of a draw mode (:data:`DRAW_MODES`) and class weights.
+
+    Without ``weights``: ``records`` is None (every pattern alike, drawn as before modes
+    existed), ``classes`` gives each class the same share, ``domains`` each domain. With
+    ``weights`` (per class; every class in ``classes`` named), each class's share is its
+    weight, whatever the mode: under ``records`` and ``classes`` shared out evenly among the
+    class's patterns (:func:`class_weights`), under ``domains`` evenly among the domains that
+    have patterns of the class, then among each domain's patterns of it."""
+    if draw not in DRAW_MODES:
+        raise ValueError(f"unknown draw {draw!r}; one of {', '.join(DRAW_MODES)}")
+    if weights is None:
+        if draw == "records":
+            return None
+        return _share_equally(np.asarray(classes if draw == "classes" else domains))
+    if draw != "domains":
+        return class_weights(classes, weights)
+    _, class_codes = np.unique(classes, return_inverse=True)
+    _, domain_codes = np.unique(domains, return_inverse=True)
+    pairs = np.stack([class_codes.ravel(), domain_codes.ravel()], axis=1)
+    per_pair = _share_equally(pairs)  # each (class, domain) pair totals 1
+    present = np.unique(pairs, axis=0)[:, 0]  # the class of each pair
+    domains_per_class = np.bincount(present)[class_codes.ravel()].astype(np.float64)
+    share = np.array([weights[str(name)] for name in classes], np.float64)
+    return share * per_pair / domains_per_class
+
+
 def draw_pattern(
     patterns: PatternLibrary | PatternList,
     eligible: np.ndarray | None,

@@ -38,6 +38,7 @@ from cai_ray.daad.records import (
     PATTERN_IMAGE,
     PATTERN_MASK,
     DaadRecord,
+    Tag,
     make_record,
     pattern_crop_files,
     safe_key_part,
@@ -67,11 +68,12 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = "daad.json"
 RECORDS_NAME = "records.parquet"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """2: a records table with each record's byte range, for lazy reads; 3: with each record's
 source path, image size and near-duplicate fingerprint (read by ``daad stats``); 4: records may
 keep their pattern crop, whose byte range the table gives (``pattern_start``, ``pattern_end``;
--1 where a record has none). Sampling reads 2 and newer."""
+-1 where a record has none); 5: each record's tags (``tags``, a list; its source's, from the
+spec). Sampling reads 2 and newer; an older one's records have no tags."""
 
 
 def _records_table(rows: list[dict]) -> bytes:
@@ -91,6 +93,7 @@ def _records_table(rows: list[dict]) -> bytes:
         "end": pa.array([r["end"] for r in rows], pa.int64()),
         "pattern_start": pa.array([r["pattern"][0] for r in rows], pa.int64()),
         "pattern_end": pa.array([r["pattern"][1] for r in rows], pa.int64()),
+        "tags": pa.array([list(r["tags"]) for r in rows], pa.list_(pa.string())),
     }
     for axis, name in enumerate(("y0", "x0", "y1", "x1")):
         columns[name] = pa.array([r["bbox"][axis] for r in rows], pa.int32())
@@ -126,6 +129,12 @@ class _SourceBase(BaseModel):
     )
     min_region_pixels: int = Field(
         20, ge=1, description="With 'split', smaller regions (specks) are dropped and counted."
+    )
+    tags: list[Tag] = Field(
+        default_factory=list,
+        description="Tags every record of this source carries, e.g. [foreign_object] for "
+        "objects lying on a surface rather than defects of it; a job may leave tagged records "
+        "out (daad.exclude_tags).",
     )
 
 
@@ -236,6 +245,7 @@ class BuildReport:
     records: int = 0
     by_class: Counter[str] = field(default_factory=Counter)
     by_domain: Counter[str] = field(default_factory=Counter)
+    by_tag: Counter[str] = field(default_factory=Counter)
     skipped: list[dict[str, str]] = field(default_factory=list)
     dropped_regions: int = 0
     unmapped_labels: Counter[str] = field(default_factory=Counter)
@@ -250,6 +260,7 @@ class BuildReport:
             "records": self.records,
             "by_class": dict(sorted(self.by_class.items())),
             "by_domain": dict(sorted(self.by_domain.items())),
+            "by_tag": dict(sorted(self.by_tag.items())),
             "skipped_count": len(self.skipped),
             "dropped_regions": self.dropped_regions,
             "unmapped_labels": dict(sorted(self.unmapped_labels.items())),
@@ -433,6 +444,7 @@ def _to_record(candidate: Candidate) -> tuple[DaadRecord, np.ndarray]:
         dataset=source.dataset or source.domain,
         path=candidate.relative_path,
         license=source.license,
+        tags=tuple(dict.fromkeys(source.tags)),
     )
     return record, image
 
@@ -637,6 +649,7 @@ def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
                     "height": record.label.height,
                     "width": record.label.width,
                     "fingerprint": record.fingerprint,
+                    "tags": record.label.tags,
                 }
             )
         storage.write_bytes_atomic(storage.join(out, name), data)
@@ -659,6 +672,7 @@ def build_daad(spec: DaadSpec, data_root: str | Path, out: str) -> dict:
             report.records += 1
             report.by_class[str(record.label.anomaly_class)] += 1
             report.by_domain[record.label.domain] += 1
+            report.by_tag.update(record.label.tags)
             pending.append(record)
             if len(pending) >= spec.records_per_shard:
                 flush()

@@ -1,7 +1,8 @@
 """One DAAD record and its form inside a shard.
 
 A record keeps the source image's original bytes (no re-encoding loss), a binary mask PNG and a
-JSON label: class, domain, source dataset and path, license tag and the mask's bounding box.
+JSON label: class, domain, source dataset and path, license tag, the mask's bounding box and its
+source's tags (where it has some).
 Where it pays, it also keeps its pattern's crop (``crop.png``, ``crop.mask.png``), so that
 injection decodes the crop instead of the whole source image.
 """
@@ -12,8 +13,10 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Annotated
 
 import numpy as np
+from pydantic import StringConstraints
 
 from cai_ray.core.cai import SourcePattern
 from cai_ray.core.duplicates import fingerprint
@@ -32,6 +35,11 @@ times a JPEG source's (docs/BENCHMARKS.md, issue 24)."""
 MAX_KEY_LENGTH = 80
 """Tar member names (key, a region suffix ``-r<n>``, ".", a member name of at most 13
 characters: ``crop.mask.png``) must fit ustar's 100 characters."""
+
+
+Tag = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
+"""A record's tag, declared by its source in the DAAD spec (e.g. ``foreign_object``): lower
+case letters, digits and underscores. A job may leave tagged records out (``exclude_tags``)."""
 
 
 def safe_key_part(text: str) -> str:
@@ -57,6 +65,9 @@ class RecordLabel:
     height: int
     width: int
     image_ext: str
+    tags: tuple[str, ...] = ()
+    """Its source's tags (in the record's JSON only where there are some, so an untagged
+    record's bytes are those of a DAAD built before tags existed)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,10 @@ class DaadRecord:
     def to_sample(self) -> tuple[str, dict[str, bytes]]:
         label = asdict(self.label)
         label["anomaly_class"] = str(self.label.anomaly_class)
+        if self.label.tags:
+            label["tags"] = list(self.label.tags)
+        else:
+            del label["tags"]
         files = {
             self.label.image_ext: self.image_bytes,
             "mask.png": encode_image(self.mask.astype(np.uint8) * 255, "png"),
@@ -112,6 +127,7 @@ def make_record(
     dataset: str,
     path: str,
     license: str,
+    tags: tuple[str, ...] = (),
 ) -> DaadRecord:
     """Validate a candidate and build its record from its bytes and its decoded ``image``
     (as the file holds it); ``ValueError`` says why it is unusable."""
@@ -133,6 +149,7 @@ def make_record(
         height=int(mask.shape[0]),
         width=int(mask.shape[1]),
         image_ext=image_ext,
+        tags=tags,
     )
     return DaadRecord(
         label=label,
@@ -157,6 +174,7 @@ def parse_sample(key: str, files: dict[str, bytes]) -> tuple[RecordLabel, bytes,
         height=raw["height"],
         width=raw["width"],
         image_ext=raw["image_ext"],
+        tags=tuple(raw.get("tags", ())),
     )
     if label.record_id != key:
         raise ValueError(f"record key {key!r} does not match its label id {label.record_id!r}")

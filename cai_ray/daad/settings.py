@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cai_ray.core.cai import DrawMode
 from cai_ray.daad.classes import AnomalyClass
+from cai_ray.daad.records import Tag
 
 
 class DaadBuildConfig(BaseModel):
@@ -23,12 +25,25 @@ class DaadConfig(BaseModel):
         default_factory=list,
         description="Never use these domains as sources: the dataset being evaluated (leakage).",
     )
+    exclude_tags: list[Tag] = Field(
+        default_factory=list,
+        description="Never use records carrying any of these tags (a source's 'tags' in the "
+        "DAAD spec), e.g. [foreign_object]: objects lying on a surface rather than defects of it.",
+    )
     include_classes: list[AnomalyClass] | None = None
+    draw: DrawMode = Field(
+        "records",
+        description="How a pattern is drawn among those the filters leave: 'records' every "
+        "pattern alike (a class's or domain's share follows its size), 'classes' every class "
+        "alike, 'domains' every source domain alike; then a pattern within. class_weights, "
+        "when given, set each class's share whatever the mode (under 'domains' a class's share "
+        "is split evenly among the domains that have it).",
+    )
     class_weights: dict[AnomalyClass, float] | None = Field(
         None,
         description="Draw each listed class with probability proportional to its weight, "
         "whatever its number of patterns (e.g. {crack: 2, stain: 1}); classes not listed, or "
-        "with weight 0, are not drawn. None: every pattern alike.",
+        "with weight 0, are not drawn. None: the draw mode decides.",
     )
     cache_mb: int = Field(
         512,

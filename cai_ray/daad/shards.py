@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from cai_ray.core.cai import SourcePattern, UnreadablePattern
+from cai_ray.core.cai import SourcePattern, UnreadablePattern, draw_weights
 from cai_ray.daad.builders import FORMAT_VERSION, INDEX_NAME, RECORDS_NAME, DaadSpec, build_daad
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import PATTERN_IMAGE, PATTERN_MASK, RecordLabel, parse_sample
@@ -55,6 +55,57 @@ PATTERN_COLUMNS = ["pattern_start", "pattern_end"]
 CROPS_FORMAT = 4
 """The first DAAD format whose records keep pattern crops (``PATTERN_COLUMNS``); an older
 DAAD's patterns are cut from whole records."""
+TAGS_FORMAT = 5
+"""The first DAAD format whose records table has each record's tags; an older DAAD's records
+have none."""
+
+
+def record_tags(table: pa.Table) -> list[list[str]]:
+    """Each record's tags (none for a DAAD older than :data:`TAGS_FORMAT`, whose table has no
+    ``tags`` column)."""
+    if "tags" not in table.column_names:
+        return [[] for _ in range(table.num_rows)]
+    return [tags or [] for tags in table["tags"].to_pylist()]
+
+
+def usable_records(
+    table: pa.Table,
+    *,
+    exclude_domains: list[str] = [],  # noqa: B006 - read only
+    include_classes: list[AnomalyClass] | None = None,
+    exclude_tags: list[str] = [],  # noqa: B006 - read only
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Which records a job's filters leave (a bool per row of ``table``, which has ``domain``,
+    ``anomaly_class`` and, from format 5, ``tags``), and how many each filter took out, in the
+    order they apply (domains, tags, classes), for the log and the error that none is left."""
+    keep = np.ones(table.num_rows, bool)
+    removed = {}
+    if exclude_domains:
+        out = np.isin(np.asarray(table["domain"].to_pylist(), object), list(exclude_domains))
+        removed["exclude_domains"] = int((keep & out).sum())
+        keep &= ~out
+    if exclude_tags:
+        unwanted = set(exclude_tags)
+        out = np.array([bool(unwanted.intersection(t)) for t in record_tags(table)], bool)
+        removed["exclude_tags"] = int((keep & out).sum())
+        keep &= ~out
+    if include_classes is not None:
+        wanted = [str(c) for c in include_classes]
+        out = ~np.isin(np.asarray(table["anomaly_class"].to_pylist(), object), wanted)
+        removed["classes drawn"] = int((keep & out).sum())
+        keep &= ~out
+    return keep, removed
+
+
+def no_records_left(daad: str, records: int, removed: dict[str, int], filters: dict) -> str:
+    """What a job is told when its filters leave no pattern: each filter and what it took."""
+    said = [f"{name} {filters[name]} took out {count}" for name, count in removed.items()]
+    return (
+        f"no source patterns left in DAAD {daad}: of its {records} records, "
+        + "; ".join(said)
+        + ". Loosen daad.exclude_domains, daad.exclude_tags or the classes drawn "
+        "(include_classes, class_weights)"
+    )
 
 
 def content_digest(daad: str) -> str:
@@ -104,7 +155,8 @@ class PatternBank:
 
     Pattern ``i`` is the ``i``-th usable record in DAAD order, whatever is cached, so samples
     depend only on the seed. Records from ``exclude_domains`` are never used: the dataset being
-    evaluated must not be a source (leakage).
+    evaluated must not be a source (leakage); nor records carrying one of ``exclude_tags``, nor,
+    with ``include_classes``, records of other classes.
     """
 
     def __init__(
@@ -114,29 +166,33 @@ class PatternBank:
         mode: ColorMode,
         exclude_domains: list[str] = [],  # noqa: B006 - read only
         include_classes: list[AnomalyClass] | None = None,
+        exclude_tags: list[str] = [],  # noqa: B006 - read only
         cache_bytes: int = 512 * 2**20,
         damaged: dict[str, str] | None = None,
     ) -> None:
-        import pyarrow.compute as pc
-
         index = read_index(daad)
-        crops = index.get("format_version", 1) >= CROPS_FORMAT
+        version = index.get("format_version", 1)
+        crops = version >= CROPS_FORMAT
         wanted = SAMPLING_COLUMNS + (PATTERN_COLUMNS if crops else [])
+        wanted += ["tags"] if version >= TAGS_FORMAT else []
         table = read_records_table(daad, index, columns=wanted)
-        keep = pc.invert(pc.is_in(table["domain"], pa.array(list(exclude_domains), pa.string())))
-        if include_classes:
-            wanted = pa.array([str(c) for c in include_classes], pa.string())
-            keep = pc.and_(keep, pc.is_in(table["anomaly_class"], wanted))
-        dropped = Counter(table.filter(pc.invert(keep))["domain"].to_pylist())
+        keep, removed = usable_records(
+            table,
+            exclude_domains=exclude_domains,
+            include_classes=include_classes or None,
+            exclude_tags=exclude_tags,
+        )
+        dropped = Counter(np.asarray(table["domain"].to_pylist(), object)[~keep].tolist())
         if dropped:
-            log.info("excluded DAAD records (leakage guard, class filter): %s", dict(dropped))
-        table = table.filter(keep)
-        if table.num_rows == 0:
-            raise ValueError(
-                f"no source patterns left in {daad} after excluding domains "
-                f"{sorted(exclude_domains)} and keeping classes "
-                f"{sorted(map(str, include_classes)) if include_classes else 'all'}"
-            )
+            log.info("excluded DAAD records (leakage guard, tags, class filter): %s", dict(dropped))
+        if not keep.any():
+            filters = {
+                "exclude_domains": sorted(exclude_domains),
+                "exclude_tags": sorted(exclude_tags),
+                "classes drawn": sorted(map(str, include_classes or [])),
+            }
+            raise ValueError(no_records_left(daad, table.num_rows, removed, filters))
+        table = table.filter(pa.array(keep))
         self.daad = daad
         self.mode: ColorMode = mode
         self.cache_bytes = cache_bytes
@@ -213,14 +269,18 @@ class PatternBank:
 
 
 def prepare_daad(daad: DaadConfig) -> None:
-    """Build the DAAD if the settings say how and it is missing; check it opens and that the
-    leakage filter leaves sources (a clear error before any worker starts beats a failed one)."""
+    """Build the DAAD if the settings say how and it is missing; check it opens and that its
+    filters (domains, tags, classes) leave sources: a clear error before any worker starts beats
+    a failed one. An excluded tag that no record carries (an old DAAD, a misspelt tag) is
+    warned about."""
     if daad.build is not None and not storage.exists(storage.join(daad.path, INDEX_NAME)):
         log.info("building DAAD %s from %s", daad.path, daad.build.spec)
         build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
     index = read_index(daad.path)
-    read_records_table(daad.path, index, columns=["domain"])  # an old one fails, saying so
-    if (version := index.get("format_version", 1)) < CROPS_FORMAT:
+    version = index.get("format_version", 1)
+    columns = ["domain", "anomaly_class"] + (["tags"] if version >= TAGS_FORMAT else [])
+    table = read_records_table(daad.path, index, columns=columns)  # an old one fails, saying so
+    if version < CROPS_FORMAT:
         log.warning(
             "DAAD %s is format %d: each pattern's first draw decodes its whole source image. "
             "Rebuilt by this cai-ray ('cai-ray daad build'), it keeps pattern crops: the same "
@@ -228,9 +288,41 @@ def prepare_daad(daad: DaadConfig) -> None:
             daad.path,
             version,
         )
-    domains = index["report"]["by_domain"]
-    if not set(domains) - set(daad.exclude_domains):
-        raise ValueError(
-            f"DAAD {daad.path} has only domains {sorted(domains)}, all excluded by "
-            f"daad.exclude_domains: no source patterns are left"
+    carried = {tag for tags in record_tags(table) for tag in tags}
+    if missing := sorted(set(daad.exclude_tags) - carried):
+        why = (
+            f"it is format {version}, built before records carried tags: rebuild it"
+            if version < TAGS_FORMAT
+            else f"its tags are {sorted(carried) or 'none'}"
         )
+        log.warning(
+            "daad.exclude_tags %s: no record of DAAD %s carries them, so they leave nothing out "
+            "(%s)",
+            missing,
+            daad.path,
+            why,
+        )
+    drawn = daad.drawn_classes()
+    keep, removed = usable_records(
+        table,
+        exclude_domains=daad.exclude_domains,
+        include_classes=drawn,
+        exclude_tags=daad.exclude_tags,
+    )
+    if not keep.any():
+        filters = {
+            "exclude_domains": sorted(daad.exclude_domains),
+            "exclude_tags": sorted(daad.exclude_tags),
+            "classes drawn": sorted(map(str, drawn or [])),
+        }
+        raise ValueError(no_records_left(daad.path, table.num_rows, removed, filters))
+
+
+def pattern_weights(bank: PatternBank, daad: DaadConfig) -> np.ndarray | None:
+    """Per-pattern draw weights of a job's ``daad.draw`` and ``daad.class_weights`` over the
+    patterns its filters left in ``bank`` (:func:`cai_ray.core.cai.draw_weights`); None: every
+    pattern alike (``records`` without class weights, the draw of cai-ray before modes)."""
+    named = None
+    if daad.class_weights is not None:
+        named = {str(c): w for c, w in daad.class_weights.items()}
+    return draw_weights(bank.classes, bank.domains, daad.draw, named)

@@ -1,4 +1,4 @@
-"""What a DAAD holds: counts by class, domain and source scale, and near-duplicate images.
+"""What a DAAD holds: counts by class, domain, tag and source scale, and near-duplicate images.
 
 Read from the records table alone (no shard is opened), so it is quick on a DAAD of any size.
 """
@@ -11,7 +11,7 @@ import numpy as np
 
 from cai_ray.core.duplicates import MIN_CORRELATION, near_duplicate_groups
 from cai_ray.core.geometry import Scale, scale_classes
-from cai_ray.daad.shards import read_index, read_records_table
+from cai_ray.daad.shards import read_index, read_records_table, record_tags
 
 SCALES = [Scale.LARGE.label, Scale.MEDIUM.label, Scale.SMALL.label, Scale.TRIVIAL.label]
 
@@ -42,7 +42,9 @@ def _duplicates(table) -> dict:  # noqa: ANN001 - a pyarrow Table
 
 
 def daad_stats(daad: str, *, reference_size: int = 256) -> dict:
-    """Counts per class, domain and source scale, and near-duplicate images.
+    """Counts per class, domain, tag and source scale, and near-duplicate images. A record
+    counts once under each of its tags; ``untagged`` counts records without any (all of a DAAD
+    older than format 5).
 
     Source scale is a pattern's class against a ``reference_size`` square target whose whole
     image is foreground: what it can make on a default target (trivial patterns are never used).
@@ -56,11 +58,16 @@ def daad_stats(daad: str, *, reference_size: int = 256) -> dict:
     scales = [Scale(int(c)).label for c in scale_classes(sides / reference_size)]
     classes = table["anomaly_class"].to_pylist()
     domains = table["domain"].to_pylist()
+    tags = record_tags(table)
+    tagged = [(tag, domain) for row, domain in zip(tags, domains, strict=True) for tag in row]
     return {
         "records": table.num_rows,
         "reference_size": reference_size,
         "by_class": dict(sorted(Counter(classes).items())),
         "by_domain": dict(sorted(Counter(domains).items())),
+        "by_tag": dict(sorted(Counter(tag for tag, _ in tagged).items())),
+        "untagged": sum(1 for row in tags if not row),
+        "by_tag_and_domain": _nested(tagged),
         "by_source_scale": dict(sorted(Counter(scales).items())),
         "by_class_and_scale": _nested(zip(classes, scales, strict=True)),
         "by_domain_and_class": _nested(zip(domains, classes, strict=True)),
@@ -108,6 +115,15 @@ def format_stats(stats: dict, *, show_duplicates: int = 10) -> str:
         *_table("domain x class:", stats["by_domain_and_class"], classes),
         "",
     ]
+    if stats["by_tag"]:
+        tag_domains = sorted({d for row in stats["by_tag_and_domain"].values() for d in row})
+        title = (
+            f"tag x domain (daad.exclude_tags leaves tagged records out; "
+            f"{stats['untagged']} records untagged):"
+        )
+        lines += [*_table(title, stats["by_tag_and_domain"], tag_domains), ""]
+    else:
+        lines += ["tags: none (every record untagged)", ""]
     dup = stats["near_duplicates"]
     lines.append(
         f"near-duplicate images (rotated, flipped, resized or re-encoded copies; fingerprint "

@@ -8,10 +8,10 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from cai_ray.core.cai import CAIInjector, CAIParams, class_weights
+from cai_ray.core.cai import CAIInjector, CAIParams
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.settings import DaadConfig
-from cai_ray.daad.shards import PatternBank
+from cai_ray.daad.shards import PatternBank, pattern_weights
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
 
 
@@ -40,18 +40,16 @@ class CAIMethod(BaseModel, MethodSettings):
 def daad_patterns(
     context: BuildContext, daad: DaadConfig, classes: list[AnomalyClass] | None
 ) -> tuple[PatternBank, np.ndarray | None]:
-    """The DAAD's patterns of ``classes`` (None: all) a job may draw (its domain exclusions,
-    cache and damage report), and per-pattern weights from its class weights (None: uniform)."""
+    """The DAAD's patterns of ``classes`` (None: all) a job may draw (its domain and tag
+    exclusions, cache and damage report), and per-pattern weights from its draw mode and class
+    weights (None: every pattern alike)."""
     patterns = PatternBank(
         daad.path,
         mode=context.mode,
         exclude_domains=daad.exclude_domains,
         include_classes=classes,
+        exclude_tags=daad.exclude_tags,
         cache_bytes=daad.cache_mb * 2**20,
         damaged=context.damaged,
     )
-    weights = None
-    if daad.class_weights is not None:
-        named = {str(c): w for c, w in daad.class_weights.items()}
-        weights = class_weights(patterns.classes, named)
-    return patterns, weights
+    return patterns, pattern_weights(patterns, daad)

@@ -155,6 +155,8 @@ def test_shared_data_spec_builds_every_dataset_it_names(shared_data, tmp_path):
     assert sum(1 for count in report["by_class"].values() if count >= 50) >= 6
     # cotton and NEU-Seg are split into regions: one record per object or defect
     assert report["by_domain"]["cotton_impurity"] > 141 and report["dropped_regions"] > 0
+    # cotton's objects lying on the cotton are tagged: a surface target may leave them out
+    assert report["by_tag"] == {"foreign_object": report["by_domain"]["cotton_impurity"]}
     stats = daad_stats(str(tmp_path / "daad"))
     assert stats["records"] == report["records"]
     assert sum(stats["by_source_scale"].values()) == report["records"]
