@@ -98,7 +98,7 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"  counts: {json.dumps(manifest['counts'])}")
     print(
         f"  skipped inputs: {len(manifest['skipped_inputs'])}, "
-        f"failed samples: {len(manifest['failed_samples'])}, "
+        f"failed samples: {len(manifest['failed_samples'])} {manifest['failed_by_cause']}, "
         f"damaged DAAD records: {len(manifest['damaged_sources'])} (reasons in manifest.json)"
     )
     print(f"  preview: {out}/preview.png; check with: cai-ray verify {out}")

@@ -186,7 +186,8 @@ SHAPES_SAMPLES = frozenset(
         "synthesizer.beta_bounds",
         "cai.blend", "cai.quotas.large", "cai.quotas.medium", "cai.quotas.small", "cai.stm",
         "cai.ils", "cai.label_rule", "cai.diff_threshold", "cai.median_size",
-        "cai.pattern_dilation", "cai.min_mask_pixels", "cai.max_draws", "cai.mask_kernel",
+        "cai.pattern_dilation", "cai.min_mask_pixels", "cai.min_changed_share",
+        "cai.min_contrast", "cai.max_draws", "cai.mask_kernel",
         "cai.blend_margin",
     }
 )  # fmt: skip

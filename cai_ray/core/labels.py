@@ -5,11 +5,17 @@ Two rules:
 * ``published`` (the paper's): grey-level absolute difference > 7, then a 7x7 median filter. Poisson
   blending spreads a smooth intensity shift around the pattern, and this rule marks all of it, so
   thin patterns (cracks) get masks several times larger than the defect.
-* ``pattern``: the same difference threshold, kept only within the injected pattern's mask dilated
-  by a few pixels. No median filter: it would erase one-pixel-wide cracks.
-* ``connected``: the same difference threshold, kept where it is connected (8-connected) to the
-  pattern: the pattern grown by the Poisson change that spreads from it, but not by a change
-  elsewhere. Between the two: a halo the pattern caused counts, however far it reaches.
+* ``pattern``: the pattern's regions where the blend visibly changed them: the same difference
+  threshold within the injected pattern's mask dilated by a few pixels, then closed and
+  hole-filled and cut back to that mask. A stain whose change falls under the threshold in
+  scattered pixels is one solid region, not a spray with holes; a one-pixel crack stays as thin
+  as its dilated mask; a hole the pattern itself has stays a hole. No median filter: it would
+  erase one-pixel-wide cracks.
+* ``connected``: the ``pattern`` label grown by the visible change 8-connected to it: the
+  Poisson halo the pattern caused counts, however far it reaches, a change elsewhere does not.
+  Closed and hole-filled the same way, except in the pattern's own holes.
+
+Under both, a label has no holes that the (dilated) pattern does not have.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from scipy.ndimage import binary_fill_holes
 
 LabelRule = Literal["published", "pattern", "connected"]
 
@@ -70,7 +77,8 @@ def label_mask(
         Odd median filter size of the published rule (1 disables it).
     pattern_dilation : int
         Square kernel size by which the pattern and connected rules widen the pattern mask
-        (a visible change this close to the pattern touches it).
+        (a visible change this close to the pattern touches it), and by which they close the
+        change (a gap this narrow inside a region is part of it).
     """
     visible = (grey_difference(result, target) > threshold).astype(np.uint8) * 255
     if rule == "published":
@@ -84,9 +92,57 @@ def label_mask(
     kernel = np.ones((pattern_dilation, pattern_dilation), np.uint8)
     near_pattern = cv2.dilate(pattern_mask.astype(np.uint8), kernel) > 0
     if rule == "pattern":
-        visible[~near_pattern] = 0
-        return visible
+        changed = visible.astype(bool) & near_pattern
+        return _as_label(_solid(changed, kernel) & near_pattern)
     count, regions = cv2.connectedComponents(visible, connectivity=8)
     touching = np.unique(regions[near_pattern & (visible > 0)])
-    keep = np.isin(regions, touching[touching > 0])
-    return np.where(keep, 255, 0).astype(np.uint8)
+    grown = np.isin(regions, touching[touching > 0])
+    pattern_holes = binary_fill_holes(near_pattern) & ~near_pattern
+    return _as_label(_solid(grown, kernel) & ~(pattern_holes & ~grown))
+
+
+def _solid(changed: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``changed`` (bool) as regions: closed by ``kernel`` (gaps narrower than it bridged),
+    then every hole filled; the caller cuts it back to where a label may lie."""
+    closed = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0
+    return binary_fill_holes(closed)
+
+
+def _as_label(region: np.ndarray) -> np.ndarray:
+    return np.where(region, 255, 0).astype(np.uint8)
+
+
+CONTRAST_RING = 5
+"""Width in pixels of the ring around a label over which :func:`visibility` measures the
+target's own grey-level spread."""
+
+
+def visibility(
+    result: np.ndarray,
+    target: np.ndarray,
+    placed: np.ndarray,
+    label: np.ndarray,
+    *,
+    threshold: int,
+) -> tuple[float, float]:
+    """How visible an injection is: (changed share, contrast).
+
+    The changed share is the share of the placed pattern's pixels (``placed``, bool) whose
+    grey difference exceeds ``threshold``: a pattern the blend flattened into its surroundings
+    changes few of them. The contrast is the label's mean grey change in units of the target's
+    grey-level spread (standard deviation) over a ring of :data:`CONTRAST_RING` pixels around
+    the label: a change of a few grey levels stands out on a flat surface and vanishes in a
+    textured one. A spread under one grey level counts as one."""
+    difference = grey_difference(result, target)
+    placed_pixels = int(np.count_nonzero(placed))
+    share = (
+        np.count_nonzero(difference[placed] > threshold) / placed_pixels if placed_pixels else 0.0
+    )
+    inside = label > 0
+    if not inside.any():
+        return float(share), 0.0
+    width = 2 * CONTRAST_RING + 1
+    around = (cv2.dilate(inside.astype(np.uint8), np.ones((width, width), np.uint8)) > 0) & ~inside
+    grey = cv2.cvtColor(target, cv2.COLOR_RGB2GRAY) if target.ndim == 3 else target
+    spread = max(float(grey[around].std()), 1.0) if around.any() else 1.0
+    return float(share), float(difference[inside].mean()) / spread

@@ -21,6 +21,19 @@ class Failure:
 
     reason: str
     attempts: int
+    cause: str = ""
+    """What the manifest counts failures by: the stable key of the reason (e.g. ``invisible``,
+    without the numbers); empty: the reason itself."""
+
+    @property
+    def counted_as(self) -> str:
+        return self.cause or self.reason
+
+
+def reason_cause(reason: str) -> str:
+    """The stable key of an attempt's reason: its text before the first ``": "`` (``invisible:
+    0.03 of the pattern ...`` is counted as ``invisible``), all of it where there is none."""
+    return reason.split(": ", 1)[0]
 
 
 class PseudoAnomaly(Protocol):
@@ -125,5 +138,6 @@ def synthesize_each(
                 )
                 break
         else:
-            results.append(Failure(f"gave up after {max_draws} draws: {reason}", max_draws))
+            reason_given = f"gave up after {max_draws} draws: {reason}"
+            results.append(Failure(reason_given, max_draws, reason_cause(reason)))
     return results

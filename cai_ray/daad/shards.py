@@ -226,7 +226,7 @@ class PatternBank:
         except (DecodeError, ValueError, KeyError, tarfile.TarError) as exc:
             where = f"{self._shard_urls[int(self._shard[index])]}#{int(self._start[index])}"
             self.damaged[where] = str(exc)
-            raise UnreadablePattern(f"damaged DAAD record at {where}: {exc}") from exc
+            raise UnreadablePattern(f"damaged DAAD record: at {where}: {exc}") from exc
         size = pattern.image.nbytes + pattern.mask.nbytes
         self._cache[index] = pattern
         self.cached_bytes += size

@@ -242,7 +242,7 @@ class InjectionStage:
             for k, result in enumerate(results):
                 key = sample_key(self.key_prefix, target["index"], first + k)
                 if isinstance(result, Failure):
-                    failed.append({"key": key, "reason": result.reason})
+                    failed.append({"key": key, "reason": result.reason, "cause": result.counted_as})
                     continue
                 details = result.details()
                 meta = {

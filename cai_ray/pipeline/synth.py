@@ -420,6 +420,9 @@ def summarize(job: dict, entries: dict[int, dict]) -> dict:
         "counts": {name: dict(sorted(c.items())) for name, c in sorted(totals.items()) if c},
         "skipped_inputs": skipped,
         "failed_samples": failed,
+        "failed_by_cause": dict(
+            sorted(Counter(f.get("cause", f["reason"]) for f in failed).items())
+        ),
         "damaged_sources": dict(sorted(damaged.items())),
     }
 

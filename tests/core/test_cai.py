@@ -4,6 +4,7 @@ cross-domain case, DeepCrack sources from ../shared/data, is in tests/realdata).
 import cv2
 import numpy as np
 import pytest
+from scipy.ndimage import binary_fill_holes
 
 from cai_ray.core.cai import CAIInjector, CAIParams, Failure, Injection, Quotas, SourcePattern
 from cai_ray.core.geometry import SYNTHESIS_RANGES, Scale
@@ -17,6 +18,14 @@ def _injections(results):
         r for r in results if isinstance(r, Failure)
     ]
     return results
+
+
+def _near_pattern(result: Injection, shape: tuple[int, int], dilation: int = 5) -> np.ndarray:
+    """The placed pattern's mask in target coordinates, dilated as the label rules dilate it."""
+    placed = np.zeros(shape, np.uint8)
+    y0, x0, y1, x1 = result.blend_box
+    placed[y0:y1, x0:x1] = result.pattern_mask
+    return cv2.dilate(placed, np.ones((dilation, dilation), np.uint8)) > 0
 
 
 def test_balanced_quotas_and_synthesis_scales(crack_patterns, tile_targets):
@@ -47,8 +56,8 @@ def test_label_masks_cover_what_changed_and_nothing_else(crack_patterns, tile_ta
             assert set(np.unique(result.mask)) <= {0, 255}
             assert mask.sum() >= 10
             visible = cv2.absdiff(result.image, target) > 7
-            if rule == "pattern":
-                assert not (mask & ~visible).any()
+            if rule == "pattern":  # regions of the pattern, solid where the change is scattered
+                assert not (mask & ~_near_pattern(result, target.shape)).any()
             else:  # the 7x7 median can only reach 3 pixels beyond a visible change
                 near = cv2.dilate(visible.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
                 assert not (mask & ~near).any()
@@ -60,11 +69,12 @@ def test_label_masks_cover_what_changed_and_nothing_else(crack_patterns, tile_ta
 def test_connected_labels_hold_the_pattern_labels_and_only_visible_change(
     crack_patterns, tile_targets
 ):
-    """Same seed, same injections: the connected rule's mask contains the pattern rule's (the
-    pattern grown by its halo) and is all visible change."""
+    """Same seed, same injections (the contrast gate, which sees the label, off): the connected
+    rule's mask contains the pattern rule's (the pattern grown by its halo), and beyond the
+    pattern it is visible change, closed (a gap narrower than 5 pixels bridged) and hole-filled."""
     target = tile_targets[1]
     runs = {
-        rule: CAIInjector(crack_patterns, CAIParams(label_rule=rule)).synthesize(
+        rule: CAIInjector(crack_patterns, CAIParams(label_rule=rule, min_contrast=0)).synthesize(
             target, FULL, seed=2, target_key="t"
         )
         for rule in ("pattern", "connected")
@@ -74,8 +84,10 @@ def test_connected_labels_hold_the_pattern_labels_and_only_visible_change(
         assert isinstance(tight, Injection) and isinstance(connected, Injection)
         assert np.array_equal(tight.image, connected.image)
         assert not ((tight.mask > 0) & (connected.mask == 0)).any()
-        visible = cv2.absdiff(connected.image, target) > 7
-        assert not ((connected.mask > 0) & ~visible).any()
+        visible = (cv2.absdiff(connected.image, target) > 7).astype(np.uint8)
+        closed = cv2.morphologyEx(visible, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)) > 0
+        beyond = (connected.mask > 0) & ~_near_pattern(connected, target.shape)
+        assert not (beyond & ~binary_fill_holes(closed)).any()
         grown += int((connected.mask > 0).sum() - (tight.mask > 0).sum())
     assert grown > 0
 
@@ -185,7 +197,12 @@ def test_mixed_guidance_keeps_the_targets_strong_gradients(crack_patterns, tile_
     replaces them with the crack's. Same seed: the same patterns at the same places."""
     target = tile_targets[2].copy()
     target[:, ::8] = 255  # bright one-pixel stripes: gradients far above the crack's
-    params = {"label_rule": "pattern", "quotas": Quotas(large=3, medium=0, small=0)}
+    params = {
+        "label_rule": "pattern",
+        "quotas": Quotas(large=3, medium=0, small=0),
+        "min_changed_share": 0,  # the gate off: the same draws for both, whatever they show
+        "min_contrast": 0,
+    }
     normal = CAIInjector(crack_patterns, CAIParams(blend="normal", **params))
     mixed = CAIInjector(crack_patterns, CAIParams(blend="mixed", **params))
     pairs = zip(
@@ -260,3 +277,29 @@ def test_unusable_sources_and_targets_are_reported(crack_patterns, tile_targets)
         CAIInjector(crack_patterns).synthesize(tile_targets[0], ~FULL, seed=0, target_key="t")
     with pytest.raises(ValueError):
         CAIInjector([])
+
+
+def test_an_invisible_injection_is_redrawn_and_counted_by_its_cause():
+    """Issue 33: a pattern whose blend changes only a dot of its 40x40 mask is refused by the
+    visibility gate (cause ``invisible``); with the gate off (0) it is kept."""
+    image = np.full((60, 60), 100, np.uint8)
+    image[28:32, 28:32] = 0  # a dark dot on a flat body
+    mask = np.zeros((60, 60), bool)
+    mask[10:50, 10:50] = True
+    faint = SourcePattern.from_full_image(
+        image, mask, anomaly_class="stain", domain="test", record_id="faint"
+    )
+    target = np.full((256, 256), 100, np.uint8)
+    one = Quotas(large=0, medium=0, small=1)
+    [refused] = CAIInjector([faint], CAIParams(stm=False, quotas=one)).synthesize(
+        target, FULL, seed=0, target_key="t"
+    )
+    assert isinstance(refused, Failure) and refused.cause == "invisible", refused
+    assert "min_changed_share 0.2" in refused.reason and refused.attempts == 10
+    off = CAIParams(stm=False, quotas=one, min_changed_share=0, min_contrast=0)
+    [kept] = CAIInjector([faint], off).synthesize(target, FULL, seed=0, target_key="t")
+    assert isinstance(kept, Injection)
+    with pytest.raises(ValueError, match="min_changed_share"):
+        CAIParams(min_changed_share=1.5)
+    with pytest.raises(ValueError, match="min_contrast"):
+        CAIParams(min_contrast=-1)

@@ -1,8 +1,9 @@
 import cv2
 import numpy as np
 import pytest
+from scipy.ndimage import binary_fill_holes
 
-from cai_ray.core.labels import binary_median, grey_difference, label_mask
+from cai_ray.core.labels import binary_median, grey_difference, label_mask, visibility
 
 
 def _pair():
@@ -68,3 +69,74 @@ def test_binary_median_is_cv2s_median_pixel_for_pixel(size):
         mask = np.where(rng.random((height, width)) < share, 255, 0).astype(np.uint8)
         expected = mask if size == 1 else cv2.medianBlur(mask, size)
         assert np.array_equal(binary_median(mask, size), expected)
+
+
+def _holes(mask: np.ndarray) -> np.ndarray:
+    return binary_fill_holes(mask > 0) & ~(mask > 0)
+
+
+@pytest.mark.parametrize("rule", ["pattern", "connected"])
+def test_a_stain_whose_change_is_scattered_gets_a_solid_label(rule):
+    """Issue 33: a large stain whose blended change falls under the threshold in scattered
+    pixels (its edge included) is labelled as one region, not a spray with holes."""
+    rng = np.random.default_rng(0)
+    target = np.full((80, 80), 100, np.uint8)
+    pattern = np.zeros((80, 80), bool)
+    pattern[20:60, 15:65] = True
+    result = target.copy()
+    result[pattern] = np.where(rng.random(pattern.sum()) < 0.35, 104, 120)  # 35% under 7
+    label = label_mask(result, target, rule=rule, pattern_mask=pattern) > 0
+    assert not _holes(label).any()
+    assert label[pattern].mean() > 0.97  # a rim pixel under the threshold may stay out
+    near = cv2.dilate(pattern.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert not (label & ~near).any()
+
+
+def test_a_one_pixel_crack_stays_as_thin_as_its_mask():
+    """Two one-pixel cracks 8 px apart with a visible halo: closing does not fill the gap
+    between them, the label stays within each crack's dilated mask."""
+    target = np.full((60, 60), 100, np.uint8)
+    pattern = np.zeros((60, 60), bool)
+    pattern[10:50, 20] = pattern[10:50, 28] = True
+    result = target.copy()
+    result[:, 18:23] = result[:, 26:31] = 110  # the halo 2 px either side, visible
+    result[pattern] = 40
+    label = label_mask(result, target, rule="pattern", pattern_mask=pattern) > 0
+    near = cv2.dilate(pattern.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert not (label & ~near).any()
+    assert not label[:, 23:26].any()  # the gap between the cracks stays open
+    assert label[10:50, 20].all() and label[10:50, 28].all()
+    assert label.sum() <= near.sum()
+
+
+def test_a_hole_the_pattern_has_stays_a_hole():
+    """A ring-shaped pattern, changed everywhere: the pattern rule keeps the ring's hole (where
+    the pattern is not), the label has no other hole."""
+    target = np.full((60, 60), 100, np.uint8)
+    pattern = np.zeros((60, 60), bool)
+    pattern[10:50, 10:50] = True
+    pattern[22:38, 22:38] = False  # 16x16 hole, wider than the dilation closes
+    result = target.copy()
+    result[5:55, 5:55] = 130
+    label = label_mask(result, target, rule="pattern", pattern_mask=pattern) > 0
+    assert not label[26:34, 26:34].any()
+    near = cv2.dilate(pattern.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert not (_holes(label) & near).any()
+
+
+def test_visibility_measures_the_changed_share_and_the_contrast():
+    rng = np.random.default_rng(1)
+    flat = np.full((60, 60), 100, np.uint8)
+    textured = np.clip(rng.normal(100, 20, (60, 60)), 0, 255).astype(np.uint8)
+    placed = np.zeros((60, 60), bool)
+    placed[20:40, 20:40] = True
+    for target in (flat, textured):
+        result = target.copy()
+        result[20:30, 20:40] = target[20:30, 20:40] + 12  # half the pattern, 12 levels
+        label = label_mask(result, target, rule="pattern", pattern_mask=placed)
+        share, contrast = visibility(result, target, placed, label, threshold=7)
+        assert share == pytest.approx(0.5)
+        if target is flat:  # no spread around: 12 levels over one
+            assert contrast == pytest.approx(12.0)
+        else:  # 12 levels on a texture spreading 20: under one spread
+            assert 0.3 < contrast < 1.0

@@ -21,9 +21,9 @@ from tests.conftest import DEMO, REPO
 
 PINNED = {
     # SAMPLES_VERSION: {job: sha256 over its shards' bytes, in order}
-    2: {
-        "demo": "a0983d546df4d5b172e361fd1db2d6581b966250f45ee372d30da83be32ef370",
-        "cutpaste-letterbox": "69b7222e90b956f5af2b2a4c4673a247933c97b35ad36235ed62ab77c0dea34e",
+    3: {
+        "demo": "47c1de02ec01742175a97e8cf71e6aa65d6795a7aa83658665983a5e64ed57e2",
+        "cutpaste-letterbox": "c7ce81f09583951239f48bd77bfaa93ccedbe25f3ab181d931f1825b0a7bb43f",
     },
 }
 

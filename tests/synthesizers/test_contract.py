@@ -2,7 +2,8 @@
 scheduler with one mixin): samples are a pure function of (settings, seed, key, index); masks are
 uint8 {0, 255} of the image's size; every pixel a sample changed lies in the ``blend_box`` it
 records (the raw difference outside it is exactly 0); the mask covers what visibly changed, or,
-under a label rule that labels only the pattern, only visibly changed pixels; grey and RGB
+under a label rule that labels the pattern, the pattern's regions where it visibly changed them,
+with no holes the pattern does not have; grey and RGB
 targets; samples that cannot be made are reported, not raised; provenance is JSON-ready."""
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import json
 import cv2
 import numpy as np
 import pytest
+from scipy.ndimage import binary_fill_holes
 
 from cai_ray import api
+from cai_ray.core.cai import CAIInjector, CAIParams, Quotas
 from cai_ray.core.synthesis import Failure
+from cai_ray.daad.shards import PatternBank
 from cai_ray.io.codecs import to_mode
 from cai_ray.synthesizers.registry import METHODS
 from tests.cdm.conftest import cai_output, tiny_cdm  # noqa: F401  (fixtures the CDM case uses)
@@ -25,6 +29,7 @@ CASES: dict[str, tuple[str, dict, dict]] = {
     "cai-normal": ("cai", {}, {}),
     "cai-mixed": ("cai", {}, {"blend": "mixed"}),
     "cai-published": ("cai", {}, {"label_rule": "published"}),
+    "cai-connected": ("cai", {}, {"label_rule": "connected"}),
     "paste": ("cai", {}, {"blend": "paste"}),
     "cutpaste": ("cutpaste", {}, {}),
     "cutpaste-scar": ("cutpaste", {"variant": "scar"}, {}),
@@ -135,9 +140,16 @@ def test_samples_keep_the_contract(case, mode, request, demo_daad):
                 near_mask = cv2.dilate(anomaly.mask, np.ones((7, 7), np.uint8)) > 0
                 assert (changed & ~near_mask).sum() <= 0.01 * max(changed.sum(), 100)
             else:
-                # a rule that labels the pattern: every labelled pixel visibly changed (the
-                # halo left unlabelled stays inside the blend box, checked above)
-                assert not (anomaly.mask.astype(bool) & (difference <= 7)).any()
+                # a rule that labels the pattern: its regions where the blend visibly changed
+                # them, closed and hole-filled, so not every labelled pixel changed visibly; all
+                # lie in the blend box (the holes: test_labels_have_no_holes_the_pattern_lacks)
+                assert (
+                    outside_box_changes(
+                        anomaly.mask, np.zeros_like(anomaly.mask), provenance["blend_box"]
+                    )
+                    == 0
+                )
+                assert (difference[anomaly.mask > 0] > 7).any()
                 assert provenance["label_rule"] in ("pattern", "connected")
             assert json.loads(json.dumps(provenance)) == provenance
             assert provenance["method"].startswith(case.split("-")[0])
@@ -158,6 +170,33 @@ def test_samples_keep_the_contract(case, mode, request, demo_daad):
         for a, b in zip(made[0], other, strict=True)
         if not isinstance(a, Failure) and not isinstance(b, Failure)
     )
+
+
+@pytest.mark.parametrize("case", ["cai-normal", "cai-mixed", "cai-connected", "paste"])
+@pytest.mark.parametrize("mode", ["grey", "rgb"])
+def test_labels_have_no_holes_the_pattern_lacks(case, mode, demo_daad):
+    """Issue 33: a label is the pattern's regions, never a pixel spray: every hole of a label
+    (background enclosed by it) is a hole of the placed pattern's mask as the rule dilates it."""
+    _, _, cai = CASES[case]
+    params = CAIParams(**{**cai, "quotas": Quotas(large=2, medium=2, small=2)})
+    injector = CAIInjector(PatternBank(demo_daad, mode=mode), params)
+    kernel = np.ones((params.pattern_dilation,) * 2, np.uint8)
+    checked = 0
+    for index, tile in enumerate(_tiles(mode)):
+        foreground = np.ones(tile.shape[:2], bool)
+        for made in injector.synthesize(tile, foreground, seed=5, target_key=f"tile-{index}"):
+            if isinstance(made, Failure):
+                continue
+            placed = np.zeros(tile.shape[:2], np.uint8)
+            y0, x0, y1, x1 = made.blend_box
+            placed[y0:y1, x0:x1] = made.pattern_mask
+            near = cv2.dilate(placed, kernel) > 0
+            label = made.mask > 0
+            assert not (
+                (binary_fill_holes(label) & ~label) & ~(binary_fill_holes(near) & ~near)
+            ).any()
+            checked += 1
+    assert checked >= 12
 
 
 @pytest.mark.parametrize("case", list(CASES))
