@@ -15,13 +15,28 @@ from cai_ray.synthesizers.cutpaste import CutPasteMethod
 from cai_ray.synthesizers.draem import DraemMethod
 from cai_ray.synthesizers.fpi import FPIMethod
 from cai_ray.synthesizers.glass import GlassMethod
+from cai_ray.synthesizers.mixture import MixtureMethod
 from cai_ray.synthesizers.nsa import NSAMethod
 
-SynthesizerConfig = Annotated[
+ComponentConfig = Annotated[
     CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod | FPIMethod | GlassMethod,
     Field(discriminator="method"),
 ]
-"""The ``synthesizer:`` section: one of the registered methods, chosen by ``method``."""
+"""A method that makes samples itself: any registered one but a mixture."""
+
+SynthesizerConfig = Annotated[
+    CAIMethod
+    | CutPasteMethod
+    | NSAMethod
+    | DraemMethod
+    | CDMMethod
+    | FPIMethod
+    | GlassMethod
+    | MixtureMethod[ComponentConfig],
+    Field(discriminator="method"),
+]
+"""The ``synthesizer:`` section: one of the registered methods, chosen by ``method``; a mixture
+of the others."""
 
 METHODS: dict[str, type[MethodSettings]] = {
     model.model_fields["method"].default: model
