@@ -20,7 +20,7 @@ Each sample's JSON names its ``component``, beside the component's own ``method`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
@@ -29,24 +29,24 @@ from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Donor, Failure, Patched, PseudoAnomaly, Synthesizer, sample_rng
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
 
-Method = TypeVar("Method", bound=MethodSettings)
+if TYPE_CHECKING:  # mypy checks against the base; pydantic validates against the registry's
+    ComponentSettings = MethodSettings  # union of every method but the mixture (bind_components)
 
 _OWN_KEYS = ("weight", "name")
 
 
-class MixtureComponent(BaseModel, Generic[Method]):
+class MixtureComponent(BaseModel):
     """One component, written flat: a registered method's settings plus ``weight`` (and an
     optional ``name``, by default the method's)."""
 
-    # unbound, ``Method`` is only checked to be settings; the registry binds it to its union
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
     weight: float = Field(gt=0, description="Relative share of the samples (any positive scale).")
     name: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="What samples' JSON and the manifest call it; None: its method.",
     )
-    settings: Method
+    settings: ComponentSettings
 
     @model_validator(mode="before")
     @classmethod
@@ -69,19 +69,20 @@ class MixtureComponent(BaseModel, Generic[Method]):
         return self.name or self.settings.method
 
 
-class MixtureMethod(BaseModel, MethodSettings, Generic[Method]):
-    """``synthesizer: {method: mixture, components: [...]}``: the registry binds ``Method`` to
-    its other methods, so a component is any of them and never a mixture."""
+class MixtureMethod(BaseModel, MethodSettings):
+    """``synthesizer: {method: mixture, components: [...]}``: the registry completes these
+    models with its methods but the mixture (:func:`bind_components`), so a component is any
+    of them and never a mixture."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["mixture"] = "mixture"
-    components: list[MixtureComponent[Method]] = Field(min_length=1)
+    components: list[MixtureComponent] = Field(min_length=1)
     anomalies_per_target: int = Field(
         10, ge=1, description="Samples per target, whichever component makes each."
     )
 
     @model_validator(mode="after")
-    def _names_differ(self) -> MixtureMethod[Method]:
+    def _names_differ(self) -> MixtureMethod:
         labels = [component.label for component in self.components]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
@@ -109,7 +110,7 @@ class MixtureMethod(BaseModel, MethodSettings, Generic[Method]):
     def source_files(self) -> list[str]:
         return [path for c in self.components for path in c.settings.source_files()]
 
-    def for_workers(self) -> MixtureMethod[Method]:
+    def for_workers(self) -> MixtureMethod:
         workers = [
             c.model_copy(update={"settings": c.settings.for_workers()}) for c in self.components
         ]
@@ -120,6 +121,14 @@ class MixtureMethod(BaseModel, MethodSettings, Generic[Method]):
             [(c.label, c.weight, c.settings.build(context)) for c in self.components],
             self.anomalies_per_target,
         )
+
+
+def bind_components(component_settings: Any) -> None:
+    """Complete the models with ``component_settings``, the union of the methods a component
+    may be (the registry's own list, which cannot be imported here: it lists the mixture)."""
+    namespace = {"ComponentSettings": component_settings}
+    MixtureComponent.model_rebuild(_types_namespace=namespace)
+    MixtureMethod.model_rebuild(_types_namespace=namespace)
 
 
 class Mixture:

@@ -15,26 +15,19 @@ from cai_ray.synthesizers.cutpaste import CutPasteMethod
 from cai_ray.synthesizers.draem import DraemMethod
 from cai_ray.synthesizers.fpi import FPIMethod
 from cai_ray.synthesizers.glass import GlassMethod
-from cai_ray.synthesizers.mixture import MixtureMethod
+from cai_ray.synthesizers.mixture import MixtureMethod, bind_components
 from cai_ray.synthesizers.nsa import NSAMethod
 
-ComponentConfig = Annotated[
-    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod | FPIMethod | GlassMethod,
-    Field(discriminator="method"),
-]
-"""A method that makes samples itself: any registered one but a mixture."""
+ComponentMethods = (
+    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod | FPIMethod | GlassMethod
+)
+"""The methods that make samples themselves: every registered one but the mixture."""
 
-SynthesizerConfig = Annotated[
-    CAIMethod
-    | CutPasteMethod
-    | NSAMethod
-    | DraemMethod
-    | CDMMethod
-    | FPIMethod
-    | GlassMethod
-    | MixtureMethod[ComponentConfig],
-    Field(discriminator="method"),
-]
+ComponentConfig = Annotated[ComponentMethods, Field(discriminator="method")]
+"""A mixture's component: any of :data:`ComponentMethods`, chosen by ``method``."""
+bind_components(ComponentConfig)
+
+SynthesizerConfig = Annotated[ComponentMethods | MixtureMethod, Field(discriminator="method")]
 """The ``synthesizer:`` section: one of the registered methods, chosen by ``method``; a mixture
 of the others."""
 

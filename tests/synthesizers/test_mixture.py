@@ -3,6 +3,7 @@ the weights, a component's sample is the one it makes alone, bad mixtures are re
 config, and a mixture runs as a job that verifies, its manifest counting each component."""
 
 import json
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -174,6 +175,7 @@ def test_a_mixture_runs_as_a_job_that_verifies(demo_daad, tmp_path):
                 expected = {"cai": "cai-normal", "fpi": "fpi", "scar": "cutpaste-scar"}
                 assert meta["method"] == expected[meta["component"]]
     assert by_component == counts["component"]
+    assert pickle.loads(pickle.dumps(config)) == config  # as Ray ships it to its actors
     # the same job again: the same bytes
     run_synth(_job(demo_daad, tmp_path / "again"), show_progress=False)
     for shard in sorted(Path(config.output.path).glob("shard-*.tar")):
