@@ -135,10 +135,12 @@ def synthesizer(
     **settings: Any,
 ) -> OnTheFly:
     """A synthesizer from keyword arguments: ``method`` is a registered name (``cai``,
-    ``cutpaste``, ``nsa``, ``draem``, ``cdm``), ``daad`` a DAAD folder or URL (CAI and the CDM
-    need one; ``exclude_domains``, ``exclude_tags``, ``draw`` and ``class_weights`` as in the
-    ``daad:`` section), ``cai`` the ``cai:`` section as a dict (quotas, blend, ...),
-    ``settings`` the method's own (e.g. ``variant="scar"``). Validated like a job config."""
+    ``cutpaste``, ``nsa``, ``draem``, ``cdm``, ``fpi``, ``glass``, ``mixture``), ``daad`` a DAAD
+    folder or URL (CAI and the CDM, and a mixture with either, need one; ``exclude_domains``,
+    ``exclude_tags``, ``draw`` and ``class_weights`` as in the ``daad:`` section), ``cai`` the
+    ``cai:`` section as a dict (quotas, blend, ...), ``settings`` the method's own (e.g.
+    ``variant="scar"``, or a mixture's ``components=[{"method": "cai", "weight": 0.7},
+    {"method": "fpi", "weight": 0.3}]``). Validated like a job config."""
     if method not in METHODS:
         raise ValueError(f"unknown synthesizer {method!r}; registered: {', '.join(METHODS)}")
     chosen = TypeAdapter(METHODS[method]).validate_python({"method": method, **settings})

@@ -184,6 +184,8 @@ SHAPES_SAMPLES = frozenset(
         "synthesizer.affine.shear", "synthesizer.affine.flip", "synthesizer.side_bounds",
         "synthesizer.factor_bounds", "synthesizer.beta_mean", "synthesizer.beta_std",
         "synthesizer.beta_bounds",
+        # a mixture's components: each a method's settings (as above) with its weight and name
+        "synthesizer.components",
         "cai.blend", "cai.quotas.large", "cai.quotas.medium", "cai.quotas.small", "cai.stm",
         "cai.ils", "cai.label_rule", "cai.diff_threshold", "cai.median_size",
         "cai.pattern_dilation", "cai.min_mask_pixels", "cai.min_changed_share",

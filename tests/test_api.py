@@ -41,9 +41,18 @@ def test_the_readme_example_runs(tmp_path):
     assert (tmp_path / "out" / "demo-daad" / "daad.json").is_file()
 
 
-def test_the_api_makes_the_jobs_samples(tmp_path, demo_daad):
+MIXTURE = {
+    "method": "mixture",
+    "anomalies_per_target": 3,
+    "components": [{"method": "cai", "weight": 1}, {"method": "cutpaste", "weight": 1}],
+}
+
+
+@pytest.mark.parametrize("synthesizer", [{"method": "cai"}, MIXTURE], ids=["cai", "mixture"])
+def test_the_api_makes_the_jobs_samples(synthesizer, tmp_path, demo_daad):
     """A job (local executor) and the API on the same settings, seed and key: same bytes."""
     raw = {
+        "synthesizer": synthesizer,
         "seed": 3,
         "inputs": {"paths": [str(DEMO / "normal")], "limit": 2},
         "daad": {"path": demo_daad},

@@ -124,9 +124,13 @@ class MaskGenerator:
         self.count = self.params.quotas.total
 
     def draw(
-        self, foreground: np.ndarray, rngs: list[np.random.Generator]
+        self,
+        foreground: np.ndarray,
+        rngs: list[np.random.Generator],
+        indices: Sequence[int] | None = None,
     ) -> list[GenerationMask | Failure]:
-        """One mask per quota slot, slot ``k`` drawn from ``rngs[k]``."""
+        """One mask per sample ``indices[i]`` (None: the quota slots in order), drawn from
+        ``rngs[i]`` at that sample's quota scale."""
         fg_box = mask_bbox(foreground)
         if fg_box is None:
             raise ValueError("the target foreground is empty")
@@ -138,7 +142,9 @@ class MaskGenerator:
         ) -> dict[str, Any] | str:
             return self._attempt(foreground, fg_longest, scale, eligible, rng)
 
-        drawn = draw_by_quota(attempt, classes, self.params, rngs)
+        if indices is None:
+            indices = range(len(rngs))
+        drawn = draw_by_quota(attempt, classes, self.params, rngs, indices)
         return [GenerationMask(**d) if isinstance(d, dict) else d for d in drawn]
 
     def _attempt(

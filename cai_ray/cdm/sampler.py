@@ -81,7 +81,7 @@ def _from_network(image: np.ndarray, size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class _Job:
     target: int
-    index: int
+    slot: int  # the position in the target's results (of its indices)
     region: GenerationMask
     noise_seed: int
 
@@ -132,14 +132,24 @@ class CDMSynthesizer:
         seed: int,
         target_key: str,
         donors: Sequence[Donor] = (),
+        indices: Sequence[int] | None = None,
     ) -> list[Patched | Failure]:
-        return self.synthesize_many([(target, foreground, target_key)], seed=seed)[0]
+        [results] = self.synthesize_many(
+            [(target, foreground, target_key)], seed=seed, indices=indices
+        )
+        return results
 
     def synthesize_many(
-        self, targets: Sequence[tuple[np.ndarray, np.ndarray, str]], *, seed: int
+        self,
+        targets: Sequence[tuple[np.ndarray, np.ndarray, str]],
+        *,
+        seed: int,
+        indices: Sequence[int] | None = None,
     ) -> list[list[Patched | Failure]]:
-        """Every target's anomalies, sample ``k`` of target ``key`` drawn from
-        ``sample_rng(seed, key, k)`` whatever else is in its batch."""
+        """Every target's anomalies (those at ``indices``; None: all), sample ``k`` of target
+        ``key`` drawn from ``sample_rng(seed, key, k)`` whatever else is in its batch."""
+        if indices is None:
+            indices = range(self.masks.count)
         results: list[list[Patched | Failure | None]] = []
         jobs: list[_Job] = []
         for position, (target, foreground, key) in enumerate(targets):
@@ -149,17 +159,17 @@ class CDMSynthesizer:
                     f"the CDM was trained on {self.channels}-channel images; "
                     f"target {key} has {channels}: set the job's color to match"
                 )
-            rngs = [sample_rng(seed, key, k) for k in range(self.masks.count)]
-            drawn = self.masks.draw(foreground, rngs)
+            rngs = [sample_rng(seed, key, k) for k in indices]
+            drawn = self.masks.draw(foreground, rngs, indices)
             results.append([r if isinstance(r, Failure) else None for r in drawn])
-            for k, (region, rng) in enumerate(zip(drawn, rngs, strict=True)):
+            for slot, (region, rng) in enumerate(zip(drawn, rngs, strict=True)):
                 if isinstance(region, GenerationMask):
-                    jobs.append(_Job(position, k, region, int(rng.integers(2**63))))
+                    jobs.append(_Job(position, slot, region, int(rng.integers(2**63))))
         for start in range(0, len(jobs), self.batch_size):
             batch = jobs[start : start + self.batch_size]
             painted = self._paint([targets[job.target][0] for job in batch], batch)
             for job, image in zip(batch, painted, strict=True):
-                results[job.target][job.index] = self._finish(
+                results[job.target][job.slot] = self._finish(
                     targets[job.target][0], image, job.region
                 )
         return [[r for r in row if r is not None] for row in results]

@@ -71,6 +71,11 @@ class Quotas:
             {Scale.LARGE: self.large, Scale.MEDIUM: self.medium, Scale.SMALL: self.small}
         )
 
+    def scale_at(self, index: int) -> Scale:
+        """The scale of sample ``index``: the schedule's, repeated past the total (a
+        mixture's later samples)."""
+        return self.schedule()[index % self.total]
+
 
 @dataclass(frozen=True)
 class CAIParams:
@@ -297,15 +302,18 @@ def draw_by_quota(
     classes: np.ndarray,
     params: CAIParams,
     rngs: Sequence[np.random.Generator],
+    indices: Sequence[int],
 ) -> list[dict | Failure]:
-    """One draw per quota slot (large first), slot ``k`` from ``rngs[k]``. With STM, the slot's
+    """One draw per sample ``indices[i]``, from ``rngs[i]``, at that index's quota scale
+    (:meth:`Quotas.scale_at`: large first). With STM, the slot's
     scale falls to a smaller one where no pattern of ``classes`` can make it, and again when
     ``params.max_draws`` attempts at a scale all fail (e.g. no large pattern fits the
     foreground); without STM patterns keep their size and there is nothing to fall to.
     ``attempt(scale, eligible, rng)`` returns a dict (given ``attempts`` and the slot's
     ``requested_scale``) or a string reason."""
     results: list[dict | Failure] = []
-    for requested, rng in zip(params.quotas.schedule(), rngs, strict=True):
+    for index, rng in zip(indices, rngs, strict=True):
+        requested = params.quotas.scale_at(index)
         scale = fallback_scale(requested, classes) if params.stm else requested
         if scale is None:
             reason = "no source pattern is at least 'small' for this target"
@@ -499,22 +507,25 @@ class CAIInjector:
         seed: int,
         target_key: str,
         donors: Sequence[Donor] = (),
+        indices: Sequence[int] | None = None,
     ) -> list[Injection | Failure]:
-        """All pseudo-anomalies of one target, in quota order (large, medium, small); CAI's
-        sources are DAAD patterns, so ``donors`` are not used."""
+        """The pseudo-anomalies of one target, by default all in quota order (large, medium,
+        small); CAI's sources are DAAD patterns, so ``donors`` are not used."""
         fg_box = mask_bbox(foreground)
         if fg_box is None:
             raise ValueError("the target foreground is empty")
         fg_longest = bbox_longest_side(fg_box)
         classes = scale_classes(self._longest / fg_longest)
-        rngs = [sample_rng(seed, target_key, k) for k in range(self.anomalies_per_target)]
+        if indices is None:
+            indices = range(self.anomalies_per_target)
+        rngs = [sample_rng(seed, target_key, k) for k in indices]
 
         def attempt(
             scale: Scale, eligible: np.ndarray | None, rng: np.random.Generator
         ) -> dict | str:
             return self._attempt(target, foreground, fg_longest, scale, eligible, rng)
 
-        drawn = draw_by_quota(attempt, classes, self.params, rngs)
+        drawn = draw_by_quota(attempt, classes, self.params, rngs, indices)
         return [Injection(**d) if isinstance(d, dict) else d for d in drawn]
 
     def _attempt(

@@ -75,7 +75,9 @@ Donor = tuple[np.ndarray, np.ndarray]
 
 
 class Synthesizer(Protocol):
-    """Makes ``anomalies_per_target`` pseudo-anomalies of one normal image."""
+    """Makes ``anomalies_per_target`` pseudo-anomalies of one normal image, or the samples of
+    it at ``indices`` (a mixture asks each component for its share): sample ``k`` is the same
+    either way."""
 
     method: str
     anomalies_per_target: int
@@ -88,7 +90,10 @@ class Synthesizer(Protocol):
         seed: int,
         target_key: str,
         donors: Sequence[Donor] = (),
-    ) -> Sequence[PseudoAnomaly | Failure]: ...
+        indices: Sequence[int] | None = None,
+    ) -> Sequence[PseudoAnomaly | Failure]:
+        """One result per index, in their order (None: ``range(anomalies_per_target)``)."""
+        ...
 
 
 @runtime_checkable
@@ -113,17 +118,18 @@ def sample_rng(seed: int, target_key: str, index: int) -> np.random.Generator:
 def synthesize_each(
     attempt: Callable[[np.random.Generator], Patched | str],
     *,
-    count: int,
+    indices: Sequence[int],
     seed: int,
     target_key: str,
     max_draws: int,
     min_mask_pixels: int,
 ) -> list[Patched | Failure]:
-    """``count`` samples of one target, sample ``k`` drawn with :func:`sample_rng` ``(seed,
-    target_key, k)``: ``attempt(rng)`` is retried until it gives a :class:`Patched` whose mask
-    has at least ``min_mask_pixels`` pixels (a string result names why an attempt failed)."""
+    """The samples ``indices`` of one target, sample ``k`` drawn with :func:`sample_rng`
+    ``(seed, target_key, k)``: ``attempt(rng)`` is retried until it gives a :class:`Patched`
+    whose mask has at least ``min_mask_pixels`` pixels (a string result names why an attempt
+    failed)."""
     results: list[Patched | Failure] = []
-    for index in range(count):
+    for index in indices:
         rng = sample_rng(seed, target_key, index)
         reason = "unknown"
         for number in range(1, max_draws + 1):

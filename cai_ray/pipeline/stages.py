@@ -222,7 +222,7 @@ class InjectionStage:
         samples: list[Sample] = []
         failed: list[dict[str, str]] = []
         counts: dict[str, Counter[str]] = {
-            k: Counter() for k in ("method", "anomaly_class", "scale", "label")
+            k: Counter() for k in ("method", "component", "anomaly_class", "scale", "label")
         }
         self.context.damaged.clear()  # per shard: what this shard's draws met
         made = self._synthesize_all(targets, pixels, masks)
@@ -255,7 +255,7 @@ class InjectionStage:
                 }
                 samples.append(self._encode(key, result.image, result.mask, meta))
                 counts["method"][result.method] += 1
-                for name in ("anomaly_class", "scale"):
+                for name in ("component", "anomaly_class", "scale"):
                     if name in details:
                         counts[name][details[name]] += 1
                 counts["label"]["1"] += 1

@@ -267,7 +267,7 @@ def verify_output(out: str) -> VerifyReport:
                     _check_meta(name, key, int(match.group(1)), meta, found, inputs, problems)
                 if match and view_index(meta) != int(match.group(2)) // per_target:
                     problems.append(f"{name}: key {key} does not belong to its view {meta['view']}")
-                for field_name in ("method", "anomaly_class", "scale"):
+                for field_name in ("method", "component", "anomaly_class", "scale"):
                     if field_name in meta:
                         counts.setdefault(field_name, Counter())[meta[field_name]] += 1
                 counts.setdefault("label", Counter())[str(meta["label"])] += 1

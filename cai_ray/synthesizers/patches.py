@@ -48,13 +48,16 @@ class PatchSynthesizer:
         seed: int,
         target_key: str,
         donors: Sequence[Donor] = (),
+        indices: Sequence[int] | None = None,
     ) -> list[Patched | Failure]:
+        if indices is None:
+            indices = range(self.anomalies_per_target)
         refused = self.refuse(donors)
         if refused is not None:
-            return [Failure(refused, 0)] * self.anomalies_per_target
+            return [Failure(refused, 0)] * len(indices)
         return synthesize_each(
             lambda rng: self.attempt(target, foreground, donors, rng),
-            count=self.anomalies_per_target,
+            indices=indices,
             seed=seed,
             target_key=target_key,
             max_draws=self.budget.max_draws,

@@ -15,13 +15,21 @@ from cai_ray.synthesizers.cutpaste import CutPasteMethod
 from cai_ray.synthesizers.draem import DraemMethod
 from cai_ray.synthesizers.fpi import FPIMethod
 from cai_ray.synthesizers.glass import GlassMethod
+from cai_ray.synthesizers.mixture import MixtureMethod, bind_components
 from cai_ray.synthesizers.nsa import NSAMethod
 
-SynthesizerConfig = Annotated[
-    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod | FPIMethod | GlassMethod,
-    Field(discriminator="method"),
-]
-"""The ``synthesizer:`` section: one of the registered methods, chosen by ``method``."""
+ComponentMethods = (
+    CAIMethod | CutPasteMethod | NSAMethod | DraemMethod | CDMMethod | FPIMethod | GlassMethod
+)
+"""The methods that make samples themselves: every registered one but the mixture."""
+
+ComponentConfig = Annotated[ComponentMethods, Field(discriminator="method")]
+"""A mixture's component: any of :data:`ComponentMethods`, chosen by ``method``."""
+bind_components(ComponentConfig)
+
+SynthesizerConfig = Annotated[ComponentMethods | MixtureMethod, Field(discriminator="method")]
+"""The ``synthesizer:`` section: one of the registered methods, chosen by ``method``; a mixture
+of the others."""
 
 METHODS: dict[str, type[MethodSettings]] = {
     model.model_fields["method"].default: model

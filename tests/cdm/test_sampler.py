@@ -64,6 +64,19 @@ def test_a_sample_does_not_depend_on_its_batch(crack_patterns, targets):
     assert not np.array_equal(other_seed[0].mask, alone[0].mask)
 
 
+def test_samples_at_given_indices_are_those_of_the_whole_set(crack_patterns, targets):
+    """As a mixture asks for them: sample k is the same, past the quota total too (its scale
+    the schedule's, repeated)."""
+    image, foreground, key = targets[0]
+    synthesizer = _synthesizer(crack_patterns, steps=3, batch_size=1)
+    every = synthesizer.synthesize(image, foreground, seed=0, target_key=key)
+    some = synthesizer.synthesize(image, foreground, seed=0, target_key=key, indices=[2, 0, 4])
+    for k, sample in zip([2, 0], some, strict=False):
+        np.testing.assert_array_equal(sample.mask, every[k].mask)
+        np.testing.assert_array_equal(sample.image, every[k].image)
+    assert some[2].details()["requested_scale"] == "medium"  # index 4 of 1:1:1
+
+
 def test_difference_labels_lie_within_the_conditioning_mask(crack_patterns, targets):
     condition = _synthesizer(crack_patterns, steps=3).synthesize_many(targets[:1], seed=0)[0]
     difference = _synthesizer(crack_patterns, steps=3, label="difference").synthesize_many(

@@ -40,6 +40,17 @@ CASES: dict[str, tuple[str, dict, dict]] = {
     "fpi": ("fpi", {}, {}),
     "glass": ("glass", {"textures": [str(DEMO / "defects" / "MT_Crack" / "Imgs" / "*.jpg")]}, {}),
     "glass-self": ("glass", {}, {}),
+    "mixture": (
+        "mixture",
+        {
+            "components": [
+                {"method": "cai", "weight": 0.5},
+                {"method": "fpi", "weight": 0.3},
+                {"method": "cutpaste", "weight": 0.2, "variant": "scar"},
+            ]
+        },
+        {},
+    ),
 }
 SMALL = {"quotas": {"large": 1, "medium": 1, "small": 1}}
 
@@ -94,9 +105,16 @@ def _make(case: str, request, demo_daad: str, **overrides) -> api.OnTheFly:
         settings["checkpoint"] = request.getfixturevalue("tiny_cdm")
     if method in ("cai", "cdm"):
         cai = {**SMALL, **cai, **overrides}
+    elif method == "mixture":  # the overrides reach every component: CAI's through its section
+        cai = {**SMALL, **cai, **overrides}
+        components = [
+            c if c["method"] == "cai" else {**c, **overrides} for c in settings["components"]
+        ]
+        settings = {"anomalies_per_target": 3, "components": components}
     else:
         settings = {"anomalies_per_target": 3, **settings, **overrides}
-    daad = demo_daad if METHODS[method].needs_daad else None
+    needs_daad = method == "mixture" or METHODS[method].needs_daad  # the mixture has CAI
+    daad = demo_daad if needs_daad else None
     return api.synthesizer(method, daad=daad, seed=5, cai=cai, **settings)
 
 
@@ -152,7 +170,9 @@ def test_samples_keep_the_contract(case, mode, request, demo_daad):
                 assert (difference[anomaly.mask > 0] > 7).any()
                 assert provenance["label_rule"] in ("pattern", "connected")
             assert json.loads(json.dumps(provenance)) == provenance
-            assert provenance["method"].startswith(case.split("-")[0])
+            # a mixture's sample: its component's method, the component named
+            made_by = provenance["component"] if case == "mixture" else case
+            assert provenance["method"].startswith(made_by.split("-")[0])
 
     # the same samples from a fresh synthesizer, targets in the opposite order
     again = _make(case, request, demo_daad)
