@@ -9,6 +9,7 @@ and clean-fid use): ``model(images, return_features=True)`` on uint8 tensors (N,
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,12 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError("FID needs at least 2 images on each side")
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root = linalg.sqrtm(cov_a @ cov_b)
+    with warnings.catch_warnings():  # SciPy warns of a singular product (fewer images than
+        warnings.simplefilter("error", linalg.LinAlgWarning)  # features): regularise it then
+        try:
+            root = linalg.sqrtm(cov_a @ cov_b)
+        except linalg.LinAlgWarning:
+            root = np.full_like(cov_a, np.nan)
     if not np.isfinite(root).all():  # singular product: regularise as pytorch-fid does
         offset = np.eye(len(cov_a)) * 1e-6
         root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
