@@ -96,9 +96,11 @@ def _synth(args: argparse.Namespace) -> int:
     if not config.inputs.geometry.one_view_per_image:  # crops or tiles
         print(f"  {manifest['views']} targets cut from {manifest['targets']} input images")
     print(f"  counts: {json.dumps(manifest['counts'])}")
+    causes = manifest["failed_by_cause"]
+    by_cause = f" ({', '.join(f'{n} {cause}' for cause, n in causes.items())})" if causes else ""
     print(
         f"  skipped inputs: {len(manifest['skipped_inputs'])}, "
-        f"failed samples: {len(manifest['failed_samples'])} {manifest['failed_by_cause']}, "
+        f"failed samples: {len(manifest['failed_samples'])}{by_cause}, "
         f"damaged DAAD records: {len(manifest['damaged_sources'])} (reasons in manifest.json)"
     )
     print(f"  preview: {out}/preview.png; check with: cai-ray verify {out}")

@@ -29,13 +29,13 @@ def test_daad_build_and_stats(tmp_path, capsys):
         )
         == 0
     )
-    assert "20 records" in capsys.readouterr().out
+    assert "27 records" in capsys.readouterr().out
     assert main(["daad", "stats", str(out), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert stats["records"] == 20 and stats["by_domain"] == {"magnetic_tile": 20}
+    assert stats["records"] == 27 and stats["by_domain"] == {"magnetic_tile": 27}
     assert main(["daad", "stats", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.startswith(f"DAAD {out}: 20 records, 4 classes, 1 domains")
+    assert text.startswith(f"DAAD {out}: 27 records, 4 classes, 1 domains")
     assert "near-duplicate images" in text
     assert "tags: none" in text  # the demo spec tags no source
 
@@ -115,7 +115,7 @@ def test_base_install_runs_synthesis_without_torch(tmp_path):
     verified = _cli_without_torch("verify", str(tmp_path / "out"), cwd=tmp_path)
     assert verified.returncode == 0 and "OK: 3 shard(s), 120 samples" in verified.stdout
     stats = _cli_without_torch("daad", "stats", str(tmp_path / "daad"), "--json", cwd=tmp_path)
-    assert stats.returncode == 0 and json.loads(stats.stdout)["records"] == 20
+    assert stats.returncode == 0 and json.loads(stats.stdout)["records"] == 27
 
 
 @pytest.mark.parametrize(
@@ -176,7 +176,7 @@ def test_job_scripts_build_and_synthesize(tmp_path):
         *("--data-root", str(DEMO / "defects"), "--out", str(tmp_path / "daad")),
     )
     assert built.returncode == 0, built.stderr
-    assert "20 records" in built.stdout
+    assert "27 records" in built.stdout
     config = _demo_config(tmp_path)
     made = _run_job("synthesize.py", "--config", str(config), "--local")
     assert made.returncode == 0, made.stderr

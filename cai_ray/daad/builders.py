@@ -130,6 +130,13 @@ class _SourceBase(BaseModel):
     min_region_pixels: int = Field(
         20, ge=1, description="With 'split', smaller regions (specks) are dropped and counted."
     )
+    join_gap: int = Field(
+        0,
+        ge=0,
+        description="With 'split', regions at most this many pixels apart are one record (a "
+        "crack whose annotation has gaps stays one crack; two specks at the ends of a tile "
+        "are two, not one 'large' pattern that is nearly all empty box).",
+    )
     tags: list[Tag] = Field(
         default_factory=list,
         description="Tags every record of this source carries, e.g. [foreign_object] for "
@@ -386,14 +393,21 @@ def _mvtec_candidates(source: MvtecSource, root: Path, report: BuildReport) -> I
             )
 
 
-def split_regions(mask: np.ndarray, min_pixels: int) -> tuple[list[np.ndarray], int]:
+def split_regions(
+    mask: np.ndarray, min_pixels: int, join_gap: int = 0
+) -> tuple[list[np.ndarray], int]:
     """The 8-connected regions of ``mask`` with at least ``min_pixels`` pixels, in label order,
-    and how many smaller ones were dropped."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        mask.astype(np.uint8), connectivity=8
-    )
-    kept = [labels == k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= min_pixels]
-    return kept, count - 1 - len(kept)
+    and how many smaller ones were dropped; regions at most ``join_gap`` pixels apart count as
+    one (grouped where discs of half the gap around them touch)."""
+    binary = mask.astype(np.uint8)
+    grouping: np.ndarray = binary
+    if join_gap > 0:
+        side = 2 * ((join_gap + 1) // 2) + 1
+        grouping = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
+    count, labels = cv2.connectedComponents(grouping, connectivity=8)
+    groups = [(labels == k) & (binary > 0) for k in range(1, count)]
+    kept = [group for group in groups if np.count_nonzero(group) >= min_pixels]
+    return kept, len(groups) - len(kept)
 
 
 def _to_records(candidate: Candidate, report: BuildReport) -> list[DaadRecord]:
@@ -401,7 +415,8 @@ def _to_records(candidate: Candidate, report: BuildReport) -> list[DaadRecord]:
     record, image = _to_record(candidate)
     if candidate.source.regions == "whole":
         return [record]
-    regions, dropped = split_regions(record.mask, candidate.source.min_region_pixels)
+    source = candidate.source
+    regions, dropped = split_regions(record.mask, source.min_region_pixels, source.join_gap)
     report.dropped_regions += dropped
     if not regions:
         raise ValueError(f"no region of {candidate.source.min_region_pixels}+ pixels")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cai_ray.daad.builders import DaadSpec, build_daad
+from cai_ray.daad.builders import DaadSpec, build_daad, split_regions
 from cai_ray.daad.shards import PatternBank, iter_records
 from cai_ray.daad.stats import daad_stats
 from tests.conftest import DEMO, REPO
@@ -320,3 +320,18 @@ def test_split_regions_make_a_record_per_defect(tmp_path):
         "d-images_two-r1": (5, 5, 15, 15),
         "d-images_two-r2": (30, 35, 50, 45),
     }
+
+
+def test_split_regions_join_the_pieces_of_a_gapped_crack_but_not_distant_specks():
+    """join_gap: a crack annotated in pieces 3 px apart stays one region; two specks at the
+    two ends of a tile (the demo's MT_Crack exp2_num_265639: one 'large' record that was nearly
+    all empty box, injected as two invisible specks) are two regions, each at its own size."""
+    crack = np.zeros((200, 40), bool)
+    crack[10:60, 20] = crack[63:120, 21] = crack[123:190, 20] = True
+    regions, dropped = split_regions(crack, 20, join_gap=4)
+    assert len(regions) == 1 and dropped == 0 and np.count_nonzero(regions[0]) == crack.sum()
+    assert len(split_regions(crack, 20)[0]) == 3  # without a gap: three pieces
+    ends = np.zeros((380, 100), bool)
+    ends[2:12, 20:34] = ends[360:378, 80:90] = True  # 140 and 180 px, as in that record
+    regions, dropped = split_regions(ends, 20, join_gap=24)
+    assert [np.count_nonzero(r) for r in regions] == [140, 180] and dropped == 0

@@ -114,13 +114,13 @@ def test_the_modes_share_the_draws_as_they_say():
 
 
 def test_draw_proportions_per_mode_on_the_demo_daad(demo_daad):
-    """Demo: abrasion 7, crack 5, hole 4, stain 4 records, one domain."""
+    """Demo: abrasion 12, crack 7, hole 4, stain 4 records, one domain."""
     bank, weights = _bank(demo_daad)
     assert weights is None
     by_class = dict(zip(*np.unique(bank.classes, return_counts=True), strict=True))
-    assert by_class == {"abrasion": 7, "crack": 5, "hole": 4, "stain": 4}
+    assert by_class == {"abrasion": 12, "crack": 7, "hole": 4, "stain": 4}
     drawn = Counter(str(bank.classes[int(i)]) for i in _indices(bank, weights))
-    assert abs(drawn["abrasion"] / DRAWS - 7 / 20) < 0.03  # records: a class's size counts
+    assert abs(drawn["abrasion"] / DRAWS - 12 / 27) < 0.03  # records: a class's size counts
 
     bank, weights = _bank(demo_daad, draw="classes")
     assert _shares(bank, weights, bank.classes) == pytest.approx(dict.fromkeys(by_class, 0.25))
