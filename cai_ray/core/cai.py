@@ -599,20 +599,24 @@ class CAIInjector:
         else:
             result[rect] = blended
 
+        # The placed pattern, and for the gate its footprint: everywhere the source mask lands
+        # (a thin crack shrunk below half a pixel's width keeps its footprint, though not its
+        # label); under ILS only on the foreground the blend could change, so a solid label
+        # never closes over background the pattern spans.
         pattern_mask = np.zeros((img_h, img_w), bool)
         pattern_mask[placed] = core_mask
-        label = self._label(result, target, pattern_mask, (ry0, rx0, ry1, rx1))
-        if int(np.count_nonzero(label)) < params.min_mask_pixels:
-            return "label mask below min_mask_pixels"
-        # The placed pattern the gate measures: everywhere the source mask lands (a thin crack
-        # shrunk below half a pixel's width keeps its footprint, though not its label), on the
-        # foreground the blend could change.
         footprint = np.zeros((img_h, img_w), bool)
         footprint[placed] = mask[crop] > 0
         if params.ils:
             pattern_mask &= foreground
             footprint &= foreground
-        invisible = self._invisible(result, target, footprint, label, (ry0, rx0, ry1, rx1))
+        label = self._label(result, target, pattern_mask, (ry0, rx0, ry1, rx1))
+        if params.ils:
+            label[~foreground] = 0
+        if int(np.count_nonzero(label)) < params.min_mask_pixels:
+            return "label mask below min_mask_pixels"
+        surface = foreground if params.ils else None
+        invisible = self._invisible(result, target, footprint, label, surface, (ry0, rx0, ry1, rx1))
         if invisible is not None:
             return invisible
         bh, bw = by1 - by0, bx1 - bx0
@@ -638,8 +642,9 @@ class CAIInjector:
         self,
         result: np.ndarray,
         target: np.ndarray,
-        placed: np.ndarray,
+        footprint: np.ndarray,
         label: np.ndarray,
+        surface: np.ndarray | None,
         rect: BBox,
     ) -> str | None:
         """Why the visibility gate refuses this attempt (``invisible: ...`` or ``low contrast:
@@ -659,9 +664,10 @@ class CAIInjector:
         share, contrast = visibility(
             result[window],
             target[window],
-            placed[window],
+            footprint[window],
             label[window],
             threshold=params.diff_threshold,
+            surface=None if surface is None else surface[window],
         )
         if share < params.min_changed_share:
             return (

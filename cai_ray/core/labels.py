@@ -124,6 +124,7 @@ def visibility(
     label: np.ndarray,
     *,
     threshold: int,
+    surface: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """How visible an injection is: (changed share, contrast).
 
@@ -132,7 +133,9 @@ def visibility(
     changes few of them. The contrast is the label's mean grey change in units of the target's
     grey-level spread (standard deviation) over a ring of :data:`CONTRAST_RING` pixels around
     the label: a change of a few grey levels stands out on a flat surface and vanishes in a
-    textured one. A spread under one grey level counts as one."""
+    textured one. A spread under one grey level counts as one. ``surface`` (bool): where the
+    ring may lie, the foreground (padding or background next to the pattern is not the surface
+    its change must stand out on); None: anywhere."""
     difference = grey_difference(result, target)
     placed_pixels = int(np.count_nonzero(placed))
     share = (
@@ -143,6 +146,8 @@ def visibility(
         return float(share), 0.0
     width = 2 * CONTRAST_RING + 1
     around = (cv2.dilate(inside.astype(np.uint8), np.ones((width, width), np.uint8)) > 0) & ~inside
+    if surface is not None:
+        around &= surface
     grey = cv2.cvtColor(target, cv2.COLOR_RGB2GRAY) if target.ndim == 3 else target
     spread = max(float(grey[around].std()), 1.0) if around.any() else 1.0
     return float(share), float(difference[inside].mean()) / spread

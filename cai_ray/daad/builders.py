@@ -133,7 +133,9 @@ class _SourceBase(BaseModel):
     join_gap: int = Field(
         0,
         ge=0,
-        description="With 'split', regions at most this many pixels apart are one record (a "
+        multiple_of=2,
+        description="With 'split', regions at most this many pixels apart (even: each reaches "
+        "out half of it) are one record (a "
         "crack whose annotation has gaps stays one crack; two specks at the ends of a tile "
         "are two, not one 'large' pattern that is nearly all empty box).",
     )
@@ -397,12 +399,12 @@ def split_regions(
     mask: np.ndarray, min_pixels: int, join_gap: int = 0
 ) -> tuple[list[np.ndarray], int]:
     """The 8-connected regions of ``mask`` with at least ``min_pixels`` pixels, in label order,
-    and how many smaller ones were dropped; regions at most ``join_gap`` pixels apart count as
-    one (grouped where discs of half the gap around them touch)."""
+    and how many smaller ones were dropped; regions at most ``join_gap`` (even) pixels apart
+    count as one, grouped where discs of radius ``join_gap / 2`` around them touch."""
     binary = mask.astype(np.uint8)
     grouping: np.ndarray = binary
-    if join_gap > 0:
-        side = 2 * ((join_gap + 1) // 2) + 1
+    if join_gap > 0:  # discs of radius join_gap / 2 (even) close gaps up to join_gap
+        side = join_gap + 1
         grouping = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
     count, labels = cv2.connectedComponents(grouping, connectivity=8)
     groups = [(labels == k) & (binary > 0) for k in range(1, count)]

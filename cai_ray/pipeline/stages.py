@@ -201,7 +201,14 @@ class InjectionStage:
         self.image_format: ImageFormat = image_format
         self.include_normal = include_normal
         self.anomalies_per_target = self.synthesizer.anomalies_per_target
-        self.label_floor = synthesizer.label_floor(cai)
+        self.settings = synthesizer
+        self.cai = cai
+
+    def _floor(self, result: PseudoAnomaly | Failure) -> int:
+        """The label floor of the synthesizer (a mixture's component) that made ``result``."""
+        if isinstance(result, Failure):
+            return 0  # kept as it is
+        return self.settings.label_floor(self.cai, result.details())
 
     def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Sample:
         return key, encode_sample(image, mask, meta, self.image_format)
@@ -238,7 +245,7 @@ class InjectionStage:
                 base["view"] = target["view"]
                 first = target["view"]["index"] * per_target
                 placed = target["view"]["placed"]
-                results = [_outside_padding(r, image, placed, self.label_floor) for r in results]
+                results = [_outside_padding(r, image, placed, self._floor(r)) for r in results]
             for k, result in enumerate(results):
                 key = sample_key(self.key_prefix, target["index"], first + k)
                 if isinstance(result, Failure):

@@ -5,7 +5,7 @@ resolved, and how to build the synthesizer in a worker."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Synthesizer
@@ -37,9 +37,9 @@ class MethodSettings:
         """Pseudo-anomalies made per target (CAI's quotas, or the method's own setting)."""
         raise NotImplementedError
 
-    def label_floor(self, cai: CAIParams) -> int:
-        """The fewest label pixels a sample may have (smaller labels are redrawn or given up):
-        CAI's ``min_mask_pixels`` unless the method has its own."""
+    def label_floor(self, cai: CAIParams, details: dict[str, Any]) -> int:
+        """The fewest label pixels the sample with these ``details`` may have (smaller labels
+        are redrawn or given up): CAI's ``min_mask_pixels`` unless the method has its own."""
         return cai.min_mask_pixels
 
     def check(self, context: BuildContext) -> None:

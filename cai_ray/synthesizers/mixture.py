@@ -98,10 +98,11 @@ class MixtureMethod(BaseModel, MethodSettings):
     def anomaly_count(self, cai: CAIParams) -> int:
         return self.anomalies_per_target
 
-    def label_floor(self, cai: CAIParams) -> int:
-        """The least of the components' floors (a padded target's clipped label is kept if
-        any component would keep one that small)."""
-        return min(component.settings.label_floor(cai) for component in self.components)
+    def label_floor(self, cai: CAIParams, details: dict[str, Any]) -> int:
+        """The floor of the component that made the sample (its JSON names it), so a sample
+        is kept or given up as that component alone would."""
+        [component] = [c for c in self.components if c.label == details["component"]]
+        return component.settings.label_floor(cai, details)
 
     def check(self, context: BuildContext) -> None:
         for component in self.components:
@@ -182,6 +183,8 @@ class Mixture:
 def _named(result: PseudoAnomaly | Failure, component: str) -> PseudoAnomaly | Failure:
     """The component's result, its JSON naming the component (a failure's reason too)."""
     if isinstance(result, Failure):
-        return Failure(f"{component}: {result.reason}", result.attempts)
+        return Failure(
+            f"{component}: {result.reason}", result.attempts, f"{component}: {result.counted_as}"
+        )
     info = {**result.details(), "component": component}
     return Patched(result.image, result.mask, result.method, result.attempts, info)

@@ -4,6 +4,7 @@ jitter, rotation, per-channel operations."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ class SampleBudget(BaseModel):
         """The job's count per target (the ``MethodSettings`` hook): the baseline's own."""
         return self.anomalies_per_target
 
-    def label_floor(self, cai: CAIParams) -> int:
+    def label_floor(self, cai: CAIParams, details: dict[str, Any]) -> int:
         """The ``MethodSettings`` hook: the baseline's own ``min_mask_pixels``."""
         return self.min_mask_pixels
 

@@ -140,3 +140,21 @@ def test_visibility_measures_the_changed_share_and_the_contrast():
             assert contrast == pytest.approx(12.0)
         else:  # 12 levels on a texture spreading 20: under one spread
             assert 0.3 < contrast < 1.0
+
+
+def test_the_contrast_ring_lies_on_the_surface_not_the_padding():
+    """A change next to a letterbox bar: the bar's black in the ring would make a flat tile look
+    textured and the change faint; with the surface given the ring skips it (review, issue 33)."""
+    target = np.full((64, 64), 120, np.uint8)
+    target[:, :20] = 0  # the padding
+    target[:, 20:] += (np.arange(44) % 2).astype(np.uint8)  # a flat surface, one grey level
+    result = target.copy()
+    result[20:40, 22:30] += 12
+    label = np.zeros((64, 64), np.uint8)
+    label[20:40, 22:30] = 255
+    placed = label > 0
+    _, with_padding = visibility(result, target, placed, label, threshold=7)
+    surface = np.zeros((64, 64), bool)
+    surface[:, 20:] = True
+    share, on_surface = visibility(result, target, placed, label, threshold=7, surface=surface)
+    assert share == 1.0 and with_padding < 0.4 < on_surface

@@ -335,3 +335,12 @@ def test_split_regions_join_the_pieces_of_a_gapped_crack_but_not_distant_specks(
     ends[2:12, 20:34] = ends[360:378, 80:90] = True  # 140 and 180 px, as in that record
     regions, dropped = split_regions(ends, 20, join_gap=24)
     assert [np.count_nonzero(r) for r in regions] == [140, 180] and dropped == 0
+
+
+@pytest.mark.parametrize("join_gap", [2, 4, 16])
+def test_join_gap_joins_gaps_up_to_its_stated_width(join_gap):
+    for gap in range(1, 20):
+        pieces = np.zeros((10, 60), bool)
+        pieces[4:6, 5:20] = pieces[4:6, 20 + gap : 40 + gap] = True
+        joined = len(split_regions(pieces, 1, join_gap=join_gap)[0]) == 1
+        assert joined == (gap <= join_gap), gap

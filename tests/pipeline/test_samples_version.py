@@ -13,7 +13,13 @@ import pytest
 from pydantic import BaseModel
 
 import cai_ray
-from cai_ray.config import LEAVES_SAMPLES_ALONE, SHAPES_SAMPLES, SynthConfig, load_config
+from cai_ray.config import (
+    LEAVES_SAMPLES_ALONE,
+    SHAPES_SAMPLES,
+    SynthConfig,
+    load_config,
+    sample_shaping,
+)
 from cai_ray.io.layout import OutputMismatchError
 from cai_ray.pipeline import synth
 from cai_ray.pipeline.synth import run_synth
@@ -187,3 +193,17 @@ def test_an_output_started_before_samples_were_versioned_is_refused(demo_daad, t
     job.write_text(json.dumps(recorded))
     with pytest.raises(OutputMismatchError, match="samples version 1 -> "):
         run_synth(config, show_progress=False)
+
+
+def test_a_later_setting_at_its_old_value_stays_out_of_the_identity(demo_daad, tmp_path):
+    """An output begun before daad.draw existed was fingerprinted without it: at 'records' (the
+    draw of before) it is left out, so such an output resumes; another value is fingerprinted."""
+    config = _resumable(demo_daad, tmp_path / "out")
+    before = config.model_dump(mode="json")
+    del before["daad"]["draw"], before["daad"]["exclude_tags"]  # as an older cai-ray dumped it
+    assert sample_shaping(config.model_dump(mode="json")) == sample_shaping(before)
+    raw = config.model_dump()
+    raw["daad"]["draw"] = "classes"
+    assert sample_shaping(SynthConfig.model_validate(raw).model_dump(mode="json"))["daad"][
+        "draw"
+    ] == ("classes")

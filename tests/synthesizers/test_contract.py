@@ -228,3 +228,27 @@ def test_samples_that_cannot_be_made_are_reported(case, request, demo_daad):
     results = _run(synth, tiles, 0, "tile-0")
     assert len(results) == synth.anomalies_per_target
     assert all(isinstance(r, Failure) and r.reason for r in results)
+
+
+@pytest.mark.parametrize("case", ["cai-normal", "cai-connected"])
+def test_labels_stay_on_a_foreground_with_gaps(case, demo_daad):
+    """Under ILS a solid label never closes over background the pattern spans: a foreground
+    striped by 3-pixel gaps and holed by 4x4 ones keeps every label on it (review, issue 33:
+    106 labelled, unchanged background pixels before)."""
+    _, _, cai = CASES[case]
+    params = CAIParams(**{**cai, "quotas": Quotas(large=3, medium=2, small=1)})
+    injector = CAIInjector(PatternBank(demo_daad, mode="grey"), params)
+    checked = 0
+    for index, tile in enumerate(_tiles("grey")):
+        foreground = np.ones(tile.shape, bool)
+        for gap in range(10, tile.shape[1], 13):
+            foreground[:, gap : gap + 3] = False
+        for y in range(40, tile.shape[0] - 4, 30):
+            for x in range(4, tile.shape[1] - 4, 13):
+                foreground[y : y + 4, x : x + 4] = False
+        for made in injector.synthesize(tile, foreground, seed=5, target_key=f"tile-{index}"):
+            if isinstance(made, Failure):
+                continue
+            assert not (made.mask > 0)[~foreground].any()
+            checked += 1
+    assert checked >= 12

@@ -197,5 +197,26 @@ def test_the_job_hooks_ask_every_component():
     draem = chosen.components[0].settings
     assert chosen.source_files() == draem.source_files()
     assert chosen.for_workers().components[0].settings == draem.for_workers()
-    assert chosen.label_floor(CAIParams()) == 20
+    floors = [chosen.label_floor(CAIParams(), {"component": c}) for c in ("draem", "cutpaste")]
+    assert floors == [30, 20]  # each sample's own component's
     assert not chosen.needs_daad
+
+
+def test_a_components_failures_are_counted_by_its_stable_cause():
+    """A failure names its component and keeps the component's cause, so the manifest counts
+    failures by a handful of causes, not one per reason with its numbers (review, issue 33)."""
+    impossible = {"min_mask_pixels": 10**6, "max_draws": 2}
+    mixture = _mixture(
+        [
+            {"method": "cutpaste", "weight": 1, **impossible},
+            {"method": "fpi", "weight": 1, **impossible},
+        ]
+    )
+    tile = _tiles()[0]
+    results = mixture.synthesize(tile, np.ones(tile.shape, bool), seed=0, target_key="t")
+    assert results and all(isinstance(r, Failure) for r in results)  # FPI: no donors
+    assert {r.counted_as for r in results} == {
+        "cutpaste: label mask below min_mask_pixels",
+        "fpi: FPI needs another normal image in the same shard to interpolate with",
+    }
+    assert all(r.reason.startswith(("cutpaste: ", "fpi: ")) for r in results)
