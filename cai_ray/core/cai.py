@@ -351,6 +351,16 @@ def _slices(y0: int, x0: int, y1: int, x1: int) -> tuple[slice, slice]:
     return slice(y0, y1), slice(x0, x1)
 
 
+def _around(rect: BBox, pad: int, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """``rect`` grown by ``pad`` pixels each way, clipped to an image of ``shape``."""
+    return _slices(
+        max(0, rect[0] - pad),
+        max(0, rect[1] - pad),
+        min(shape[0], rect[2] + pad),
+        min(shape[1], rect[3] + pad),
+    )
+
+
 def class_weights(classes: np.ndarray, weights: dict[str, float]) -> np.ndarray:
     """Per-pattern sampling weights that draw class ``c`` with probability proportional to
     ``weights[c]`` (then uniformly within it), whatever its number of patterns."""
@@ -653,14 +663,7 @@ class CAIInjector:
         params = self.params
         if params.min_changed_share == 0 and params.min_contrast == 0:
             return None
-        pad = max(params.median_size // 2 + 1, CONTRAST_RING + 1)
-        img_h, img_w = target.shape[:2]
-        window = _slices(
-            max(0, rect[0] - pad),
-            max(0, rect[1] - pad),
-            min(img_h, rect[2] + pad),
-            min(img_w, rect[3] + pad),
-        )
+        window = _around(rect, max(params.median_size // 2 + 1, CONTRAST_RING + 1), target.shape)
         share, contrast = visibility(
             result[window],
             target[window],
@@ -684,12 +687,8 @@ class CAIInjector:
         """Label mask computed only around the changed rectangle (identical to a full-image pass:
         outside it the difference is zero, and the pad covers the median filter's reach)."""
         params = self.params
-        pad = params.median_size // 2 + 1
-        img_h, img_w = target.shape[:2]
-        y0, x0 = max(0, rect[0] - pad), max(0, rect[1] - pad)
-        y1, x1 = min(img_h, rect[2] + pad), min(img_w, rect[3] + pad)
-        window = _slices(y0, x0, y1, x1)
-        label = np.zeros((img_h, img_w), np.uint8)
+        window = _around(rect, params.median_size // 2 + 1, target.shape)
+        label = np.zeros(target.shape[:2], np.uint8)
         label[window] = label_mask(
             result[window],
             target[window],

@@ -97,8 +97,21 @@ def usable_records(
     return keep, removed
 
 
-def no_records_left(daad: str, records: int, removed: dict[str, int], filters: dict) -> str:
+def no_records_left(
+    daad: str,
+    records: int,
+    removed: dict[str, int],
+    *,
+    exclude_domains: list[str],
+    exclude_tags: list[str],
+    include_classes: list[AnomalyClass] | None,
+) -> str:
     """What a job is told when its filters leave no pattern: each filter and what it took."""
+    filters = {
+        "exclude_domains": sorted(exclude_domains),
+        "exclude_tags": sorted(exclude_tags),
+        "classes drawn": sorted(map(str, include_classes or [])),
+    }
     said = [f"{name} {filters[name]} took out {count}" for name, count in removed.items()]
     return (
         f"no source patterns left in DAAD {daad}: of its {records} records, "
@@ -186,12 +199,16 @@ class PatternBank:
         if dropped:
             log.info("excluded DAAD records (leakage guard, tags, class filter): %s", dict(dropped))
         if not keep.any():
-            filters = {
-                "exclude_domains": sorted(exclude_domains),
-                "exclude_tags": sorted(exclude_tags),
-                "classes drawn": sorted(map(str, include_classes or [])),
-            }
-            raise ValueError(no_records_left(daad, table.num_rows, removed, filters))
+            raise ValueError(
+                no_records_left(
+                    daad,
+                    table.num_rows,
+                    removed,
+                    exclude_domains=exclude_domains,
+                    exclude_tags=exclude_tags,
+                    include_classes=include_classes,
+                )
+            )
         table = table.filter(pa.array(keep))
         self.daad = daad
         self.mode: ColorMode = mode
@@ -310,12 +327,16 @@ def prepare_daad(daad: DaadConfig) -> None:
         exclude_tags=daad.exclude_tags,
     )
     if not keep.any():
-        filters = {
-            "exclude_domains": sorted(daad.exclude_domains),
-            "exclude_tags": sorted(daad.exclude_tags),
-            "classes drawn": sorted(map(str, drawn or [])),
-        }
-        raise ValueError(no_records_left(daad.path, table.num_rows, removed, filters))
+        raise ValueError(
+            no_records_left(
+                daad.path,
+                table.num_rows,
+                removed,
+                exclude_domains=daad.exclude_domains,
+                exclude_tags=daad.exclude_tags,
+                include_classes=drawn,
+            )
+        )
 
 
 def pattern_weights(bank: PatternBank, daad: DaadConfig) -> np.ndarray | None:
