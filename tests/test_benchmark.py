@@ -291,3 +291,23 @@ def test_a_benchmark_cut_by_a_geometry_scores_the_test_images_at_their_own_size(
     assert printed["view_size"] == (32 if scored_as == "letterbox" else 64)
     for metric in ("pixel_auroc", "pixel_ap", "pro", "image_auroc"):
         assert printed[metric] == pytest.approx(result["last"][metric], abs=1e-6)
+
+
+def test_the_report_headlines_the_last_epoch_and_puts_the_best_beside_it():
+    """Issue 33: the best epoch is chosen on the test set, so the table's metrics are the last
+    epoch's (mean ± std over seeds); the best epoch's pixel AP is a second column."""
+    from cai_ray.benchmark.report import markdown_table, summarize_runs
+
+    def run(seed: int, best_ap: float, last_ap: float) -> dict:
+        metrics = {"pixel_auroc": 0.6, "pro": 0.5, "image_auroc": 0.7}
+        return {
+            "name": "cai",
+            "seed": seed,
+            "best": {"epoch": 4, **metrics, "pixel_ap": best_ap},
+            "last": {"epoch": 8, **metrics, "pixel_ap": last_ap},
+        }
+
+    [row] = summarize_runs([run(0, 0.30, 0.10), run(1, 0.20, 0.12)], {})
+    assert row["pixel_ap"] == pytest.approx(0.11) and row["best_pixel_ap"] == pytest.approx(0.25)
+    table = markdown_table([row])
+    assert "AP (best epoch)" in table and "| 11.0 ± 1.4 |" in table and "| 25.0 |" in table
