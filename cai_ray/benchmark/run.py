@@ -129,6 +129,7 @@ class RunTestSets:
     def __init__(self, config: BenchmarkConfig, split: TargetSplit, inputs: str) -> None:
         self._config, self._split, self._inputs = config, split, inputs
         self._loaded: dict[int, TestSet] = {}
+        self._sizes: dict[tuple[str, int], int] = {}
         self.shared = self.at(config.synth_image_size)
 
     def at(self, size: int) -> TestSet:
@@ -144,8 +145,12 @@ class RunTestSets:
         return self._loaded[cut]
 
     def of(self, entry: SynthesizerEntry, seed: int) -> TestSet:
-        """The test set of a run (a ready-made output is read: check it first)."""
-        return self.at(data_size(self._config, entry, seed, self._inputs))
+        """The test set of a run (a ready-made output's job.json is read, once: check the
+        output first)."""
+        run = (entry.name, seed)
+        if run not in self._sizes:
+            self._sizes[run] = data_size(self._config, entry, seed, self._inputs)
+        return self.at(self._sizes[run])
 
 
 def _detector_config(

@@ -68,57 +68,47 @@ def record_tags(table: pa.Table) -> list[list[str]]:
     return [tags or [] for tags in table["tags"].to_pylist()]
 
 
+def _with_tags(columns: list[str], version: int) -> list[str]:
+    """``columns`` of the records table, and ``tags`` where a DAAD of this format has them."""
+    return columns + (["tags"] if version >= TAGS_FORMAT else [])
+
+
 def usable_records(
     table: pa.Table,
+    daad: str,
     *,
-    exclude_domains: list[str] = [],  # noqa: B006 - read only
-    include_classes: list[AnomalyClass] | None = None,
-    exclude_tags: list[str] = [],  # noqa: B006 - read only
-) -> tuple[np.ndarray, dict[str, int]]:
-    """Which records a job's filters leave (a bool per row of ``table``, which has ``domain``,
-    ``anomaly_class`` and, from format 5, ``tags``), and how many each filter took out, in the
-    order they apply (domains, tags, classes), for the log and the error that none is left."""
+    exclude_domains: list[str],
+    include_classes: list[AnomalyClass] | None,
+    exclude_tags: list[str],
+) -> np.ndarray:
+    """Which records of ``daad`` a job's filters leave (a bool per row of ``table``, which has
+    ``domain``, ``anomaly_class`` and, from format 5, ``tags``). ValueError where none is: it
+    says what each filter took out, in the order they apply (domains, tags, classes)."""
     keep = np.ones(table.num_rows, bool)
     removed = {}
     if exclude_domains:
         out = np.isin(np.asarray(table["domain"].to_pylist(), object), list(exclude_domains))
-        removed["exclude_domains"] = int((keep & out).sum())
+        removed[f"exclude_domains {sorted(exclude_domains)}"] = int((keep & out).sum())
         keep &= ~out
     if exclude_tags:
         unwanted = set(exclude_tags)
         out = np.array([bool(unwanted.intersection(t)) for t in record_tags(table)], bool)
-        removed["exclude_tags"] = int((keep & out).sum())
+        removed[f"exclude_tags {sorted(exclude_tags)}"] = int((keep & out).sum())
         keep &= ~out
     if include_classes is not None:
         wanted = [str(c) for c in include_classes]
         out = ~np.isin(np.asarray(table["anomaly_class"].to_pylist(), object), wanted)
-        removed["classes drawn"] = int((keep & out).sum())
+        removed[f"classes drawn {sorted(wanted)}"] = int((keep & out).sum())
         keep &= ~out
-    return keep, removed
-
-
-def no_records_left(
-    daad: str,
-    records: int,
-    removed: dict[str, int],
-    *,
-    exclude_domains: list[str],
-    exclude_tags: list[str],
-    include_classes: list[AnomalyClass] | None,
-) -> str:
-    """What a job is told when its filters leave no pattern: each filter and what it took."""
-    filters = {
-        "exclude_domains": sorted(exclude_domains),
-        "exclude_tags": sorted(exclude_tags),
-        "classes drawn": sorted(map(str, include_classes or [])),
-    }
-    said = [f"{name} {filters[name]} took out {count}" for name, count in removed.items()]
-    return (
-        f"no source patterns left in DAAD {daad}: of its {records} records, "
-        + "; ".join(said)
-        + ". Loosen daad.exclude_domains, daad.exclude_tags or the classes drawn "
-        "(include_classes, class_weights)"
-    )
+    if not keep.any():
+        said = [f"{name} took out {count}" for name, count in removed.items()]
+        raise ValueError(
+            f"no source patterns left in DAAD {daad}: of its {table.num_rows} records, "
+            + "; ".join(said)
+            + ". Loosen daad.exclude_domains, daad.exclude_tags or the classes drawn "
+            "(include_classes, class_weights)"
+        )
+    return keep
 
 
 def content_digest(daad: str) -> str:
@@ -186,11 +176,11 @@ class PatternBank:
         index = read_index(daad)
         version = index.get("format_version", 1)
         crops = version >= CROPS_FORMAT
-        wanted = SAMPLING_COLUMNS + (PATTERN_COLUMNS if crops else [])
-        wanted += ["tags"] if version >= TAGS_FORMAT else []
+        wanted = _with_tags(SAMPLING_COLUMNS + (PATTERN_COLUMNS if crops else []), version)
         table = read_records_table(daad, index, columns=wanted)
-        keep, removed = usable_records(
+        keep = usable_records(
             table,
+            daad,
             exclude_domains=exclude_domains,
             include_classes=include_classes or None,
             exclude_tags=exclude_tags,
@@ -198,17 +188,6 @@ class PatternBank:
         dropped = Counter(np.asarray(table["domain"].to_pylist(), object)[~keep].tolist())
         if dropped:
             log.info("excluded DAAD records (leakage guard, tags, class filter): %s", dict(dropped))
-        if not keep.any():
-            raise ValueError(
-                no_records_left(
-                    daad,
-                    table.num_rows,
-                    removed,
-                    exclude_domains=exclude_domains,
-                    exclude_tags=exclude_tags,
-                    include_classes=include_classes,
-                )
-            )
         table = table.filter(pa.array(keep))
         self.daad = daad
         self.mode: ColorMode = mode
@@ -295,7 +274,7 @@ def prepare_daad(daad: DaadConfig) -> None:
         build_daad(DaadSpec.from_yaml(daad.build.spec), daad.build.data_root, daad.path)
     index = read_index(daad.path)
     version = index.get("format_version", 1)
-    columns = ["domain", "anomaly_class"] + (["tags"] if version >= TAGS_FORMAT else [])
+    columns = _with_tags(["domain", "anomaly_class"], version)
     table = read_records_table(daad.path, index, columns=columns)  # an old one fails, saying so
     if version < CROPS_FORMAT:
         log.warning(
@@ -319,24 +298,13 @@ def prepare_daad(daad: DaadConfig) -> None:
             daad.path,
             why,
         )
-    drawn = daad.drawn_classes()
-    keep, removed = usable_records(
+    usable_records(
         table,
+        daad.path,
         exclude_domains=daad.exclude_domains,
-        include_classes=drawn,
+        include_classes=daad.drawn_classes(),
         exclude_tags=daad.exclude_tags,
     )
-    if not keep.any():
-        raise ValueError(
-            no_records_left(
-                daad.path,
-                table.num_rows,
-                removed,
-                exclude_domains=daad.exclude_domains,
-                exclude_tags=daad.exclude_tags,
-                include_classes=drawn,
-            )
-        )
 
 
 def pattern_weights(bank: PatternBank, daad: DaadConfig) -> np.ndarray | None:

@@ -14,6 +14,9 @@ from cai_ray.io.codecs import ColorMode, ImageFormat, decode_image, decode_mask,
 IMAGE_MEMBERS: tuple[ImageFormat, ...] = ("png", "jpg")
 MASK_MEMBER = "mask.png"
 META_MEMBER = "json"
+COUNTED_DETAILS = ("component", "anomaly_class", "scale")
+"""The fields of a sample's json that shard entries and the manifest count, besides its
+``method`` and ``label`` (where a sample has them)."""
 
 
 class SampleError(ValueError):

@@ -41,7 +41,7 @@ from cai_ray.io.codecs import (
     load_views,
 )
 from cai_ray.io.layout import entry_name, sample_key, shard_name, write_json
-from cai_ray.io.samples import encode_sample
+from cai_ray.io.samples import COUNTED_DETAILS, encode_sample
 from cai_ray.io.tar import Sample, build_tar
 from cai_ray.synthesizers.base import BuildContext
 from cai_ray.synthesizers.registry import SynthesizerConfig
@@ -202,13 +202,12 @@ class InjectionStage:
         self.include_normal = include_normal
         self.anomalies_per_target = self.synthesizer.anomalies_per_target
         self.settings = synthesizer
-        self.cai = cai
 
     def _floor(self, result: PseudoAnomaly | Failure) -> int:
         """The label floor of the synthesizer (a mixture's component) that made ``result``."""
         if isinstance(result, Failure):
             return 0  # kept as it is
-        return self.settings.label_floor(self.cai, result.details())
+        return self.settings.label_floor(self.context.cai, result.details())
 
     def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Sample:
         return key, encode_sample(image, mask, meta, self.image_format)
@@ -229,7 +228,7 @@ class InjectionStage:
         samples: list[Sample] = []
         failed: list[dict[str, str]] = []
         counts: dict[str, Counter[str]] = {
-            k: Counter() for k in ("method", "component", "anomaly_class", "scale", "label")
+            k: Counter() for k in ("method", *COUNTED_DETAILS, "label")
         }
         self.context.damaged.clear()  # per shard: what this shard's draws met
         made = self._synthesize_all(targets, pixels, masks)
@@ -262,7 +261,7 @@ class InjectionStage:
                 }
                 samples.append(self._encode(key, result.image, result.mask, meta))
                 counts["method"][result.method] += 1
-                for name in ("component", "anomaly_class", "scale"):
+                for name in COUNTED_DETAILS:
                     if name in details:
                         counts[name][details[name]] += 1
                 counts["label"]["1"] += 1

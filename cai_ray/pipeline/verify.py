@@ -20,10 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from cai_ray.core.views import WHOLE_IMAGE_MODES, Geometry, plan_views
+from cai_ray.core.views import Geometry, plan_views
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import DecodeError, decode_image
-from cai_ray.io.samples import MASK_MEMBER, SampleError, image_member, read_meta, view_index
+from cai_ray.io.samples import (
+    COUNTED_DETAILS,
+    MASK_MEMBER,
+    SampleError,
+    image_member,
+    read_meta,
+    view_index,
+)
 from cai_ray.io.tar import iter_tar
 
 
@@ -134,6 +141,7 @@ def _check_inputs(
     inputs: list[str] | None,
     index_of: dict[str, int],
     job: dict[str, Any],
+    geometry: Geometry,
     problems: list[str],
 ) -> None:
     """Every input of the shard's range ``span`` kept or skipped, each kept target complete
@@ -168,7 +176,6 @@ def _check_inputs(
     both = sorted(found.skipped_whole & (set(found.samples) | set(found.skipped_views)))
     if both:
         problems.append(f"{name}: {_inputs(both, inputs)} skipped and also kept")
-    geometry = Geometry(**job["config"]["inputs"].get("geometry", {}))
     views_made = 0
     for target, views in sorted(found.samples.items()):
         views_made += len(views)
@@ -232,8 +239,8 @@ def verify_output(out: str) -> VerifyReport:
 
     per_target, per_shard = job["samples_per_target"], job["targets_per_shard"]
     key_pattern = layout.sample_key_pattern(job["key_prefix"])
-    geometry = job["config"]["inputs"].get("geometry", {"mode": "resize"})
-    one_view = geometry["mode"] in WHOLE_IMAGE_MODES  # else several targets an image
+    geometry = Geometry(**job["config"]["inputs"].get("geometry", {}))
+    one_view = geometry.one_view_per_image  # else several targets an image
     seen: set[str] = set()
     totals: dict[str, Counter[str]] = {}
     inputs = _inputs_list(out, job["targets"])
@@ -267,7 +274,7 @@ def verify_output(out: str) -> VerifyReport:
                     _check_meta(name, key, int(match.group(1)), meta, found, inputs, problems)
                 if match and view_index(meta) != int(match.group(2)) // per_target:
                     problems.append(f"{name}: key {key} does not belong to its view {meta['view']}")
-                for field_name in ("method", "component", "anomaly_class", "scale"):
+                for field_name in ("method", *COUNTED_DETAILS):
                     if field_name in meta:
                         counts.setdefault(field_name, Counter())[meta[field_name]] += 1
                 counts.setdefault("label", Counter())[str(meta["label"])] += 1
@@ -280,7 +287,8 @@ def verify_output(out: str) -> VerifyReport:
                 problems.append(f"{name}: failed sample key {failure['key']} is malformed")
                 continue
             found.add_sample(int(match.group(1)), int(match.group(2)), per_target)
-        _check_inputs(name, range(first, last), entry, found, inputs, index_of, job, problems)
+        span = range(first, last)
+        _check_inputs(name, span, entry, found, inputs, index_of, job, geometry, problems)
         views = entry.get("views", last - first - len(entry["skipped_inputs"]))
         expected = views * per_target
         if count + len(entry["failed_samples"]) != expected:
