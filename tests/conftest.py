@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +139,18 @@ def s3_bucket(s3_server, request):
     storage.configure(endpoint_url=s3_server.endpoint)
     yield f"s3://{name}"
     storage.configure(endpoint_url=None)
+
+
+def older_daad(daad: str | Path, out: Path, version: int, dropped: tuple[str, ...] = ()) -> Path:
+    """A copy of ``daad`` as an older cai-ray wrote it: its index says format ``version`` and
+    its records table lacks the ``dropped`` columns that format did not have."""
+    import pyarrow.parquet as pq
+
+    shutil.copytree(daad, out)
+    index = json.loads((out / "daad.json").read_text())
+    index["format_version"] = version
+    (out / "daad.json").write_text(json.dumps(index))
+    if dropped:
+        table = pq.read_table(out / "records.parquet")
+        pq.write_table(table.drop_columns(list(dropped)), out / "records.parquet")
+    return out

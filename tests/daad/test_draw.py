@@ -4,7 +4,6 @@ source declares)."""
 
 import json
 import logging
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from cai_ray.pipeline.synth import run_synth
 from cai_ray.synthesizers.base import BuildContext
 from cai_ray.synthesizers.cai import daad_patterns
 from cai_ray.synthesizers.cdm import CDMMethod
-from tests.conftest import DEMO
+from tests.conftest import DEMO, older_daad
 
 DRAWS = 4000
 LICENSE = "welcome to use, please cite Huang et al. 2020"
@@ -238,13 +237,7 @@ def test_filters_that_leave_nothing_say_which_took_what(two_domains, tmp_path):
 def test_an_old_daad_without_tags_still_reads(two_domains, tmp_path, caplog):
     """A format 4 DAAD (no tags column, no tags in its records' JSON) reads as before: no
     record tagged, so excluding a tag leaves nothing out, and a job is warned."""
-    old = tmp_path / "v4"
-    shutil.copytree(two_domains, old)
-    index = json.loads((old / "daad.json").read_text())
-    index["format_version"] = 4
-    (old / "daad.json").write_text(json.dumps(index))
-    table = pq.read_table(old / "records.parquet")
-    pq.write_table(table.drop_columns(["tags"]), old / "records.parquet")
+    old = older_daad(two_domains, tmp_path / "v4", 4, ("tags",))
     bank, _ = _bank(str(old), exclude_tags=["foreign_object"])
     assert len(bank) == 12
     stats = daad_stats(str(old))

@@ -19,6 +19,7 @@ from cai_ray.daad.settings import DaadConfig
 from cai_ray.daad.shards import PatternBank, iter_records, prepare_daad
 from cai_ray.io.codecs import decode_image
 from cai_ray.io.tar import build_tar, iter_tar, member_spans, sample_spans
+from tests.conftest import older_daad
 
 
 def _full_scan(daad: str, mode="grey") -> list[SourcePattern]:
@@ -97,13 +98,7 @@ def test_an_injector_over_a_list_and_over_the_bank_agree(demo_daad, tile_targets
 def test_a_format_3_daad_without_crops_gives_the_same_patterns(demo_daad, tmp_path, caplog):
     """A DAAD built before records kept crops is still read, from whole records; a job says
     that rebuilding it would speed its first reads."""
-    old = tmp_path / "v3"
-    shutil.copytree(demo_daad, old)
-    index = json.loads((old / "daad.json").read_text())
-    index["format_version"] = 3
-    (old / "daad.json").write_text(json.dumps(index))
-    table = pq.read_table(old / "records.parquet")
-    pq.write_table(table.drop_columns(["pattern_start", "pattern_end"]), old / "records.parquet")
+    old = older_daad(demo_daad, tmp_path / "v3", 3, ("pattern_start", "pattern_end"))
     new, legacy = PatternBank(demo_daad, mode="grey"), PatternBank(str(old), mode="grey")
     for i in range(len(new)):
         np.testing.assert_array_equal(new[i].image, legacy[i].image)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from cai_ray.daad.stats import daad_stats, format_stats
+from tests.conftest import older_daad
 
 
 def test_stats_count_every_record_and_find_the_tile_shot_at_three_exposures(demo_daad):
@@ -31,11 +32,6 @@ def test_stats_count_every_record_and_find_the_tile_shot_at_three_exposures(demo
 
 def test_stats_on_an_older_daad_say_to_rebuild(demo_daad, tmp_path):
     old = tmp_path / "old"
-    old.mkdir()
-    for item in Path(demo_daad).iterdir():
-        (old / item.name).write_bytes(item.read_bytes())
-    index = json.loads((old / "daad.json").read_text())
-    index["format_version"] = 2
-    (old / "daad.json").write_text(json.dumps(index))
+    older_daad(demo_daad, old, 2)
     with pytest.raises(ValueError, match="format 2; daad stats needs 3.*rebuild it"):
         daad_stats(str(old))
