@@ -187,7 +187,7 @@ SHAPES_SAMPLES = frozenset(
         # a mixture's components: each a method's settings (as above) with its weight and name
         "synthesizer.components",
         "cai.blend", "cai.quotas.large", "cai.quotas.medium", "cai.quotas.small", "cai.stm",
-        "cai.ils", "cai.label_rule", "cai.diff_threshold", "cai.median_size",
+        "cai.ils", "cai.label_rule", "cai.label_regions", "cai.diff_threshold", "cai.median_size",
         "cai.pattern_dilation", "cai.min_mask_pixels", "cai.min_changed_share",
         "cai.min_contrast", "cai.max_draws", "cai.mask_kernel",
         "cai.blend_margin",
@@ -218,7 +218,7 @@ LEAVES_SAMPLES_ALONE = frozenset(
 but not their bytes: a resume may change them."""
 
 
-LATER_SETTINGS = {"daad.draw": "records", "daad.exclude_tags": []}
+LATER_SETTINGS = {"daad.draw": "records", "daad.exclude_tags": [], "cai.label_regions": True}
 """Settings that shape samples but came after outputs that may still be resumed, with the value
 that writes the bytes of a cai-ray without them: at that value they are left out of a job's
 identity, so an output begun before they existed resumes (its identity did not name them)."""

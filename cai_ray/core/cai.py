@@ -91,6 +91,8 @@ class CAIParams:
     ``label_rule``: ``pattern`` (the visible change on and next to the injected pattern) by
     default; the paper's ``published`` rule marks the whole Poisson halo as well, which gave
     lower PRO on both targets benchmarked (docs/BENCHMARKS.md, "The label rule").
+    ``label_regions``: the pattern and connected rules' labels as closed, hole-filled regions
+    (default); off, the changed pixels themselves (the labels before regions, for comparison).
     ``min_changed_share`` and ``min_contrast``: the visibility gate. An attempt is redrawn when
     under ``min_changed_share`` of the placed pattern's pixels (on the foreground) changed by
     more than ``diff_threshold`` grey levels (reason ``invisible``), or when the label's mean
@@ -106,6 +108,7 @@ class CAIParams:
     stm: bool = True
     ils: bool = True
     label_rule: LabelRule = "pattern"
+    label_regions: bool = True
     diff_threshold: int = 7
     median_size: int = 7
     pattern_dilation: int = 5
@@ -697,5 +700,6 @@ class CAIInjector:
             threshold=params.diff_threshold,
             median_size=params.median_size,
             pattern_dilation=params.pattern_dilation,
+            regions=params.label_regions,
         )
         return label

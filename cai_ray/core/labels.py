@@ -15,7 +15,9 @@ Two rules:
   Poisson halo the pattern caused counts, however far it reaches, a change elsewhere does not.
   Closed and hole-filled the same way, except in the pattern's own holes.
 
-Under both, a label has no holes that the (dilated) pattern does not have.
+Under both, a label has no holes that the (dilated) pattern does not have. ``regions=False``
+gives both rules' raw pixels instead (no closing, no hole filling): the labels before regions,
+kept to measure what regions are worth.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def label_mask(
     threshold: int = 7,
     median_size: int = 7,
     pattern_dilation: int = 5,
+    regions: bool = True,
 ) -> np.ndarray:
     """Binary label mask, (M, N) uint8 with values {0, 255}.
 
@@ -79,6 +82,9 @@ def label_mask(
         Square kernel size by which the pattern and connected rules widen the pattern mask
         (a visible change this close to the pattern touches it), and by which they close the
         change (a gap this narrow inside a region is part of it).
+    regions : bool
+        Whether the pattern and connected rules close and hole-fill the change (False: the
+        changed pixels themselves, a spray where the change is faint).
     """
     visible = (grey_difference(result, target) > threshold).astype(np.uint8) * 255
     if rule == "published":
@@ -93,10 +99,12 @@ def label_mask(
     near_pattern = cv2.dilate(pattern_mask.astype(np.uint8), kernel) > 0
     if rule == "pattern":
         changed = visible.astype(bool) & near_pattern
-        return _as_label(_solid(changed, kernel) & near_pattern)
-    count, regions = cv2.connectedComponents(visible, connectivity=8)
-    touching = np.unique(regions[near_pattern & (visible > 0)])
-    grown = np.isin(regions, touching[touching > 0])
+        return _as_label(_solid(changed, kernel) & near_pattern if regions else changed)
+    count, labelled = cv2.connectedComponents(visible, connectivity=8)
+    touching = np.unique(labelled[near_pattern & (visible > 0)])
+    grown = np.isin(labelled, touching[touching > 0])
+    if not regions:
+        return _as_label(grown)
     pattern_holes = binary_fill_holes(near_pattern) & ~near_pattern
     return _as_label(_solid(grown, kernel) & ~(pattern_holes & ~grown))
 

@@ -90,6 +90,11 @@ def test_a_stain_whose_change_is_scattered_gets_a_solid_label(rule):
     assert label[pattern].mean() > 0.97  # a rim pixel under the threshold may stay out
     near = cv2.dilate(pattern.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     assert not (label & ~near).any()
+    # Without regions (the labels before them, kept for the benchmark's comparison): the
+    # changed pixels themselves, the spray.
+    raw = label_mask(result, target, rule=rule, pattern_mask=pattern, regions=False) > 0
+    assert np.array_equal(raw, (result.astype(int) - target > 7) & near)
+    assert _holes(raw).any()
 
 
 def test_a_one_pixel_crack_stays_as_thin_as_its_mask():
