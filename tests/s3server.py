@@ -55,6 +55,9 @@ class SeaweedS3:
     process: subprocess.Popen | None = None
     endpoint: str = ""
     ports: dict[str, int] | None = None
+    with_metrics: bool = False
+    """Serve Prometheus metrics (requests by type and code, bytes by bucket) on 127.0.0.1:
+    :meth:`metrics` reads them, so a benchmark counts the requests a job made."""
 
     def start(self, timeout: float = 90) -> None:
         """Start the server; after :meth:`crash` it comes back on the same ports and data."""
@@ -74,7 +77,7 @@ class SeaweedS3:
         config = self.root / "s3.json"
         config.write_text(json.dumps(identities))
         if self.ports is None:
-            names = ("master", "volume", "filer", "s3", "admin")
+            names = ("master", "volume", "filer", "s3", "admin", "metrics")
             self.ports = {name: _free_port_pair() for name in names}
         ports = self.ports
         command = [
@@ -91,6 +94,8 @@ class SeaweedS3:
             f"-s3.config={config}",
             "-webdav=false",
         ]
+        if self.with_metrics:
+            command += [f"-metricsPort={ports['metrics']}", "-metricsIp=127.0.0.1"]
         log = (self.root / "weed.log").open("ab")
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -113,6 +118,32 @@ class SeaweedS3:
         log = (self.root / "weed.log").read_text(errors="replace")[-2000:]
         self.stop()
         raise RuntimeError(f"SeaweedFS did not come up ({last}); log tail:\n{log}")
+
+    def metrics(self) -> dict[str, float]:
+        """The server's S3 counters, summed over buckets: ``requests <TYPE> <code>`` per request
+        type and status, ``bytes received`` and ``bytes sent``."""
+        import urllib.request
+
+        if not self.with_metrics or self.ports is None:
+            raise RuntimeError("start the server with with_metrics=True")
+        url = f"http://127.0.0.1:{self.ports['metrics']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        counters: dict[str, float] = {}
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("SeaweedFS_s3_request_total{"):
+                pairs = name[name.index("{") + 1 : -1].replace('"', "").split(",")
+                labels = dict(pair.split("=", 1) for pair in pairs)
+                key = f"requests {labels['type']} {labels['code']}"
+            elif name.startswith("SeaweedFS_s3_bucket_traffic_received_bytes_total"):
+                key = "bytes received"
+            elif name.startswith("SeaweedFS_s3_bucket_traffic_sent_bytes_total"):
+                key = "bytes sent"
+            else:
+                continue
+            counters[key] = counters.get(key, 0.0) + float(value)
+        return counters
 
     def crash(self) -> None:
         """Kill the server at once, as a machine failure would (no graceful shutdown)."""
