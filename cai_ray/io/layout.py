@@ -1,9 +1,10 @@
 """Names of everything a synthesis job writes, and the per-shard entries that commit shards.
 
 An output folder holds ``job.json`` (the config and a fingerprint of what the samples depend
-on), ``inputs.txt`` (the normal images in order, itself a valid input list),
-``input_stamps.txt`` (each input's size and modification time when the job started, in the same
-order), ``shard-NNNNNN.tar`` with ``shard-NNNNNN.json``
+on), ``inputs.parquet`` (the normal images in order with each one's size and modification time
+when the job ran, :mod:`cai_ray.io.inputs`: itself a valid input list; outputs begun before it
+hold ``inputs.txt`` and ``input_stamps.txt``, one a line), ``shard-NNNNNN.tar`` with
+``shard-NNNNNN.json``
 beside each (written after the tar: its presence commits the shard), ``manifest.json`` and
 ``preview.png``.
 """
@@ -16,8 +17,11 @@ import re
 from cai_ray.io import storage
 
 JOB_FILE = "job.json"
+INPUT_LIST_FILE = "inputs.parquet"
 INPUTS_FILE = "inputs.txt"
+"""An older output's input paths, one a line (read for outputs begun before the list)."""
 INPUT_STAMPS_FILE = "input_stamps.txt"
+"""An older output's input stamps, one a line."""
 MANIFEST_FILE = "manifest.json"
 PREVIEW_FILE = "preview.png"
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.(tar|json)$")
