@@ -49,8 +49,8 @@ Row = tuple[str, str]
 
 @dataclass
 class Listing:
-    """What writing a list found: its rows, the files it left out (with the reason) and the
-    paths named more than once (kept once)."""
+    """What writing a list found: its rows, the files it left out (with the reason) and how
+    often a path taken was named again (kept once)."""
 
     count: int = 0
     unlisted: list[dict[str, str]] = field(default_factory=list)
@@ -128,7 +128,7 @@ def _remote_pages(source: str) -> Iterator[dict]:
                     break
             return items
 
-        while items := sync(fs.loop, page()):
+        while items := sync(fs.loop, page):
             yield from items
 
 
