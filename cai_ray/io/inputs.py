@@ -38,6 +38,8 @@ from cai_ray.io import layout, storage
 
 ROWS_PER_GROUP = 4096
 """Rows per Parquet row group: a shard's rows are one or two groups (a few hundred KB)."""
+BATCH_ROWS = 16384
+"""Rows a stream holds at once: its memory, a few MB whatever the list's length."""
 SORT_RUN_ROWS = 1_000_000
 """Rows sorted in memory at once when a list arrives out of order (then merged from disk)."""
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -151,7 +153,7 @@ def _read_list(url: str) -> Iterator[tuple[str, str | None]]:
         if suffix == ".csv":
             batches: Iterable[pa.RecordBatch] = pacsv.open_csv(handle)
         else:
-            batches = pq.ParquetFile(handle).iter_batches(batch_size=65536)
+            batches = pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS)
         for batch in batches:
             yield from _list_rows(url, pa.Table.from_batches([batch]))
 
@@ -322,7 +324,7 @@ def _merged(runs: list[str]) -> Iterator[Row]:
 
 def iter_rows(url: str) -> Iterator[Row]:
     """Every row of a list, in order."""
-    for paths, stamps in iter_chunks(url, 65536):
+    for paths, stamps in iter_chunks(url, BATCH_ROWS):
         yield from zip(paths, stamps, strict=True)
 
 
@@ -362,7 +364,7 @@ def path_bounds(url: str, stop: int) -> tuple[str, str]:
     high: str | None = None
     with storage.located("read", url) as (fs, path), fs.open(path, "rb") as handle:
         left = stop
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=65536, columns=["path"]):
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS, columns=["path"]):
             bounds = pc.min_max(batch.column(0).slice(0, left))
             lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
             low = lo if low is None else min(low, lo)

@@ -103,7 +103,7 @@ def _input_digests(url: str, count: int, common: str, per_shard: int) -> tuple[s
     keys = hashlib.sha256(b"[")
     shards: list[str] = []
     separator = b""
-    chunk = per_shard * max(1, 65536 // per_shard)
+    chunk = per_shard * max(1, inputs.BATCH_ROWS // per_shard)
     for paths, stamps in inputs.iter_chunks(url, chunk, count):
         text = ", ".join(map(encode_basestring_ascii, inputs.target_keys(paths, common)))
         keys.update(separator + text.encode())
