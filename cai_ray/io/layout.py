@@ -65,6 +65,19 @@ def write_json(url: str, value: dict) -> None:
     storage.write_bytes_atomic(url, json.dumps(value, indent=2, sort_keys=True).encode())
 
 
+def committed_indices(out: str) -> set[int]:
+    """The indices of the shards whose tar and entry are both present, from one listing of the
+    output (no entry read)."""
+    names = {url.rsplit("/", 1)[-1] for url in storage.list_files(out, "")}
+    return {
+        int(match.group(1))
+        for name in names
+        if (match := SHARD_PATTERN.match(name))
+        and match.group(2) == "json"
+        and shard_name(int(match.group(1))) in names
+    }
+
+
 def committed_shards(out: str) -> dict[int, dict]:
     """Entries of the shards whose tar and entry are both present, by shard index."""
     entries: dict[int, dict] = {}

@@ -25,6 +25,7 @@ import numpy as np
 from cai_ray import SAMPLES_VERSION, __version__
 from cai_ray.config import SynthConfig, sample_shaping
 from cai_ray.core.foreground import make_foreground_extractor
+from cai_ray.daad.builders import INDEX_NAME
 from cai_ray.daad.shards import content_digest, prepare_daad
 from cai_ray.io import inputs, layout, storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
@@ -479,6 +480,66 @@ def _with_absolute_paths(config: SynthConfig) -> SynthConfig:
     if config.foreground.model_path is not None:
         resolved.foreground.model_path = storage.absolute(config.foreground.model_path)
     return resolved
+
+
+def _probe(config: SynthConfig, plan: JobPlan, count: int) -> dict:
+    """Make the samples of the first ``count`` inputs in this process, as the job's stages
+    would, and write nothing: what an input gives (targets cut from it, samples, bytes)."""
+    graph = _stage_graph(config, plan, StagePlan(1, 1.0, 1, 1.0))
+    (foreground, *_, fg_kwargs), (injection, *_, inj_kwargs) = graph
+    probed = min(count, plan.count)
+    shards = inputs.ShardList(plan.inputs, plan.inputs_root, probed, plan.count)
+    prepared = foreground(**{**fg_kwargs, "shards": shards})({"shard": np.array([0])})
+    entry = json.loads(
+        injection(**inj_kwargs).process_shard(
+            0,
+            json.loads(prepared["targets"][0]),
+            prepared["images"][0],
+            prepared["foregrounds"][0],
+            json.loads(prepared["skipped"][0]),
+        )["entry"]
+    )
+    return {"inputs": probed, **{k: entry[k] for k in ("views", "samples", "bytes")}}
+
+
+def dry_run(config: SynthConfig, probes: int = 2) -> dict:
+    """The job's plan without running it, for a look before paying for it: targets, shards,
+    samples expected and bytes (from ``probes`` inputs made in this process, nothing written),
+    and what a run over the output would do: start it, resume it (how many shards it would
+    skip, from one listing of the output) or refuse it (why). No Ray is started."""
+    storage.configure(**config.storage.model_dump())
+    out = config.output.path
+    if config.daad is not None and not storage.exists(storage.join(config.daad.path, INDEX_NAME)):
+        raise FileNotFoundError(
+            f"the DAAD at {config.daad.path} is not built yet, and the job's identity digests "
+            "it: build it first ('cai-ray daad build'), then look again"
+        )
+    with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
+        plan = plan_job(config, folder)
+        report: dict = {
+            "targets": plan.count,
+            "shards": plan.num_shards,
+            "targets_per_shard": plan.targets_per_shard,
+            "samples_per_target": config.samples_per_target,
+            "inputs_root": plan.inputs_root,
+            "unlisted_inputs": len(plan.unlisted),
+            "duplicate_inputs": plan.duplicates,
+            "committed": 0,
+            "refused": None,
+        }
+        job_url = storage.join(out, layout.JOB_FILE)
+        if storage.exists(job_url):
+            previous = layout.read_json(job_url)
+            if previous.get("fingerprint") != plan.fingerprint:
+                report["refused"] = _what_changed(config, plan, previous)
+            else:
+                report["committed"] = len(layout.committed_indices(out))
+        try:
+            _check_sources(config, plan.mode)
+            report["probe"] = _probe(_with_absolute_paths(config), plan, probes)
+        except (OSError, ValueError, DecodeError) as exc:
+            report["probe"] = {"error": str(exc)}
+    return report
 
 
 def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool = False) -> dict:
