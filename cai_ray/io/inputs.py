@@ -44,7 +44,6 @@ SORT_RUN_ROWS = 1_000_000
 """Rows sorted in memory at once when a list arrives out of order (then merged from disk)."""
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
 SCHEMA = pa.schema([("path", pa.string()), ("stamp", pa.string())])
-_STAMP_CHUNK = 10_000
 
 Row = tuple[str, str]
 
@@ -140,77 +139,100 @@ def remote_stamp(entry: dict) -> str:
     return f"{entry.get('size')}:{tag}"
 
 
-def _read_list(url: str) -> Iterator[tuple[str, str | None]]:
-    """The rows of a list file, in its order, a batch at a time."""
+def _read_list(url: str) -> Iterator[pa.Table]:
+    """The rows of a list file, in its order, a batch at a time (stamps null where the list
+    has none)."""
     suffix = Path(url).suffix.lower()
     with storage.located("read", url) as (fs, path), fs.open(path, "rb") as handle:
         if suffix == ".txt":
-            for raw in handle:
-                line = raw.decode("utf-8", "surrogateescape").strip()
-                if line and not line.startswith("#"):
-                    yield storage.absolute(line), None
+            lines = (raw.decode("utf-8", "surrogateescape").strip() for raw in handle)
+            kept = ((line, None) for line in lines if line and not line.startswith("#"))
+            yield from _tables(kept)
             return
         if suffix == ".csv":
-            batches: Iterable[pa.RecordBatch] = pacsv.open_csv(handle)
+            options = pacsv.ConvertOptions(column_types={"path": pa.string()})
+            batches: Iterable[pa.RecordBatch] = pacsv.open_csv(handle, convert_options=options)
         else:
             batches = pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS)
         for batch in batches:
-            yield from _list_rows(url, pa.Table.from_batches([batch]))
+            yield _list_table(url, pa.Table.from_batches([batch]))
 
 
-def _list_rows(url: str, table: pa.Table) -> Iterator[tuple[str, str | None]]:
+def _list_table(url: str, table: pa.Table) -> pa.Table:
+    """A list file's batch as (path, stamp): paths made absolute, empty ones dropped, the
+    stamp from ``stamp`` or ``size`` with ``mtime_ns`` or ``etag``, else null."""
     names = set(table.column_names)
     if "path" not in names:
         raise ValueError(f"{url} has no 'path' column (columns: {sorted(names)})")
-    paths = table.column("path").cast(pa.string()).to_pylist()
+    paths = table.column("path").cast(pa.string())
     if "stamp" in names:
-        stamps: list[str | None] = table.column("stamp").cast(pa.string()).to_pylist()
+        stamps = table.column("stamp").cast(pa.string())
     elif "size" in names and names & {"mtime_ns", "etag"}:
-        tag = "mtime_ns" if "mtime_ns" in names else "etag"
-        sizes = table.column("size").cast(pa.string()).to_pylist()
-        tags = table.column(tag).cast(pa.string()).to_pylist()
-        stamps = [f"{s}:{t}" for s, t in zip(sizes, tags, strict=True)]
+        tag = table.column("mtime_ns" if "mtime_ns" in names else "etag").cast(pa.string())
+        stamps = pc.binary_join_element_wise(table.column("size").cast(pa.string()), tag, ":")
     else:
-        stamps = [None] * len(paths)
-    for path, stamp in zip(paths, stamps, strict=True):
-        if path:
-            yield storage.absolute(path), stamp
+        stamps = pa.nulls(len(table), pa.string())
+    result = pa.table({"path": paths, "stamp": stamps}, schema=SCHEMA)
+    result = result.filter(pc.fill_null(pc.not_equal(paths, ""), False))
+    return result.set_column(0, "path", _absolute(result.column("path")))
 
 
-def _stamped(rows: Iterable[tuple[str, str | None]]) -> Iterator[Row]:
-    """Rows with a stamp each: those a list file lacks taken a chunk at a time."""
-    chunk: list[tuple[str, str | None]] = []
-
-    def flush() -> Iterator[Row]:
-        unknown = [path for path, stamp in chunk if stamp is None]
-        taken = iter(storage.stamps(unknown))
-        for path, stamp in chunk:
-            yield path, stamp if stamp is not None else next(taken)
-        chunk.clear()
-
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == _STAMP_CHUNK:
-            yield from flush()
-    yield from flush()
+def _absolute(paths: pa.ChunkedArray) -> pa.Array:
+    """Local paths made absolute as :func:`storage.absolute` does, quickly where they are
+    already absolute and normal (or object URLs)."""
+    usual = pc.or_(pc.starts_with(paths, "/"), pc.match_substring(paths, "://"))
+    odd = pc.match_substring_regex(paths, _NOT_NORMAL + r"|^file://")
+    if pc.all(usual).as_py() is not False and not pc.any(odd).as_py():
+        return paths
+    return pa.array([storage.absolute(path) for path in paths.to_pylist()], pa.string())
 
 
-def source_rows(source: str, skipped: list[dict[str, str]]) -> Iterator[Row]:
-    """The inputs one source names, with their stamps: a folder or prefix (recursively, in
-    sorted order), a glob pattern, a list file or a single image file. Files a folder or glob
-    holds that cannot be images are added to ``skipped`` with the reason."""
+def _tables(rows: Iterable[tuple[str, str | None]]) -> Iterator[pa.Table]:
+    """Rows grouped into tables of :data:`BATCH_ROWS`."""
+    paths: list[str] = []
+    stamps: list[str | None] = []
+    for path, stamp in rows:
+        paths.append(path)
+        stamps.append(stamp)
+        if len(paths) == BATCH_ROWS:
+            yield pa.table({"path": paths, "stamp": stamps}, schema=SCHEMA)
+            paths, stamps = [], []
+    if paths:
+        yield pa.table({"path": paths, "stamp": stamps}, schema=SCHEMA)
+
+
+def _stamped(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    """Tables with a stamp in each row: those a list lacks taken as a listing would (a stat
+    per file, one listing per object folder: :func:`storage.stamps`)."""
+    for table in tables:
+        stamps = table.column("stamp")
+        if stamps.null_count:
+            paths = table.column("path").to_pylist()
+            known = stamps.to_pylist()
+            unknown = [path for path, stamp in zip(paths, known, strict=True) if stamp is None]
+            taken = iter(storage.stamps(unknown))
+            filled = [stamp if stamp is not None else next(taken) for stamp in known]
+            table = table.set_column(1, "stamp", pa.array(filled, pa.string()))
+        yield table
+
+
+def source_tables(source: str, skipped: list[dict[str, str]]) -> Iterator[pa.Table]:
+    """The inputs one source names, with their stamps, as (path, stamp) tables: a folder or
+    prefix (recursively, in sorted order), a glob pattern, a list file or a single image file.
+    Files a folder or glob holds that cannot be images are added to ``skipped`` with the
+    reason."""
     if Path(source).suffix.lower() in LIST_SUFFIXES:
         yield from _stamped(_read_list(source))
     elif storage.is_local(source):
         path = storage.absolute(source)
         if os.path.isfile(path):
-            yield from _stamped([(path, None)])
+            yield from _stamped(_tables([(path, None)]))
         elif os.path.isdir(path):
             entries = ((e.path, _local_stamp(e)) for e in _walk_local(path))
-            yield from _usable(entries, skipped)
+            yield from _tables(_usable(entries, skipped))
         else:
             names = sorted(p for p in globlib.glob(path, recursive=True) if not os.path.isdir(p))
-            yield from _stamped(_usable(((name, None) for name in names), skipped))
+            yield from _stamped(_tables(_usable(((name, None) for name in names), skipped)))
     else:
         with storage.located("list", source) as (fs, path):
             names = []
@@ -219,45 +241,56 @@ def source_rows(source: str, skipped: list[dict[str, str]]) -> Iterator[Row]:
             else:
                 kind = "folder" if fs.isdir(path) else "file" if fs.isfile(path) else ""
         if kind == "glob":
-            yield from _stamped(_usable(((name, None) for name in names), skipped))
+            yield from _stamped(_tables(_usable(((name, None) for name in names), skipped)))
         elif kind == "folder":
             entries = (
                 (storage.as_url(source, e["name"]), remote_stamp(e))
                 for e in _remote_pages(source)
                 if not e["name"].endswith("/")
             )
-            yield from _usable(entries, skipped)
+            yield from _tables(_usable(entries, skipped))
         elif kind == "file":
-            yield from _stamped([(source, None)])
+            yield from _stamped(_tables([(source, None)]))
 
 
 # ---- writing and reading lists --------------------------------------------------------------
 
 
-class _Writer:
-    """Rows appended one at a time, written in row groups of :data:`ROWS_PER_GROUP`."""
+class _Unique:
+    """Tables of rows written to a list with each path once, in row groups of
+    :data:`ROWS_PER_GROUP`; notes whether the paths came in increasing order, and drops a
+    path equal to the one before it (all duplicates, in a sorted stream)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, limit: int | None = None) -> None:
         self._file = pq.ParquetWriter(path, SCHEMA)
-        self._paths: list[str] = []
-        self._stamps: list[str] = []
+        self.limit = limit
         self.count = 0
+        self.duplicates = 0
+        self.in_order = True
+        self._last: str | None = None
 
-    def add(self, path: str, stamp: str) -> None:
-        self._paths.append(path)
-        self._stamps.append(stamp)
-        self.count += 1
-        if len(self._paths) == ROWS_PER_GROUP:
-            self._flush()
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.count >= self.limit
 
-    def _flush(self) -> None:
-        if self._paths:
-            table = pa.table({"path": self._paths, "stamp": self._stamps}, schema=SCHEMA)
-            self._file.write_table(table, row_group_size=ROWS_PER_GROUP)
-            self._paths, self._stamps = [], []
+    def add(self, table: pa.Table) -> None:
+        if not len(table) or self.full:
+            return
+        paths = table.column("path")
+        before = pa.chunked_array(
+            [pa.array([self._last], pa.string()), paths.slice(0, len(paths) - 1)]
+        )
+        repeated = pc.fill_null(pc.equal(paths, before), False)
+        self.in_order = self.in_order and not pc.any(pc.less(paths, before)).as_py()
+        self.duplicates += pc.sum(repeated).as_py() or 0
+        table = table.filter(pc.invert(repeated))
+        if self.limit is not None:
+            table = table.slice(0, self.limit - self.count)
+        self._last = paths[-1].as_py()
+        self._file.write_table(table, row_group_size=ROWS_PER_GROUP)
+        self.count += len(table)
 
     def close(self) -> None:
-        self._flush()
         self._file.close()
 
 
@@ -276,45 +309,42 @@ def _sorted_runs(path: str, folder: str) -> list[str]:
 
 def write_list(sources: list[str], dest: str, *, limit: int | None = None) -> Listing:
     """Write the inputs ``sources`` name to the local Parquet file ``dest``: sorted by path,
-    each once, at most ``limit`` rows. Raises ``FileNotFoundError`` naming every source that
-    gives no input."""
+    each once, at most ``limit`` rows. Inputs that come in order (a folder, a sorted list) are
+    written as they stream by; others are sorted from runs on disk. Raises
+    ``FileNotFoundError`` naming every source that gives no input."""
     listing = Listing()
     missing = []
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dest))) as work:
-        raw = os.path.join(work, "raw.parquet")
-        writer, previous, in_order = _Writer(raw), None, True
+        raw = _Unique(os.path.join(work, "raw.parquet"))
         for source in sources:
-            before, skips = writer.count, len(listing.unlisted)
-            for path, stamp in source_rows(source, listing.unlisted):
-                if previous is not None and path <= previous:
-                    if path == previous:
-                        listing.duplicates += 1
-                        continue
-                    in_order = False
-                writer.add(path, stamp)
-                previous = path
-            if writer.count == before:
+            before, skips = raw.count + raw.duplicates, len(listing.unlisted)
+            for table in source_tables(source, listing.unlisted):
+                raw.add(table)
+            if raw.count + raw.duplicates == before:
                 got_skips = len(listing.unlisted) > skips
                 missing.append(f"{source} (no image among it)" if got_skips else source)
-        writer.close()
+        raw.close()
         if missing:
             raise FileNotFoundError(f"no image files found for: {', '.join(missing)}")
-        if in_order and (limit is None or writer.count <= limit):
-            shutil.move(raw, dest)
-            listing.count = writer.count
+        if raw.in_order and (limit is None or raw.count <= limit):
+            shutil.move(os.path.join(work, "raw.parquet"), dest)
+            listing.count, listing.duplicates = raw.count, raw.duplicates
             return listing
-        rows = iter_rows(raw) if in_order else _merged(_sorted_runs(raw, work))
-        final, previous = _Writer(dest), None
-        for path, stamp in rows:
-            if path == previous:
-                listing.duplicates += 1
-                continue
-            if limit is not None and final.count == limit:
+        raw_path = os.path.join(work, "raw.parquet")
+        if raw.in_order:
+            tables: Iterable[pa.Table] = (
+                pa.Table.from_batches([batch])
+                for batch in pq.ParquetFile(raw_path).iter_batches(batch_size=BATCH_ROWS)
+            )
+        else:
+            tables = _tables(_merged(_sorted_runs(raw_path, work)))
+        final = _Unique(dest, limit)
+        for table in tables:
+            final.add(table)
+            if final.full:
                 break
-            final.add(path, stamp)
-            previous = path
         final.close()
-    listing.count = final.count
+    listing.count, listing.duplicates = final.count, raw.duplicates + final.duplicates
     return listing
 
 

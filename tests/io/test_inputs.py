@@ -76,6 +76,7 @@ def test_a_list_file_is_read_with_its_stamps_or_stamped(kind, tmp_path):
 def test_a_long_list_out_of_order_is_sorted_from_runs_on_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(inputs, "SORT_RUN_ROWS", 7)
     monkeypatch.setattr(inputs, "ROWS_PER_GROUP", 5)
+    monkeypatch.setattr(inputs, "BATCH_ROWS", 4)  # duplicates across batches too
     names = [f"/data/img{(i * 37) % 50:03d}.png" for i in range(60)]  # 50 paths, 10 repeated
     source = tmp_path / "shuffled.parquet"
     pq.write_table(pa.table({"path": names, "stamp": names}), source)
