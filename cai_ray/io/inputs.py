@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob as globlib
 import heapq
+import itertools
 import os
 import posixpath
 import shutil
@@ -40,6 +41,8 @@ ROWS_PER_GROUP = 4096
 """Rows per Parquet row group: a shard's rows are one or two groups (a few hundred KB)."""
 BATCH_ROWS = 16384
 """Rows a stream holds at once: its memory, a few MB whatever the list's length."""
+SORTED_DIRECTORY_ENTRIES = 100_000
+"""A directory with more entries is listed unsorted, then sorted with the rest from disk."""
 SORT_RUN_ROWS = 1_000_000
 """Rows sorted in memory at once when a list arrives out of order (then merged from disk)."""
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -89,9 +92,19 @@ def _local_stamp(entry: os.DirEntry) -> str:
 def _walk_local(folder: str) -> Iterator[os.DirEntry]:
     """Files (and links that are not folders) under ``folder``, in the order of their sorted
     path strings: a directory sorts as ``name/``, so walking depth first gives that order
-    without holding more than one directory's entries per level."""
+    holding one directory's entries per level. A directory of more than
+    :data:`SORTED_DIRECTORY_ENTRIES` entries is walked as it comes instead, and the list
+    sorted from runs on disk (:func:`write_list`), so ten million files in one folder do not
+    sit in memory."""
     with os.scandir(folder) as scan:
-        entries = list(scan)
+        entries = list(itertools.islice(scan, SORTED_DIRECTORY_ENTRIES))
+        if len(entries) == SORTED_DIRECTORY_ENTRIES:
+            for entry in itertools.chain(entries, scan):
+                if entry.is_dir(follow_symlinks=False):
+                    yield from _walk_local(entry.path)
+                else:
+                    yield entry
+            return
     is_dir = {entry.name: entry.is_dir(follow_symlinks=False) for entry in entries}
     entries.sort(key=lambda entry: entry.name + "/" if is_dir[entry.name] else entry.name)
     for entry in entries:
@@ -103,7 +116,8 @@ def _walk_local(folder: str) -> Iterator[os.DirEntry]:
 
 def _usable(rows: Iterable[tuple[str, str | None]], skipped: list[dict[str, str]]) -> Iterator:
     for path, stamp in rows:
-        reason = storage.unusable_file(path)
+        # a listing's stamp says whether a link leads anywhere: no second stat
+        reason = storage.unusable_file(path, exists=None if stamp is None else stamp != "missing")
         if reason is None:
             yield path, stamp
         else:

@@ -299,7 +299,7 @@ def _size(url: str) -> int:
         return int(fs.size(path))
 
 
-def unusable_file(path: str) -> str | None:
+def unusable_file(path: str, *, exists: bool | None = None) -> str | None:
     """Why a listed file cannot be an image input, from its name and, locally, its link alone
     (None: it can): a name that is not UTF-8 or not an image's, a link to nothing."""
     try:
@@ -308,7 +308,9 @@ def unusable_file(path: str) -> str | None:
         return "file name is not valid UTF-8"
     if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
         return f"not an image file name ({Path(path).suffix or 'no extension'})"
-    if is_local(path) and not local_path(path).exists():
+    if exists is None:
+        exists = not is_local(path) or local_path(path).exists()
+    if not exists:
         return "broken link (points to nothing)"
     return None
 

@@ -48,6 +48,15 @@ def test_a_folder_is_listed_in_the_order_and_with_the_stamps_of_before(tricky, t
     ]
 
 
+def test_a_folder_too_large_to_sort_in_memory_is_sorted_on_disk(tricky, tmp_path, monkeypatch):
+    monkeypatch.setattr(inputs, "SORTED_DIRECTORY_ENTRIES", 2)
+    monkeypatch.setattr(inputs, "SORT_RUN_ROWS", 3)
+    monkeypatch.setattr(inputs, "BATCH_ROWS", 2)
+    rows, listing = _listed([str(tricky)], tmp_path)
+    assert [path for path, _ in rows] == _as_before([str(tricky)])
+    assert listing.count == 5 and listing.duplicates == 0
+
+
 def test_the_demo_folder_and_overlapping_sources_give_the_targets_of_before(tmp_path):
     sources = [str(DEMO / "normal"), str(DEMO), str(DEMO / "normal" / "exp0*.jpg")]
     rows, listing = _listed(sources, tmp_path)
