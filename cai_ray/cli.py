@@ -63,15 +63,80 @@ def _daad_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inputs_list(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from cai_ray.io.inputs import write_list
+
+    if not args.out.endswith(".parquet"):
+        raise ValueError(f"--out {args.out}: an input list is a .parquet file")
+    with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
+        local = f"{folder}/inputs.parquet"
+        listing = write_list(args.sources, local)
+        storage.put_file_atomic(local, args.out)
+    print(
+        f"{listing.count} inputs -> {args.out}; {len(listing.unlisted)} files left out "
+        f"(not images), {listing.duplicates} named more than once (listed once)"
+    )
+    for skip in listing.unlisted[: args.show_skipped]:
+        print(f"  left out {skip['path']}: {skip['reason']}")
+    return 0
+
+
+def _size(count: float) -> str:
+    return next(
+        f"{count / scale:.3g} {unit}"
+        for scale, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "KB"), (1, "bytes"))
+        if count >= scale or unit == "bytes"
+    )
+
+
+def _print_dry_run(config_path: str, out: str, report: dict) -> None:
+    targets, per_target = report["targets"], report["samples_per_target"]
+    print(f"dry run of {config_path} into {out}: nothing made, nothing written")
+    print(
+        f"  inputs: {targets} targets in {report['shards']} shards of "
+        f"{report['targets_per_shard']}, keys relative to {report['inputs_root']} "
+        f"({report['unlisted_inputs']} files left out, {report['duplicate_inputs']} named twice)"
+    )
+    probe = report["probe"]
+    if "error" in probe:
+        print(
+            f"  samples: up to {targets * per_target} ({per_target} a target); no probe: "
+            f"{probe['error']}"
+        )
+    else:
+        n = probe["inputs"]
+        views, samples, size = probe["views"] / n, probe["samples"] / n, probe["bytes"] / n
+        print(
+            f"  samples: about {round(targets * samples)} ({views:g} target(s) an input, "
+            f"{per_target} samples a target, as the first {n} inputs gave)"
+        )
+        print(
+            f"  bytes: about {_size(targets * size)} ({_size(size)} an input, "
+            f"from the shards the first {n} inputs made here)"
+        )
+    if report["refused"]:
+        print(f"  resume: refused, {out} holds another job ({report['refused']})")
+    elif report["committed"]:
+        left = report["shards"] - report["committed"]
+        print(f"  resume: {report['committed']} shards committed (skipped), {left} to make")
+    else:
+        print(f"  resume: nothing committed in {out}; all {report['shards']} shards to make")
+
+
 def _synth(args: argparse.Namespace) -> int:
     from cai_ray.config import load_config
-    from cai_ray.pipeline.synth import run_synth
+    from cai_ray.pipeline.synth import dry_run, run_synth
 
     config = load_config(args.config, out=args.out)
     if config.storage.endpoint_url is None:
         config.storage.endpoint_url = args.s3_endpoint_url
     if args.local:
         config.resources.executor = "local"
+    if args.dry_run:
+        _print_dry_run(args.config, config.output.path, dry_run(config))
+        return 0
     manifest = run_synth(config, show_progress=not args.no_progress, verbose=args.verbose)
     out = config.output.path
     shards = len(manifest["shards"])
@@ -314,7 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the stages in this process, without Ray (resources.executor: local)",
     )
+    synth.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (targets, shards, samples and bytes expected, what a resume would "
+        "skip) without running it or writing anything",
+    )
     synth.set_defaults(handler=_synth)
+
+    inputs = commands.add_parser("inputs", help="list a job's inputs").add_subparsers(
+        dest="inputs_command", required=True
+    )
+    listing = inputs.add_parser(
+        "list",
+        help="list folders, prefixes, globs or lists once into an input list (.parquet) that "
+        "jobs take as inputs.paths",
+        parents=late,
+    )
+    listing.add_argument("sources", nargs="+", help="folders, s3:// prefixes, globs or lists")
+    listing.add_argument("--out", required=True, help="the list to write (.parquet)")
+    listing.add_argument("--show-skipped", type=int, default=10, help="left-out files to print")
+    listing.set_defaults(handler=_inputs_list)
 
     copy = commands.add_parser(
         "copy", help="upload a local folder (e.g. normal images) to s3://", parents=late

@@ -24,9 +24,12 @@ from cai_ray.synthesizers.registry import SynthesizerConfig, default_method
 class InputsConfig(Settings):
     paths: list[str] = Field(
         min_length=1,
-        description="Normal images: folders (searched recursively), glob patterns, .txt lists.",
+        description="Normal images: folders or s3:// prefixes (searched recursively), glob "
+        "patterns, lists (.txt, .csv or .parquet, e.g. from 'cai-ray inputs list').",
     )
-    limit: int | None = Field(None, ge=1, description="Use only the first N images (sorted).")
+    limit: int | None = Field(
+        None, ge=1, description="Use only the first N images (sorted by path)."
+    )
     geometry: Geometry = Field(
         default_factory=Geometry,
         description="How each image becomes image_size x image_size targets: resize (squash), "

@@ -41,6 +41,7 @@ from cai_ray.detector.targets import (
 )
 from cai_ray.detector.train import DetectorConfig, checkpoint_url, read_checkpoint, train_detector
 from cai_ray.io import layout, storage
+from cai_ray.io.inputs import recorded_paths
 from cai_ray.io.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def _check_given_output(config: BenchmarkConfig, out: str, seed: int, inputs: st
         raise ConfigError(
             f"{out} was cut by geometry {made_with}, the benchmark by {config.geometry}"
         )
-    used = storage.read_bytes(storage.join(out, layout.INPUTS_FILE)).decode().split()
+    used = recorded_paths(out) or []
     allowed = {Path(p).name for p in Path(inputs).read_text().split()}
     strangers = sorted(Path(p).name for p in used if Path(p).name not in allowed)
     if strangers:

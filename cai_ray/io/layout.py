@@ -1,9 +1,10 @@
 """Names of everything a synthesis job writes, and the per-shard entries that commit shards.
 
 An output folder holds ``job.json`` (the config and a fingerprint of what the samples depend
-on), ``inputs.txt`` (the normal images in order, itself a valid input list),
-``input_stamps.txt`` (each input's size and modification time when the job started, in the same
-order), ``shard-NNNNNN.tar`` with ``shard-NNNNNN.json``
+on), ``inputs.parquet`` (the normal images in order with each one's size and modification time
+when the job ran, :mod:`cai_ray.io.inputs`: itself a valid input list; outputs begun before it
+hold ``inputs.txt`` and ``input_stamps.txt``, one a line), ``shard-NNNNNN.tar`` with
+``shard-NNNNNN.json``
 beside each (written after the tar: its presence commits the shard), ``manifest.json`` and
 ``preview.png``.
 """
@@ -16,8 +17,11 @@ import re
 from cai_ray.io import storage
 
 JOB_FILE = "job.json"
+INPUT_LIST_FILE = "inputs.parquet"
 INPUTS_FILE = "inputs.txt"
+"""An older output's input paths, one a line (read for outputs begun before the list)."""
 INPUT_STAMPS_FILE = "input_stamps.txt"
+"""An older output's input stamps, one a line."""
 MANIFEST_FILE = "manifest.json"
 PREVIEW_FILE = "preview.png"
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.(tar|json)$")
@@ -59,6 +63,19 @@ def read_json(url: str) -> dict:
 
 def write_json(url: str, value: dict) -> None:
     storage.write_bytes_atomic(url, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def committed_indices(out: str) -> set[int]:
+    """The indices of the shards whose tar and entry are both present, from one listing of the
+    output (no entry read)."""
+    names = {url.rsplit("/", 1)[-1] for url in storage.list_files(out, "")}
+    return {
+        int(match.group(1))
+        for name in names
+        if (match := SHARD_PATTERN.match(name))
+        and match.group(2) == "json"
+        and shard_name(int(match.group(1))) in names
+    }
 
 
 def committed_shards(out: str) -> dict[int, dict]:

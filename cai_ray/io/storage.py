@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,7 +118,7 @@ def filesystem(url: str) -> tuple[Any, str]:
 
 
 @contextmanager
-def _located(action: str, url: str) -> Iterator[tuple[Any, str]]:
+def located(action: str, url: str) -> Iterator[tuple[Any, str]]:
     """The fsspec filesystem and path for ``url`` (local or object store: one code path), with
     failures turned into errors that name the location and, for a store, what to check."""
     try:
@@ -147,13 +148,13 @@ def join(base: str, *parts: str) -> str:
 
 
 def read_bytes(url: str) -> bytes:
-    with _located("read", url) as (fs, path):
+    with located("read", url) as (fs, path):
         return bytes(fs.cat_file(path))
 
 
 def read_range(url: str, start: int, end: int) -> bytes:
     """Bytes ``start`` to ``end`` (exclusive) of a file or object: one ranged GET on S3."""
-    with _located("read", url) as (fs, path):
+    with located("read", url) as (fs, path):
         data = bytes(fs.cat_file(path, start=start, end=end))
     if len(data) != end - start:
         raise StorageError(f"{url} is shorter than expected: bytes {start}-{end} are not all there")
@@ -161,7 +162,7 @@ def read_range(url: str, start: int, end: int) -> bytes:
 
 
 def exists(url: str) -> bool:
-    with _located("look up", url) as (fs, path):
+    with located("look up", url) as (fs, path):
         return bool(fs.exists(path))
 
 
@@ -179,7 +180,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     object-store upload is visible only once complete; a local file is written to a temporary
     sibling, fsynced and renamed over the target."""
     if not is_local(url):
-        with _located("write", url) as (fs, remote):
+        with located("write", url) as (fs, remote):
             fs.pipe_file(remote, data)
         return
     path = local_path(url)
@@ -189,6 +190,28 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are for other readers too
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def put_file_atomic(source: str, url: str) -> None:
+    """Copy the local file ``source`` to ``url`` as :func:`write_bytes_atomic` writes bytes,
+    streamed (a list of ten million inputs is not read into memory)."""
+    if not is_local(url):
+        with located("write", url) as (fs, remote):
+            fs.put_file(source, remote)
+        return
+    path = local_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as handle, open(source, "rb") as original:
+            shutil.copyfileobj(original, handle, 1 << 20)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -207,7 +230,7 @@ def remove_stale_temporaries(url: str) -> int:
     return len(stale)
 
 
-def _as_url(like: str, path: str) -> str:
+def as_url(like: str, path: str) -> str:
     """A path that fsspec returned, in the form of ``like`` (with its protocol, if any)."""
     return path if is_local(like) else f"{like.split('://', 1)[0]}://{path}"
 
@@ -215,14 +238,14 @@ def _as_url(like: str, path: str) -> str:
 def list_files(url: str, suffix: str) -> list[str]:
     """Files directly under a folder or prefix whose names end with ``suffix``, sorted; none
     for a folder or prefix that does not exist (a missing bucket is an error)."""
-    with _located("list", url) as (fs, path):
+    with located("list", url) as (fs, path):
         try:
             names = fs.ls(path.rstrip("/"), detail=False)
         except FileNotFoundError:
             if not is_local(url) and not fs.exists(path.split("/", 1)[0]):
                 raise
             return []
-    return sorted(_as_url(url, name) for name in names if name.endswith(suffix))
+    return sorted(as_url(url, name) for name in names if name.endswith(suffix))
 
 
 def copy_folder(source: str, destination: str) -> int:
@@ -258,7 +281,7 @@ def stamps(urls: list[str]) -> list[str]:
         else:
             remote.setdefault(url.rsplit("/", 1)[0], []).append(url)
     for folder, members in remote.items():
-        with _located("list", folder) as (fs, path):
+        with located("list", folder) as (fs, path):
             try:
                 listing = {entry["name"]: entry for entry in fs.ls(path, detail=True)}
             except FileNotFoundError:
@@ -272,11 +295,11 @@ def stamps(urls: list[str]) -> list[str]:
 
 
 def _size(url: str) -> int:
-    with _located("look up", url) as (fs, path):
+    with located("look up", url) as (fs, path):
         return int(fs.size(path))
 
 
-def unusable_file(path: str) -> str | None:
+def unusable_file(path: str, *, exists: bool | None = None) -> str | None:
     """Why a listed file cannot be an image input, from its name and, locally, its link alone
     (None: it can): a name that is not UTF-8 or not an image's, a link to nothing."""
     try:
@@ -285,7 +308,9 @@ def unusable_file(path: str) -> str | None:
         return "file name is not valid UTF-8"
     if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
         return f"not an image file name ({Path(path).suffix or 'no extension'})"
-    if is_local(path) and not local_path(path).exists():
+    if exists is None:
+        exists = not is_local(path) or local_path(path).exists()
+    if not exists:
         return "broken link (points to nothing)"
     return None
 
@@ -316,7 +341,7 @@ def _expand_local(source: str, skipped: list[dict[str, str]]) -> list[str]:
 
 
 def _expand_remote(source: str, skipped: list[dict[str, str]]) -> list[str]:
-    with _located("list", source) as (fs, path):
+    with located("list", source) as (fs, path):
         if path.lower().endswith(".txt"):
             return _listed(bytes(fs.cat_file(path)).decode())
         if globlib.has_magic(path):
@@ -328,7 +353,7 @@ def _expand_remote(source: str, skipped: list[dict[str, str]]) -> list[str]:
         else:
             return []
     found = []
-    for name in sorted(_as_url(source, n) for n in names):
+    for name in sorted(as_url(source, n) for n in names):
         reason = unusable_file(name)
         if reason is None:
             found.append(name)

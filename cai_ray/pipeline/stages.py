@@ -1,7 +1,8 @@
 """The stages of the synthesis job as plain batch callables: Ray Data runs them in actor pools,
 tests call them on a dict of numpy arrays.
 
-One row is one output shard: ``targets`` (JSON list of {index, key, path}) in; then the decoded,
+One row is one output shard: its index in (its targets, {index, key, path}, read from the job's
+input list, :class:`cai_ray.io.inputs.ShardList`); then the decoded,
 resized targets with their packed foregrounds; then, once the injection actor has made and
 committed the shard, its entry. Pixels travel as flat uint8 arrays, which Ray Data moves without
 the conversions a Python ``bytes`` column costs; the shard's tar (about 14 MB) never enters the
@@ -40,6 +41,7 @@ from cai_ray.io.codecs import (
     ImageFormat,
     load_views,
 )
+from cai_ray.io.inputs import ListReader, ShardList
 from cai_ray.io.layout import entry_name, sample_key, shard_name, write_json
 from cai_ray.io.samples import COUNTED_DETAILS, encode_sample
 from cai_ray.io.tar import Sample, build_tar
@@ -104,9 +106,12 @@ class ForegroundStage:
         geometry: Geometry | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         seed: int = 0,
+        shards: ShardList | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         storage.configure(**(storage_options or {}))
+        self.shards = shards
+        self.reader = ListReader(shards.url) if shards is not None else None
         self.image_size = image_size
         self.mode: ColorMode = mode
         self.min_fraction = min_fraction
@@ -159,9 +164,16 @@ class ForegroundStage:
             "skipped": json.dumps(skipped),
         }
 
+    def shard_targets(self, shard: int) -> list[dict]:
+        """The shard's targets, {index, key, path}, from its rows of the input list."""
+        if self.shards is None or self.reader is None:
+            raise ValueError("this stage was made without the job's shards (ShardList)")
+        start, stop = self.shards.rows(shard)
+        return self.reader.targets(start, stop, self.shards.root)
+
     def __call__(self, batch: Batch) -> Batch:
         row = _single_row(batch)
-        result = self.process_shard(json.loads(row["targets"]))
+        result = self.process_shard(self.shard_targets(int(row["shard"])))
         return {
             "shard": np.array([row["shard"]]),
             "targets": np.array([result["targets"]], dtype=object),

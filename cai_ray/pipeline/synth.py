@@ -15,17 +15,19 @@ import json
 import logging
 import os
 import posixpath
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from json.encoder import encode_basestring_ascii
 
 import numpy as np
 
 from cai_ray import SAMPLES_VERSION, __version__
 from cai_ray.config import SynthConfig, sample_shaping
 from cai_ray.core.foreground import make_foreground_extractor
+from cai_ray.daad.builders import INDEX_NAME
 from cai_ray.daad.shards import content_digest, prepare_daad
-from cai_ray.io import layout, storage
+from cai_ray.io import inputs, layout, storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.io.layout import OutputMismatchError
 from cai_ray.pipeline.console import (
@@ -45,17 +47,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobPlan:
-    targets: list[dict]
+    inputs: str
+    """The input list the plan was made from (:mod:`cai_ray.io.inputs`): row i is target i."""
+    count: int
+    """How many targets (input images) the job has."""
     mode: ColorMode
     identity: dict
     """What the samples depend on, by part (:func:`job_identity`)."""
-    stamps: list[str]
-    """Each target's change stamp (size and modification time) when planned."""
     targets_per_shard: int
     inputs_root: str
     """The inputs' common folder (a local path or object URL): target keys are relative to it."""
     unlisted: list[dict[str, str]]
     """Files the input folders and globs held but that are not images (with the reason)."""
+    duplicates: int = 0
+    """Inputs named more than once by the sources (each kept once)."""
 
     @property
     def fingerprint(self) -> str:
@@ -63,11 +68,12 @@ class JobPlan:
 
     @property
     def num_shards(self) -> int:
-        return -(-len(self.targets) // self.targets_per_shard)
+        return -(-self.count // self.targets_per_shard)
 
-    def shard_targets(self, index: int) -> list[dict]:
+    def shard_range(self, index: int) -> tuple[int, int]:
+        """The rows of the input list that shard ``index`` takes."""
         start = index * self.targets_per_shard
-        return self.targets[start : start + self.targets_per_shard]
+        return start, min(start + self.targets_per_shard, self.count)
 
 
 def _resolve_mode(config: SynthConfig, paths: list[str], probes: int = 20) -> ColorMode:
@@ -83,13 +89,6 @@ def _resolve_mode(config: SynthConfig, paths: list[str], probes: int = 20) -> Co
     raise ValueError(f"none of the first {probes} inputs is a readable image; set color explicitly")
 
 
-def _location(path: str) -> str:
-    """An absolute POSIX path for a local file, ``/bucket/key`` for an object URL."""
-    if storage.is_local(path):
-        return Path(os.path.abspath(storage.local_path(path))).as_posix()
-    return "/" + path.split("://", 1)[1]
-
-
 def _digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
@@ -98,57 +97,77 @@ def _identity_config(config: SynthConfig) -> dict:
     return sample_shaping(config.model_dump(mode="json"))
 
 
-def job_identity(
-    config: SynthConfig, targets: list[dict], stamps: list[str], targets_per_shard: int
-) -> dict:
+def _input_digests(url: str, count: int, common: str, per_shard: int) -> tuple[str, list[str]]:
+    """In one pass over the list: the digest of the targets' keys in order, and each shard's
+    digest of its inputs' change stamps (as :func:`_digest` gives them for the whole lists,
+    without holding them)."""
+    keys = hashlib.sha256(b"[")
+    shards: list[str] = []
+    separator = b""
+    chunk = per_shard * max(1, inputs.BATCH_ROWS // per_shard)
+    for paths, stamps in inputs.iter_chunks(url, chunk, count):
+        text = ", ".join(map(encode_basestring_ascii, inputs.target_keys(paths, common)))
+        keys.update(separator + text.encode())
+        separator = b", "
+        shards += [
+            _digest(stamps[start : start + per_shard])[:16]
+            for start in range(0, len(stamps), per_shard)
+        ]
+    keys.update(b"]")
+    return keys.hexdigest(), shards
+
+
+def job_identity(config: SynthConfig, keys: str, per_shard_stamps: list[str]) -> dict:
     """What the samples depend on, part by part, so that a refused resume can say which part
     changed: the code that shapes them (:data:`cai_ray.SAMPLES_VERSION`, not the release: a
     release that writes the same bytes resumes), the settings that shape them
-    (:func:`cai_ray.config.sample_shaping`), the input list, each shard's inputs' change stamps
-    (size and modification time, as rsync compares them), the DAAD's contents and the
-    synthesizer's and the foreground model's files (their stamps). ``stamps``: the targets'
-    change stamps."""
-    per_shard = [
-        _digest(stamps[start : start + targets_per_shard])[:16]
-        for start in range(0, len(targets), targets_per_shard)
-    ]
+    (:func:`cai_ray.config.sample_shaping`), the input list (``keys``: the digest of the
+    targets' keys in order), each shard's inputs' change stamps (size and modification time, as
+    rsync compares them), the DAAD's contents and the synthesizer's and the foreground model's
+    files (their stamps)."""
     model_files = list(config.synthesizer.source_files())
     if config.foreground.model_path is not None:
         model_files.append(config.foreground.model_path)
     return {
         "samples_version": SAMPLES_VERSION,
         "config": _digest(_identity_config(config)),
-        "inputs": _digest([t["key"] for t in targets]),
-        "input_stamps": per_shard,
+        "inputs": keys,
+        "input_stamps": per_shard_stamps,
         "daad": content_digest(config.daad.path) if config.daad is not None else None,
         "files": _digest(list(zip(model_files, storage.stamps(model_files), strict=True))),
     }
 
 
-def plan_job(config: SynthConfig) -> JobPlan:
-    """List the inputs, give each a stable key and index, and fingerprint config + inputs.
+def list_inputs(config: SynthConfig, folder: str) -> tuple[str, inputs.Listing]:
+    """Write the job's input list into the local ``folder`` (sorted, each input once, at most
+    ``inputs.limit``); return its path and what the listing found."""
+    url = os.path.join(folder, layout.INPUT_LIST_FILE)
+    listing = inputs.write_list(config.inputs.paths, url, limit=config.inputs.limit)
+    if listing.duplicates:
+        log.info("%d inputs named more than once, each taken once", listing.duplicates)
+    return url, listing
 
-    A target's key (which seeds its samples) is its path relative to the inputs' common folder,
-    so moving the dataset elsewhere does not change the samples.
-    """
-    listed, unlisted = storage.list_image_sources(config.inputs.paths)
-    paths = sorted(dict.fromkeys(listed))
-    if config.inputs.limit is not None:
-        paths = paths[: config.inputs.limit]
-    if not paths:
-        raise ValueError(f"no input images in {config.inputs.paths}")
-    locations = [_location(p) for p in paths]
-    common = posixpath.commonpath(locations) if len(paths) > 1 else posixpath.dirname(locations[0])
-    targets = [
-        {"index": index, "key": posixpath.relpath(location, common), "path": storage.absolute(path)}
-        for index, (path, location) in enumerate(zip(paths, locations, strict=True))
-    ]
-    root = common if storage.is_local(paths[0]) else f"{paths[0].split('://', 1)[0]}:/{common}"
+
+def plan_job(config: SynthConfig, folder: str) -> JobPlan:
+    """List the inputs into ``folder`` and plan from that list in one streaming pass: a
+    target's index is its row, its key (which seeds its samples) its path relative to the
+    inputs' common folder (so moving the dataset elsewhere does not change the samples), and
+    the job's identity digests the list as it streams by. The driver's memory does not grow
+    with the number of targets (only a short digest per shard)."""
+    url, listing = list_inputs(config, folder)
+    count = listing.count
+    low, high = inputs.path_bounds(url, count)
+    first, last = inputs.location(low), inputs.location(high)
+    common = posixpath.commonpath([first, last]) if count > 1 else posixpath.dirname(first)
     per_shard = config.output.targets_per_shard
-    stamps = storage.stamps([str(t["path"]) for t in targets])
-    identity = job_identity(config, targets, stamps, per_shard)
-    mode = _resolve_mode(config, paths)
-    return JobPlan(targets, mode, identity, stamps, per_shard, root, unlisted)
+    keys, stamps = _input_digests(url, count, common, per_shard)
+    identity = job_identity(config, keys, stamps)
+    probes = [path for path, _ in inputs.ListReader(url).rows(0, 20)]
+    mode = _resolve_mode(config, probes)
+    root = inputs.root_url(common, low)
+    return JobPlan(
+        url, count, mode, identity, per_shard, root, listing.unlisted, listing.duplicates
+    )
 
 
 def _what_changed(config: SynthConfig, plan: JobPlan, previous: dict) -> str:
@@ -206,23 +225,38 @@ def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _changed_inputs(plan: JobPlan, shards: list[int], out: str) -> list[str]:
-    """The keys of the inputs, in the given shards, whose stamps differ from those recorded."""
+def _recorded_stamps(out: str, start: int, stop: int) -> list[str]:
+    """The stamps the output recorded for rows ``start`` to ``stop`` of its input list (an
+    output begun before the list was Parquet keeps them one a line in ``input_stamps.txt``)."""
+    listed = storage.join(out, layout.INPUT_LIST_FILE)
+    if storage.exists(listed):
+        return [stamp for _, stamp in inputs.ListReader(listed).rows(start, stop)]
     url = storage.join(out, layout.INPUT_STAMPS_FILE)
     recorded = storage.read_bytes(url).decode().split("\n") if storage.exists(url) else []
+    return recorded[start:stop]
+
+
+def _changed_inputs(plan: JobPlan, shards: list[int], out: str) -> list[str]:
+    """The keys of the inputs, in the given shards, whose stamps differ from those recorded."""
+    reader = inputs.ListReader(plan.inputs)
     changed = []
     for shard in shards:
-        for target in plan.shard_targets(shard):
-            index = target["index"]
-            if index >= len(recorded) or recorded[index] != plan.stamps[index]:
-                changed.append(target["key"])
+        start, stop = plan.shard_range(shard)
+        recorded = _recorded_stamps(out, start, stop)
+        now = reader.rows(start, stop)
+        keys = [t["key"] for t in reader.targets(start, stop, plan.inputs_root)]
+        for offset, (key, (_, stamp)) in enumerate(zip(keys, now, strict=True)):
+            if offset >= len(recorded) or recorded[offset] != stamp:
+                changed.append(key)
     return changed
 
 
 def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
-    """Write the job file, or check an existing one matches; return already committed shards."""
+    """Write the job file and the input list, or check an existing job file matches (then the
+    list is written afresh: the same inputs, maybe moved); return already committed shards."""
     out = config.output.path
     job_url = storage.join(out, layout.JOB_FILE)
+    list_url = storage.join(out, layout.INPUT_LIST_FILE)
     if storage.exists(job_url):
         previous = layout.read_json(job_url)
         if previous.get("fingerprint") != plan.fingerprint:
@@ -234,12 +268,10 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
         removed = storage.remove_stale_temporaries(out)
         if removed:
             log.info("removed %d partial file(s) an interrupted run left in %s", removed, out)
+        storage.put_file_atomic(plan.inputs, list_url)
         return layout.committed_shards(out)
     storage.makedirs(out)
-    inputs = "".join(f"{t['path']}\n" for t in plan.targets).encode()
-    storage.write_bytes_atomic(storage.join(out, layout.INPUTS_FILE), inputs)
-    stamps = "\n".join(plan.stamps).encode()
-    storage.write_bytes_atomic(storage.join(out, layout.INPUT_STAMPS_FILE), stamps)
+    storage.put_file_atomic(plan.inputs, list_url)
     layout.write_json(
         job_url,
         {
@@ -248,9 +280,10 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
             "version": __version__,
             "samples_version": SAMPLES_VERSION,
             "mode": plan.mode,
-            "targets": len(plan.targets),
+            "targets": plan.count,
             "inputs_root": plan.inputs_root,
             "unlisted_inputs": plan.unlisted,
+            "duplicate_inputs": plan.duplicates,
             "targets_per_shard": plan.targets_per_shard,
             "shards": plan.num_shards,
             "samples_per_target": config.samples_per_target,
@@ -300,7 +333,10 @@ def _stage_graph(
     config: SynthConfig, plan: JobPlan, stages: StagePlan
 ) -> list[tuple[type, int, float, float, dict]]:
     """The job's stages in order, each an actor pool taking one shard per batch:
-    (class, actors, CPUs each, GPUs each, constructor kwargs)."""
+    (class, actors, CPUs each, GPUs each, constructor kwargs). The shards are ranges of the
+    input list beside the output."""
+    list_url = storage.join(config.output.path, layout.INPUT_LIST_FILE)
+    shards = inputs.ShardList(list_url, plan.inputs_root, plan.targets_per_shard, plan.count)
     return [
         (
             ForegroundStage,
@@ -316,6 +352,7 @@ def _stage_graph(
                 "geometry": config.inputs.geometry,
                 "max_pixels": config.inputs.max_pixels,
                 "seed": config.seed,
+                "shards": shards,
                 "storage_options": config.storage.model_dump(),
             },
         ),
@@ -348,10 +385,7 @@ def _run_locally(config: SynthConfig, plan: JobPlan, todo: list[int], show_progr
     progress = Progress(len(todo), enabled=show_progress)
     try:
         for index in todo:
-            batch = {
-                "shard": np.array([index]),
-                "targets": np.array([json.dumps(plan.shard_targets(index))], dtype=object),
-            }
+            batch = {"shard": np.array([index])}
             for stage in stages:
                 batch = stage(batch)
             progress.update(json.loads(batch["entry"][0])["samples"])
@@ -371,7 +405,7 @@ def _run_pipeline(
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    rows = [{"shard": i, "targets": json.dumps(plan.shard_targets(i))} for i in todo]
+    rows = [{"shard": i} for i in todo]  # a shard's targets are read by the foreground stage
     dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     for stage, actors, cpus, gpus, kwargs in _stage_graph(config, plan, stages):
         dataset = dataset.map_batches(
@@ -448,6 +482,66 @@ def _with_absolute_paths(config: SynthConfig) -> SynthConfig:
     return resolved
 
 
+def _probe(config: SynthConfig, plan: JobPlan, count: int) -> dict:
+    """Make the samples of the first ``count`` inputs in this process, as the job's stages
+    would, and write nothing: what an input gives (targets cut from it, samples, bytes)."""
+    graph = _stage_graph(config, plan, StagePlan(1, 1.0, 1, 1.0))
+    (foreground, *_, fg_kwargs), (injection, *_, inj_kwargs) = graph
+    probed = min(count, plan.count)
+    shards = inputs.ShardList(plan.inputs, plan.inputs_root, probed, plan.count)
+    prepared = foreground(**{**fg_kwargs, "shards": shards})({"shard": np.array([0])})
+    entry = json.loads(
+        injection(**inj_kwargs).process_shard(
+            0,
+            json.loads(prepared["targets"][0]),
+            prepared["images"][0],
+            prepared["foregrounds"][0],
+            json.loads(prepared["skipped"][0]),
+        )["entry"]
+    )
+    return {"inputs": probed, **{k: entry[k] for k in ("views", "samples", "bytes")}}
+
+
+def dry_run(config: SynthConfig, probes: int = 2) -> dict:
+    """The job's plan without running it, for a look before paying for it: targets, shards,
+    samples expected and bytes (from ``probes`` inputs made in this process, nothing written),
+    and what a run over the output would do: start it, resume it (how many shards it would
+    skip, from one listing of the output) or refuse it (why). No Ray is started."""
+    storage.configure(**config.storage.model_dump())
+    out = config.output.path
+    if config.daad is not None and not storage.exists(storage.join(config.daad.path, INDEX_NAME)):
+        raise FileNotFoundError(
+            f"the DAAD at {config.daad.path} is not built yet, and the job's identity digests "
+            "it: build it first ('cai-ray daad build'), then look again"
+        )
+    with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
+        plan = plan_job(config, folder)
+        report: dict = {
+            "targets": plan.count,
+            "shards": plan.num_shards,
+            "targets_per_shard": plan.targets_per_shard,
+            "samples_per_target": config.samples_per_target,
+            "inputs_root": plan.inputs_root,
+            "unlisted_inputs": len(plan.unlisted),
+            "duplicate_inputs": plan.duplicates,
+            "committed": 0,
+            "refused": None,
+        }
+        job_url = storage.join(out, layout.JOB_FILE)
+        if storage.exists(job_url):
+            previous = layout.read_json(job_url)
+            if previous.get("fingerprint") != plan.fingerprint:
+                report["refused"] = _what_changed(config, plan, previous)
+            else:
+                report["committed"] = len(layout.committed_indices(out))
+        try:
+            _check_sources(config, plan.mode)
+            report["probe"] = _probe(_with_absolute_paths(config), plan, probes)
+        except (OSError, ValueError, DecodeError) as exc:
+            report["probe"] = {"error": str(exc)}
+    return report
+
+
 def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool = False) -> dict:
     """Run (or resume) the job; return its manifest plus ``shards_made``, how many shards this
     call made (0 when the output was already complete). Ray's own messages go to its log folder
@@ -457,15 +551,16 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool 
     storage.configure(**config.storage.model_dump())
     if config.daad is not None:
         prepare_daad(config.daad)
-    plan = plan_job(config)
-    _check_sources(config, plan.mode)
+    with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
+        plan = plan_job(config, folder)
+        _check_sources(config, plan.mode)
+        done = _claim_output(config, plan)
     workers_config = _with_absolute_paths(config)
     out = workers_config.output.path
-    done = _claim_output(config, plan)
     todo = [i for i in range(plan.num_shards) if i not in done]
     log.info(
         "%d targets in %d shards; %d already committed, %d to make",
-        len(plan.targets),
+        plan.count,
         plan.num_shards,
         len(done),
         len(todo),

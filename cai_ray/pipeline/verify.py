@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cai_ray.core.views import Geometry, plan_views
-from cai_ray.io import layout, storage
+from cai_ray.io import inputs, layout, storage
 from cai_ray.io.codecs import DecodeError, decode_image
 from cai_ray.io.samples import (
     COUNTED_DETAILS,
@@ -108,13 +108,10 @@ def _check_meta(
 
 
 def _inputs_list(out: str, count: int) -> list[str] | None:
-    """The job's input paths by index (``inputs.txt``), or None where it is absent or does not
-    hold ``count`` lines (a path with a line break in it)."""
-    url = storage.join(out, layout.INPUTS_FILE)
-    if not storage.exists(url):
-        return None
-    lines = storage.read_bytes(url).decode("utf-8", "surrogateescape").split("\n")[:-1]
-    return lines if len(lines) == count else None
+    """The job's input paths by index, or None where they are not recorded or not ``count``
+    (a text list with a line break in a path)."""
+    paths = inputs.recorded_paths(out)
+    return paths if paths is not None and len(paths) == count else None
 
 
 def _names(indices: list[int], inputs: list[str] | None, most: int = 5) -> str:

@@ -1,8 +1,10 @@
 """Storage against a real S3 server (SeaweedFS on 127.0.0.1)."""
 
+from unittest.mock import ANY
+
 import pytest
 
-from cai_ray.io import storage
+from cai_ray.io import inputs, storage
 from tests.conftest import DEMO, REPO
 from tests.s3server import SECRET_KEY
 
@@ -24,6 +26,27 @@ def test_round_trip_listing_and_inputs(s3_bucket):
     assert storage.expand_image_sources([f"{s3_bucket}/normals/sub/exp0*.jpg"]) == listed[:1]
     storage.write_bytes_atomic(f"{s3_bucket}/list.txt", "\n".join(listed[1:3]).encode())
     assert storage.expand_image_sources([f"{s3_bucket}/list.txt"]) == listed[1:3]
+
+
+def test_a_prefix_is_listed_page_by_page_with_stamps_from_the_listing(s3_bucket, tmp_path):
+    normals = sorted((DEMO / "normal").glob("*.jpg"))
+    names = ["a/x.jpg", "a.b/y.jpg", "a0.jpg", "a/b/z.jpg", "notes.md"]
+    for name, path in zip(names, normals, strict=False):
+        storage.write_bytes_atomic(f"{s3_bucket}/in/{name}", path.read_bytes())
+    dest = tmp_path / "list.parquet"
+    listing = inputs.write_list([f"{s3_bucket}/in"], str(dest))
+    rows = list(inputs.iter_rows(str(dest)))
+    paths = [path for path, _ in rows]
+    assert paths == storage.expand_image_sources([f"{s3_bucket}/in"])
+    assert paths == [f"{s3_bucket}/in/{n}" for n in sorted(names[:4])]  # 'a.b/' before 'a/'
+    assert [stamp for _, stamp in rows] == storage.stamps(paths)
+    assert listing.unlisted == [{"path": f"{s3_bucket}/in/notes.md", "reason": ANY}]
+    storage.put_file_atomic(str(dest), f"{s3_bucket}/out/inputs.parquet")
+    beside = inputs.ListReader(f"{s3_bucket}/out/inputs.parquet")
+    assert beside.targets(1, 3, f"{s3_bucket}/in") == [
+        {"index": 1, "key": "a/b/z.jpg", "path": paths[1]},
+        {"index": 2, "key": "a/x.jpg", "path": paths[2]},
+    ]
 
 
 def test_change_stamps_follow_rewrites_from_one_listing(s3_bucket):

@@ -9,6 +9,7 @@ import pytest
 
 from cai_ray.core.synthesis import Failure, Patched
 from cai_ray.core.views import Geometry
+from cai_ray.io.inputs import ListReader, ShardList, write_list
 from cai_ray.io.layout import committed_shards
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, _outside_padding
@@ -17,15 +18,24 @@ from cai_ray.pipeline.synth import plan_job
 
 def test_stages_chain_without_ray(make_config, tmp_path):
     config = make_config()
-    plan = plan_job(config)
-    assert [t["index"] for t in plan.targets] == list(range(13))
+    plan = plan_job(config, str(tmp_path))
+    targets = ListReader(plan.inputs).targets(0, plan.count, plan.inputs_root)
+    assert [t["index"] for t in targets] == list(range(13))
     assert plan.mode == "grey"
-    broken = [t for t in plan.targets if t["key"] == "broken.jpg"]
-    readable = [t for t in plan.targets if t["key"] != "broken.jpg"][:2]
-    batch = {"shard": np.array([0]), "targets": np.array([json.dumps(readable + broken)])}
+    broken = [t for t in targets if t["key"] == "broken.jpg"]
+    readable = [t for t in targets if t["key"] != "broken.jpg"][:2]
+    shard_list = str(tmp_path / "shard.parquet")
+    write_list([t["path"] for t in readable + broken], shard_list)
+    shards = ShardList(shard_list, plan.inputs_root, per_shard=3, count=3)
+    batch = {"shard": np.array([0])}
 
     foreground = ForegroundStage(
-        image_size=256, mode="grey", method="full", model_path=None, min_fraction=0.01
+        image_size=256,
+        mode="grey",
+        method="full",
+        model_path=None,
+        min_fraction=0.01,
+        shards=shards,
     )
     prepared = foreground(batch)
     assert [s["path"] for s in json.loads(prepared["skipped"][0])] == [broken[0]["path"]]

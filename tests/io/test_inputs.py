@@ -1,0 +1,115 @@
+"""The input list: written from folders, globs and lists in the order the driver used to sort
+them in, each input once, with stamps; read back by range."""
+
+import os
+import posixpath
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cai_ray.io import inputs, storage
+from tests.conftest import DEMO
+
+
+def _listed(sources: list[str], tmp_path, **kwargs) -> tuple[list, inputs.Listing]:
+    dest = str(tmp_path / "list.parquet")
+    listing = inputs.write_list(sources, dest, **kwargs)
+    return list(inputs.iter_rows(dest)), listing
+
+
+def _as_before(sources: list[str]) -> list[str]:
+    """The driver's order before the list: every source expanded, sorted whole, made absolute."""
+    found, _ = storage.list_image_sources(sources)
+    return [storage.absolute(p) for p in sorted(dict.fromkeys(found))]
+
+
+@pytest.fixture
+def tricky(tmp_path):
+    """A folder whose sorted path strings differ from a naive walk: 'a.b/' sorts before 'a/'
+    ('.' < '/'), 'a0.jpg' between them; a note and a broken link that are no images."""
+    root = tmp_path / "tricky"
+    image = (DEMO / "normal").glob("*.jpg").__next__().read_bytes()
+    for name in ("a/x.jpg", "a.b/y.jpg", "a0.jpg", "a/b/z.png", "c.jpg", "notes.md"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(image)
+    os.symlink(root / "gone.jpg", root / "link.jpg")
+    return root
+
+
+def test_a_folder_is_listed_in_the_order_and_with_the_stamps_of_before(tricky, tmp_path):
+    rows, listing = _listed([str(tricky)], tmp_path)
+    assert [path for path, _ in rows] == _as_before([str(tricky)])
+    assert [stamp for _, stamp in rows] == storage.stamps([path for path, _ in rows])
+    assert listing.count == 5 and listing.duplicates == 0
+    assert sorted(s["reason"].split(" (")[0] for s in listing.unlisted) == [
+        "broken link",
+        "not an image file name",
+    ]
+
+
+def test_a_folder_too_large_to_sort_in_memory_is_sorted_on_disk(tricky, tmp_path, monkeypatch):
+    monkeypatch.setattr(inputs, "SORTED_DIRECTORY_ENTRIES", 2)
+    monkeypatch.setattr(inputs, "SORT_RUN_ROWS", 3)
+    monkeypatch.setattr(inputs, "BATCH_ROWS", 2)
+    rows, listing = _listed([str(tricky)], tmp_path)
+    assert [path for path, _ in rows] == _as_before([str(tricky)])
+    assert listing.count == 5 and listing.duplicates == 0
+
+
+def test_the_demo_folder_and_overlapping_sources_give_the_targets_of_before(tmp_path):
+    sources = [str(DEMO / "normal"), str(DEMO), str(DEMO / "normal" / "exp0*.jpg")]
+    rows, listing = _listed(sources, tmp_path)
+    assert [path for path, _ in rows] == _as_before(sources)
+    assert listing.duplicates == 13  # the normals twice more, the glob's one once more
+
+
+@pytest.mark.parametrize("kind", ["txt", "csv", "parquet"])
+def test_a_list_file_is_read_with_its_stamps_or_stamped(kind, tmp_path):
+    normals = sorted(str(p) for p in (DEMO / "normal").glob("*.jpg"))
+    chosen = [normals[5], normals[1], normals[3], normals[1]]  # out of order, one twice
+    listed = tmp_path / f"chosen.{kind}"
+    if kind == "txt":
+        listed.write_text("# chosen tiles\n" + "\n".join(chosen) + "\n\n")
+    elif kind == "csv":
+        listed.write_text("path,size,mtime_ns\n" + "".join(f"{p},1,2\n" for p in chosen))
+    else:
+        pq.write_table(pa.table({"path": chosen, "stamp": ["x"] * 4}), listed)
+    rows, listing = _listed([str(listed)], tmp_path)
+    expected = sorted(set(chosen))
+    assert [path for path, _ in rows] == expected and listing.duplicates == 1
+    stamps = {"txt": storage.stamps(expected), "csv": ["1:2"] * 3, "parquet": ["x"] * 3}[kind]
+    assert [stamp for _, stamp in rows] == stamps
+
+
+def test_a_long_list_out_of_order_is_sorted_from_runs_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(inputs, "SORT_RUN_ROWS", 7)
+    monkeypatch.setattr(inputs, "ROWS_PER_GROUP", 5)
+    monkeypatch.setattr(inputs, "BATCH_ROWS", 4)  # duplicates across batches too
+    names = [f"/data/img{(i * 37) % 50:03d}.png" for i in range(60)]  # 50 paths, 10 repeated
+    source = tmp_path / "shuffled.parquet"
+    pq.write_table(pa.table({"path": names, "stamp": names}), source)
+    rows, listing = _listed([str(source)], tmp_path)
+    assert [path for path, _ in rows] == sorted(set(names))
+    assert all(path == stamp for path, stamp in rows)  # each path kept with its own stamp
+    assert listing.count == 50 and listing.duplicates == 10
+    assert _listed([str(source)], tmp_path, limit=45)[0] == rows[:45]
+    reader = inputs.ListReader(str(tmp_path / "list.parquet"))
+    assert reader.rows(3, 17) == rows[3:17] and reader.rows(44, 99) == rows[44:45]
+    chunks = list(inputs.iter_chunks(str(tmp_path / "list.parquet"), 6, stop=40))
+    assert [len(paths) for paths, _ in chunks] == [6] * 6 + [4]
+
+
+def test_nothing_found_names_the_source(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("no image")
+    with pytest.raises(FileNotFoundError, match=r"empty \(no image among it\).*nothing-here"):
+        inputs.write_list([str(tmp_path / "empty"), str(tmp_path / "nothing-here")], "x")
+
+
+def test_keys_are_the_paths_relative_to_the_common_folder_even_unusual_ones():
+    paths = ["s3://b/in/a.jpg", "s3://b/in//odd/./b.jpg", "s3://b/in/c/../c.jpg"]
+    keys = inputs.target_keys(paths, "/b/in")
+    assert keys == [posixpath.relpath(inputs.location(p), "/b/in") for p in paths]
+    assert inputs.target_keys(["/x/y/a.jpg", "/x/z.jpg"], "/x") == ["y/a.jpg", "z.jpg"]
+    assert inputs.target_keys(["/a.jpg"], "/") == ["a.jpg"]
