@@ -155,13 +155,31 @@ def remote_stamp(entry: dict) -> str:
 
 def _read_list(url: str) -> Iterator[pa.Table]:
     """The rows of a list file, in its order, a batch at a time (stamps null where the list
-    has none)."""
+    has none); a file that is not a readable list stops with its name and the cause."""
+    try:
+        yield from _list_batches(url)
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        raise ValueError(f"{url} is not a readable input list: {exc}") from exc
+
+
+def _text_rows(url: str, handle: Any) -> Iterator[tuple[str, None]]:
+    """A .txt list's paths, one a line (blank lines and # comments skipped); UTF-8 only: a
+    path the list cannot spell is refused with its line number."""
+    for number, raw in enumerate(handle, 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{url}, line {number}: not UTF-8 ({exc.reason})") from None
+        if line and not line.startswith("#"):
+            yield line, None
+
+
+def _list_batches(url: str) -> Iterator[pa.Table]:
     suffix = Path(url).suffix.lower()
     with storage.located("read", url) as (fs, path), fs.open(path, "rb") as handle:
         if suffix == ".txt":
-            lines = (raw.decode("utf-8", "surrogateescape").strip() for raw in handle)
-            kept = ((line, None) for line in lines if line and not line.startswith("#"))
-            yield from _tables(kept)
+            for table in _tables(_text_rows(url, handle)):
+                yield _list_table(url, table)
             return
         if suffix == ".csv":
             options = pacsv.ConvertOptions(column_types={"path": pa.string()})
@@ -178,6 +196,10 @@ def _list_table(url: str, table: pa.Table) -> pa.Table:
     names = set(table.column_names)
     if "path" not in names:
         raise ValueError(f"{url} has no 'path' column (columns: {sorted(names)})")
+    for name in ("path", "stamp") if "stamp" in names else ("path",):
+        kind = table.schema.field(name).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise ValueError(f"{url}: the '{name}' column holds {kind}, not text")
     paths = table.column("path").cast(pa.string())
     if "stamp" in names:
         stamps = table.column("stamp").cast(pa.string())
@@ -402,14 +424,19 @@ def _columns(table: pa.Table) -> tuple[list, list]:
     return table.column("path").to_pylist(), table.column("stamp").to_pylist()
 
 
-def path_bounds(url: str, stop: int) -> tuple[str, str]:
-    """The smallest and largest path among the first ``stop`` rows, read column-wise."""
+_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*://"
+
+
+def location_bounds(url: str, stop: int) -> tuple[str, str]:
+    """The smallest and largest :func:`location` among the first ``stop`` rows (their common
+    folder is that of all rows), read column-wise."""
     low: str | None = None
     high: str | None = None
     with storage.located("read", url) as (fs, path), fs.open(path, "rb") as handle:
         left = stop
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS, columns=["path"]):
-            bounds = pc.min_max(batch.column(0).slice(0, left))
+            paths = batch.column(0).slice(0, left)
+            bounds = pc.min_max(pc.replace_substring_regex(paths, _SCHEME, "/"))
             lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
             low = lo if low is None else min(low, lo)
             high = hi if high is None else max(high, hi)
@@ -484,7 +511,8 @@ def target_keys(paths: list[str], common: str) -> list[str]:
     for ten million."""
     where = [path if "://" not in path else "/" + path.split("://", 1)[1] for path in paths]
     locations = pa.array(where, pa.string())
-    usual = pc.all(pc.starts_with(locations, "/")).as_py() and not (
+    inside = common.rstrip("/") + "/"
+    usual = pc.all(pc.starts_with(locations, inside)).as_py() and not (
         pc.any(pc.match_substring_regex(locations, _NOT_NORMAL)).as_py()
     )
     if not usual:

@@ -11,12 +11,14 @@ modification time, the DAAD's contents, or a synthesizer's files; the error name
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import posixpath
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 
@@ -156,15 +158,14 @@ def plan_job(config: SynthConfig, folder: str) -> JobPlan:
     with the number of targets (only a short digest per shard)."""
     url, listing = list_inputs(config, folder)
     count = listing.count
-    low, high = inputs.path_bounds(url, count)
-    first, last = inputs.location(low), inputs.location(high)
+    first, last = inputs.location_bounds(url, count)
     common = posixpath.commonpath([first, last]) if count > 1 else posixpath.dirname(first)
     per_shard = config.output.targets_per_shard
     keys, stamps = _input_digests(url, count, common, per_shard)
     identity = job_identity(config, keys, stamps)
     probes = [path for path, _ in inputs.ListReader(url).rows(0, 20)]
     mode = _resolve_mode(config, probes)
-    root = inputs.root_url(common, low)
+    root = inputs.root_url(common, probes[0])
     return JobPlan(
         url, count, mode, identity, per_shard, root, listing.unlisted, listing.duplicates
     )
@@ -199,12 +200,12 @@ def _what_changed(config: SynthConfig, plan: JobPlan, previous: dict) -> str:
             )
             if old != new
         ]
-        changed = _changed_inputs(plan, shards, config.output.path)
+        changed, keys = _changed_inputs(plan, shards, config.output.path)
         changes.append(
-            f"{len(changed)} input changed (size or modification time): {', '.join(changed[:5])}"
-            if len(changed) == 1
-            else f"{len(changed)} inputs changed (size or modification time): "
-            f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}"
+            f"{changed} input changed (size or modification time): {', '.join(keys)}"
+            if changed == 1
+            else f"{changed} inputs changed (size or modification time): "
+            f"{', '.join(keys)}{' ...' if changed > len(keys) else ''}"
         )
     if before.get("daad") != now["daad"]:
         where = config.daad.path if config.daad is not None else "(none)"
@@ -225,30 +226,48 @@ def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _recorded_stamps(out: str, start: int, stop: int) -> list[str]:
-    """The stamps the output recorded for rows ``start`` to ``stop`` of its input list (an
-    output begun before the list was Parquet keeps them one a line in ``input_stamps.txt``)."""
+def _recorded_stamps(out: str, size: int) -> Iterator[list[str]]:
+    """The stamps the output recorded, ``size`` rows at a time (an output begun before the
+    list was Parquet keeps them one a line in ``input_stamps.txt``, read once)."""
     listed = storage.join(out, layout.INPUT_LIST_FILE)
     if storage.exists(listed):
-        return [stamp for _, stamp in inputs.ListReader(listed).rows(start, stop)]
+        for _, stamps in inputs.iter_chunks(listed, size):
+            yield stamps
+        return
     url = storage.join(out, layout.INPUT_STAMPS_FILE)
     recorded = storage.read_bytes(url).decode().split("\n") if storage.exists(url) else []
-    return recorded[start:stop]
+    for start in range(0, len(recorded), size):
+        yield recorded[start : start + size]
 
 
-def _changed_inputs(plan: JobPlan, shards: list[int], out: str) -> list[str]:
-    """The keys of the inputs, in the given shards, whose stamps differ from those recorded."""
-    reader = inputs.ListReader(plan.inputs)
-    changed = []
-    for shard in shards:
-        start, stop = plan.shard_range(shard)
-        recorded = _recorded_stamps(out, start, stop)
-        now = reader.rows(start, stop)
-        keys = [t["key"] for t in reader.targets(start, stop, plan.inputs_root)]
-        for offset, (key, (_, stamp)) in enumerate(zip(keys, now, strict=True)):
+def _changed_inputs(
+    plan: JobPlan, shards: list[int], out: str, most: int = 5
+) -> tuple[int, list[str]]:
+    """How many inputs of the given shards have other stamps than the output recorded, and
+    the keys of the first ``most`` of them: one pass over both lists, whatever their length."""
+    wanted = set(shards)
+    per_shard = plan.targets_per_shard
+    size = per_shard * max(1, inputs.BATCH_ROWS // per_shard)
+    recorded_chunks = _recorded_stamps(out, size)
+    common = inputs.location(plan.inputs_root)
+    changed = 0
+    keys: list[str] = []
+    for first, (paths, stamps) in zip(
+        itertools.count(0, size), inputs.iter_chunks(plan.inputs, size, plan.count), strict=False
+    ):
+        recorded = next(recorded_chunks, [])
+        if not wanted.intersection(
+            range(first // per_shard, -(-(first + len(paths)) // per_shard))
+        ):
+            continue
+        for offset, stamp in enumerate(stamps):
+            if (first + offset) // per_shard not in wanted:
+                continue
             if offset >= len(recorded) or recorded[offset] != stamp:
-                changed.append(key)
-    return changed
+                changed += 1
+                if len(keys) < most:
+                    keys.append(inputs.target_keys([paths[offset]], common)[0])
+    return changed, keys
 
 
 def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:

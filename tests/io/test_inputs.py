@@ -113,3 +113,57 @@ def test_keys_are_the_paths_relative_to_the_common_folder_even_unusual_ones():
     assert keys == [posixpath.relpath(inputs.location(p), "/b/in") for p in paths]
     assert inputs.target_keys(["/x/y/a.jpg", "/x/z.jpg"], "/x") == ["y/a.jpg", "z.jpg"]
     assert inputs.target_keys(["/a.jpg"], "/") == ["a.jpg"]
+
+
+def test_a_txt_list_of_relative_paths_names_the_files_absolutely(tricky, tmp_path, monkeypatch):
+    """Review of issue 34: a .txt list's relative lines were stored as written, so a worker
+    elsewhere (another node, another working directory) would open other files."""
+    monkeypatch.chdir(tricky)
+    listed = tmp_path / "relative.txt"
+    listed.write_text("a/x.jpg\n./c.jpg\r\n a0.jpg \n")
+    rows, _ = _listed([str(listed)], tmp_path)
+    assert [path for path, _ in rows] == sorted(
+        str(tricky / name) for name in ("a/x.jpg", "c.jpg", "a0.jpg")
+    )
+
+
+def test_keys_of_mixed_local_and_object_inputs_are_relative_to_their_common_folder(tmp_path):
+    """Review of issue 34: the common folder came from the smallest and largest path strings,
+    wrong once local and s3:// paths mix, and keys were cut from it blindly."""
+    table = pa.table(
+        {
+            "path": ["/data/a/x.png", "s3://bucket/b/y.png", "s3://data/zz/q.png"],
+            "stamp": ["1:1", "2:2", "3:3"],
+        }
+    )
+    listed = tmp_path / "mixed.parquet"
+    pq.write_table(table, listed)
+    low, high = inputs.location_bounds(str(listed), 3)
+    common = posixpath.commonpath([low, high])
+    assert common == "/"
+    paths = table.column("path").to_pylist()
+    assert inputs.target_keys(paths, common) == ["data/a/x.png", "bucket/b/y.png", "data/zz/q.png"]
+    assert inputs.target_keys(paths, "/data") == ["a/x.png", "../bucket/b/y.png", "zz/q.png"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("latin.txt", "/data/caf\xe9.jpg\n".encode("latin-1"), "line 1: not UTF-8"),
+        ("broken.parquet", b"PAR1x", "not a readable input list"),
+        ("empty.csv", b"", "not a readable input list"),
+    ],
+)
+def test_a_list_that_cannot_be_read_is_refused_with_its_name(tmp_path, name, content, says):
+    listed = tmp_path / name
+    listed.write_bytes(content)
+    with pytest.raises(ValueError, match=says) as raised:
+        _listed([str(listed)], tmp_path)
+    assert name in str(raised.value)
+
+
+def test_a_list_whose_path_column_is_not_text_is_refused(tmp_path):
+    listed = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"path": [1, 2]}), listed)
+    with pytest.raises(ValueError, match="'path' column holds int64, not text"):
+        _listed([str(listed)], tmp_path)

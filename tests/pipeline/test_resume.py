@@ -129,3 +129,28 @@ def test_an_even_median_size_is_a_config_error(sources, tmp_path):
     raw = _config(*sources, tmp_path / "out").model_dump()
     with pytest.raises(ValueError, match="median_size must be odd"):
         SynthConfig.model_validate({**raw, "cai": {**raw["cai"], "median_size": 4}})
+
+
+def test_changed_inputs_are_counted_in_one_pass_and_the_first_named(tmp_path):
+    """Review of issue 34: the refusal reread the recorded stamps once per shard (quadratic on
+    a large job) and held every changed key; now one pass, a count and the first five keys."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cai_ray.config import load_config
+    from cai_ray.pipeline.synth import _changed_inputs, plan_job
+
+    paths = [f"/data/images/{i:04d}.jpg" for i in range(100)]
+    listed = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"path": paths, "stamp": ["1:1"] * 100}), listed)
+    out = tmp_path / "out"
+    out.mkdir()
+    recorded = ["1:1"] * 10 + ["2:2"] * 90  # rows 10 to 99 changed since
+    pq.write_table(pa.table({"path": paths, "stamp": recorded}), out / "inputs.parquet")
+    config = load_config(REPO / "configs" / "demo.yaml")
+    config.inputs.paths, config.color, config.daad = [str(listed)], "grey", None
+    config.output.targets_per_shard = 8
+    plan = plan_job(config, str(tmp_path))
+    every = list(range(plan.num_shards))
+    assert _changed_inputs(plan, every, str(out)) == (90, [f"{i:04d}.jpg" for i in range(10, 15)])
+    assert _changed_inputs(plan, [12], str(out)) == (4, [f"{i:04d}.jpg" for i in range(96, 100)])
