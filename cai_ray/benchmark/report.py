@@ -15,7 +15,7 @@ import numpy as np
 from cai_ray.extras import require
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, resize
-from cai_ray.io.layout import committed_shards, shard_name
+from cai_ray.io.layout import committed_indices, shard_name
 from cai_ray.io.samples import decode_sample, read_meta
 from cai_ray.io.tar import iter_tar
 
@@ -28,7 +28,7 @@ METRICS = ("pixel_auroc", "pixel_ap", "pro", "image_auroc")
 def read_synth_images(out: str, size: int, mode: ColorMode, count: int) -> np.ndarray:
     """The first ``count`` pseudo-anomalous images of a synthesis output, in shard order."""
     images: list[np.ndarray] = []
-    for index in sorted(committed_shards(out)):
+    for index in sorted(committed_indices(out)):
         for _, files in iter_tar(storage.read_bytes(storage.join(out, shard_name(index)))):
             if read_meta(files)["label"] == 1:
                 images.append(resize(decode_sample(files, mode)[0], size))

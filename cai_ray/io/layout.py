@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 
 from cai_ray.io import storage
 
@@ -78,12 +79,25 @@ def committed_indices(out: str) -> set[int]:
     }
 
 
+ENTRY_READERS = 16
+"""Entries read at once: each is a small GET, so an object store's latency, not its bandwidth,
+bounds how fast many are read."""
+
+
+def read_entries(
+    out: str, indices: Iterable[int], workers: int = ENTRY_READERS
+) -> Iterator[tuple[int, dict]]:
+    """``(index, entry)`` of the given shards in the given order, ``workers`` read at once."""
+    ordered = list(indices)
+    entries = storage.ordered_map(
+        lambda index: read_json(storage.join(out, entry_name(index))),
+        ordered,
+        workers=workers,
+        depth=4 * workers,
+    )
+    return zip(ordered, entries, strict=True)
+
+
 def committed_shards(out: str) -> dict[int, dict]:
     """Entries of the shards whose tar and entry are both present, by shard index."""
-    entries: dict[int, dict] = {}
-    names = {url.rsplit("/", 1)[-1] for url in storage.list_files(out, "")}
-    for name in names:
-        match = SHARD_PATTERN.match(name)
-        if match and match.group(2) == "json" and shard_name(int(match.group(1))) in names:
-            entries[int(match.group(1))] = read_json(storage.join(out, name))
-    return entries
+    return dict(read_entries(out, sorted(committed_indices(out))))

@@ -16,10 +16,12 @@ import glob as globlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cai_ray.extras import require
 
@@ -33,6 +35,8 @@ _settings: dict[str, Any] = {
     "request_attempts": DEFAULT_REQUEST_ATTEMPTS,
     "timeout_s": DEFAULT_TIMEOUT_S,
 }
+In = TypeVar("In")
+Out = TypeVar("Out")
 _filesystems: dict[tuple[str, str | None, int, float], Any] = {}
 
 
@@ -141,6 +145,22 @@ def located(action: str, url: str) -> Iterator[tuple[Any, str]]:
             f"attempts of up to {_settings['timeout_s']:g} s each, with backoff): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+
+
+def ordered_map(
+    function: Callable[[In], Out], items: Iterable[In], workers: int, depth: int
+) -> Iterator[Out]:
+    """``map(function, items)`` in order, at most ``depth`` results computed ahead by
+    ``workers`` threads: bounded memory, and the same order whatever the thread count.
+    Threads suffice: reading and decoding images release the GIL."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[Out]] = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def join(base: str, *parts: str) -> str:

@@ -8,20 +8,14 @@ order, so the batches are a pure function of (seed, epoch, rank) whatever the th
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 
 from cai_ray.io import storage
 from cai_ray.io.layout import committed_shards, shard_name
 from cai_ray.io.tar import iter_tar
-
-In = TypeVar("In")
-Out = TypeVar("Out")
 
 Decoded = tuple[np.ndarray, ...]
 """One sample as a loop takes it: a tuple of arrays, stacked field by field into a batch."""
@@ -49,22 +43,6 @@ def list_shards(outputs: list[str], usable: Callable[[dict], int] | None = None)
             url = storage.join(out, shard_name(index))
             shards.append(ShardRef(url, count, entries[index]["counts"]))
     return shards
-
-
-def ordered_map(
-    function: Callable[[In], Out], items: Iterable[In], workers: int, depth: int
-) -> Iterator[Out]:
-    """``map(function, items)`` in order, at most ``depth`` results computed ahead by
-    ``workers`` threads: bounded memory, and the same order whatever the thread count.
-    Threads suffice: reading and decoding images release the GIL."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future[Out]] = deque()
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) > depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 @dataclass(frozen=True)
@@ -103,10 +81,10 @@ def epoch_batches(
 
     def shuffled() -> Iterator[Decoded]:
         buffer: list[Decoded] = []
-        shard_bytes = ordered_map(storage.read_bytes, mine, workers=2, depth=2)
+        shard_bytes = storage.ordered_map(storage.read_bytes, mine, workers=2, depth=2)
         encoded = (files for data in shard_bytes for _, files in iter_tar(data))
         workers = settings.decode_workers
-        for sample in ordered_map(decode, encoded, workers=workers, depth=4 * workers):
+        for sample in storage.ordered_map(decode, encoded, workers=workers, depth=4 * workers):
             if sample is None:
                 continue
             if len(buffer) < settings.shuffle_buffer:

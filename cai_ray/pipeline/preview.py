@@ -39,7 +39,7 @@ def _candidates(out: str, wanted_targets: int, max_shards: int) -> list[PreviewS
     some (at most ``max_shards`` shards are read, so a huge output stays cheap)."""
     found: list[PreviewSample] = []
     targets: set[str] = set()
-    for index in sorted(layout.committed_shards(out))[:max_shards]:
+    for index in sorted(layout.committed_indices(out))[:max_shards]:
         data = storage.read_bytes(storage.join(out, layout.shard_name(index)))
         for _, files in iter_tar(data):
             meta = read_meta(files)

@@ -11,15 +11,17 @@ modification time, the DAAD's contents, or a synthesizer's files; the error name
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import json
 import logging
 import os
 import posixpath
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 
 import numpy as np
@@ -45,6 +47,9 @@ from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 from cai_ray.synthesizers.base import BuildContext
 
 log = logging.getLogger(__name__)
+
+MANIFEST_INTERVAL_S = 60.0
+"""How often a run writes the manifest of what has committed so far (what a resume merges)."""
 
 
 @dataclass(frozen=True)
@@ -270,9 +275,10 @@ def _changed_inputs(
     return changed, keys
 
 
-def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
+def _claim_output(config: SynthConfig, plan: JobPlan) -> set[int]:
     """Write the job file and the input list, or check an existing job file matches (then the
-    list is written afresh: the same inputs, maybe moved); return already committed shards."""
+    list is written afresh: the same inputs, maybe moved); return the indices of the shards
+    already committed (one listing, no entry read)."""
     out = config.output.path
     job_url = storage.join(out, layout.JOB_FILE)
     list_url = storage.join(out, layout.INPUT_LIST_FILE)
@@ -288,7 +294,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
         if removed:
             log.info("removed %d partial file(s) an interrupted run left in %s", removed, out)
         storage.put_file_atomic(plan.inputs, list_url)
-        return layout.committed_shards(out)
+        return layout.committed_indices(out)
     storage.makedirs(out)
     storage.put_file_atomic(plan.inputs, list_url)
     layout.write_json(
@@ -310,7 +316,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> dict[int, dict]:
             "config": config.model_dump(mode="json"),
         },
     )
-    return {}
+    return set()
 
 
 def _init_ray(config: SynthConfig, verbose: bool) -> tuple[float, float]:
@@ -397,7 +403,13 @@ def _stage_graph(
     ]
 
 
-def _run_locally(config: SynthConfig, plan: JobPlan, todo: list[int], show_progress: bool) -> None:
+def _run_locally(
+    config: SynthConfig,
+    plan: JobPlan,
+    todo: list[int],
+    manifest: ManifestWriter,
+    show_progress: bool,
+) -> None:
     """The stages of :func:`_run_pipeline`, one shard at a time in this process."""
     graph = _stage_graph(config, plan, StagePlan(1, 1.0, 1, 1.0))
     stages = [stage(**kwargs) for stage, _, _, _, kwargs in graph]
@@ -407,7 +419,9 @@ def _run_locally(config: SynthConfig, plan: JobPlan, todo: list[int], show_progr
             batch = {"shard": np.array([index])}
             for stage in stages:
                 batch = stage(batch)
-            progress.update(json.loads(batch["entry"][0])["samples"])
+            entry = json.loads(batch["entry"][0])
+            manifest.add(index, entry)
+            progress.update(entry["samples"])
     finally:
         progress.close()
 
@@ -417,6 +431,7 @@ def _run_pipeline(
     plan: JobPlan,
     todo: list[int],
     stages: StagePlan,
+    manifest: ManifestWriter,
     show_progress: bool,
     verbose: bool,
 ) -> None:
@@ -439,7 +454,9 @@ def _run_pipeline(
         progress = Progress(len(todo), enabled=show_progress)
         try:
             for row in dataset.iter_rows():
-                progress.update(json.loads(row["entry"])["samples"])
+                entry = json.loads(row["entry"])
+                manifest.add(int(row["shard"]), entry)
+                progress.update(entry["samples"])
         except ray.exceptions.RayError as exc:
             raise JobError(worker_error(exc)) from exc
         finally:
@@ -447,37 +464,171 @@ def _run_pipeline(
     log.info("done: %s (up to %d samples per target)", progress.status(), config.samples_per_target)
 
 
-def summarize(job: dict, entries: dict[int, dict]) -> dict:
-    """The manifest: totals and counts over every committed shard, skips and failures listed."""
-    totals: dict[str, Counter[str]] = {}
-    skipped: list[dict] = list(job.get("unlisted_inputs", []))
-    failed: list[dict] = []
-    damaged: dict[str, str] = {}
-    for index in sorted(entries):
-        entry = entries[index]
+@dataclass
+class Tally:
+    """What the manifest sums over shard entries, folded one entry at a time in any order (as
+    a run's shards come back): totals, and the skip, failure and damage lists of the shards
+    that have any (the entries themselves are not kept)."""
+
+    names: dict[int, str] = field(default_factory=dict)
+    views: int = 0
+    samples: int = 0
+    bytes: int = 0
+    counts: dict[str, Counter[str]] = field(default_factory=dict)
+    listed: dict[int, tuple[list, list, dict]] = field(default_factory=dict)
+
+    def add(self, index: int, entry: dict) -> None:
+        self.names[index] = entry["shard"]
+        self.views += entry.get("views", 0)
+        self.samples += entry["samples"]
+        self.bytes += entry["bytes"]
         for name, counts in entry["counts"].items():
-            totals.setdefault(name, Counter()).update(counts)
-        skipped.extend(entry["skipped_inputs"])
-        failed.extend(entry["failed_samples"])
-        damaged.update(entry.get("damaged_sources", {}))
+            self.counts.setdefault(name, Counter()).update(counts)
+        lists = (entry["skipped_inputs"], entry["failed_samples"], entry.get("damaged_sources", {}))
+        if any(lists):
+            self.listed[index] = lists
+
+
+def covered_shards(job: dict, manifest: dict) -> set[int]:
+    """The shards a manifest of this job covers; ``ValueError`` (why) where it cannot be merged
+    with more shards: another job's, or not as :func:`summarize` writes it."""
+    if manifest.get("fingerprint") != job["fingerprint"]:
+        raise ValueError("it is another job's")
+    matches = [layout.SHARD_PATTERN.match(name) for name in manifest["shards"]]
+    if not all(match and match.group(2) == "tar" for match in matches):
+        raise ValueError("it names a shard that is not one")
+    unlisted = job.get("unlisted_inputs", [])
+    if manifest["skipped_inputs"][: len(unlisted)] != unlisted:
+        raise ValueError("its skipped inputs do not begin with the job's unlisted ones")
+    pattern = layout.sample_key_pattern(job["key_prefix"])
+    if not all(pattern.match(failure["key"]) for failure in manifest["failed_samples"]):
+        raise ValueError("a failed sample's key is malformed")
+    lacks = [
+        n for n in ("views", "samples", "bytes", "counts", "damaged_sources") if n not in manifest
+    ]
+    if lacks:
+        raise ValueError(f"it lacks {', '.join(lacks)}")
+    return {int(match.group(1)) for match in matches if match}
+
+
+def summarize(job: dict, tally: Tally, previous: dict | None = None) -> dict:
+    """The manifest: totals and counts over every committed shard, skips and failures listed
+    in shard order. ``previous``, a manifest of this job (:func:`covered_shards`) over other
+    shards than ``tally``'s, is merged in as its entries would be: the bytes equal those of a
+    manifest summed from every entry at once. Its lists are in shard order already, and the
+    input list is sorted by path, so skips interleave by path, failures by their key's shard;
+    a damaged record's reason comes from its bytes alone, so shards agree on it."""
+    base = previous or {}
+    unlisted: list[dict] = list(job.get("unlisted_inputs", []))
+    totals = {name: Counter(counts) for name, counts in base.get("counts", {}).items()}
+    for name, counts in tally.counts.items():
+        totals.setdefault(name, Counter()).update(counts)
+    skipped: list[dict] = []
+    failed: list[dict] = []
+    damaged: dict[str, str] = dict(base.get("damaged_sources", {}))
+    for index in sorted(tally.listed):
+        shard_skipped, shard_failed, shard_damaged = tally.listed[index]
+        skipped += shard_skipped
+        failed += shard_failed
+        damaged.update(shard_damaged)
+    per_shard, pattern = job["targets_per_shard"], layout.sample_key_pattern(job["key_prefix"])
+
+    def shard_of(failure: dict) -> int:
+        match = pattern.match(failure["key"])
+        return int(match.group(1)) // per_shard if match else -1
+
+    skipped = list(heapq.merge(base.get("skipped_inputs", [])[len(unlisted) :], skipped, key=_path))
+    failed = list(heapq.merge(base.get("failed_samples", []), failed, key=shard_of))
+    names = {**{_shard_index(name): name for name in base.get("shards", [])}, **tally.names}
     return {
         "version": __version__,
         "samples_version": SAMPLES_VERSION,
         "fingerprint": job["fingerprint"],
         "targets": job["targets"],
-        "views": sum(e.get("views", 0) for e in entries.values()),
-        "shards": [entries[i]["shard"] for i in sorted(entries)],
-        "complete": len(entries) == job["shards"],
-        "samples": sum(e["samples"] for e in entries.values()),
-        "bytes": sum(e["bytes"] for e in entries.values()),
+        "views": base.get("views", 0) + tally.views,
+        "shards": [names[i] for i in sorted(names)],
+        "complete": len(names) == job["shards"],
+        "samples": base.get("samples", 0) + tally.samples,
+        "bytes": base.get("bytes", 0) + tally.bytes,
         "counts": {name: dict(sorted(c.items())) for name, c in sorted(totals.items()) if c},
-        "skipped_inputs": skipped,
+        "skipped_inputs": unlisted + skipped,
         "failed_samples": failed,
         "failed_by_cause": dict(
             sorted(Counter(f.get("cause", f["reason"]) for f in failed).items())
         ),
         "damaged_sources": dict(sorted(damaged.items())),
     }
+
+
+def _path(skip: dict) -> str:
+    return skip["path"]
+
+
+def _shard_index(name: str) -> int:
+    match = layout.SHARD_PATTERN.match(name)
+    assert match is not None  # covered_shards checked it
+    return int(match.group(1))
+
+
+def _previous_manifest(out: str, job: dict, committed: set[int]) -> tuple[dict | None, set[int]]:
+    """The output's manifest and the shards it covers, where it can be merged with the shards
+    committed since: of this job, readable, and covering only ``committed`` shards. Otherwise
+    (None, no shard), saying why: the manifest is then summed from every entry."""
+    url = storage.join(out, layout.MANIFEST_FILE)
+    if not storage.exists(url):
+        return None, set()
+    try:
+        manifest = layout.read_json(url)
+        covered = covered_shards(job, manifest)
+        if not covered <= committed:
+            raise ValueError(f"it covers {len(covered - committed)} shard(s) no longer committed")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.info("the manifest in %s is not merged (%s): summing every shard's entry", out, exc)
+        return None, set()
+    return manifest, covered
+
+
+class ManifestWriter:
+    """The manifest of an output as its shards commit: the previous manifest merged with the
+    entries it lacks (read once) and those of the shards this run makes (as they come back,
+    no read), written at most every :data:`MANIFEST_INTERVAL_S` seconds during the run, so a
+    resume after a crash merges it rather than reading every entry again."""
+
+    def __init__(self, out: str, job: dict, committed: set[int]) -> None:
+        self.out, self.job = out, job
+        self.previous, covered = _previous_manifest(out, job, committed)
+        self.tally = Tally()
+        missing = sorted(committed - covered)
+        if missing:
+            log.info("reading %d committed entries the manifest lacks", len(missing))
+        for index, entry in layout.read_entries(out, missing):
+            self.tally.add(index, entry)
+        self.written = time.monotonic()
+
+    def add(self, index: int, entry: dict) -> None:
+        self.tally.add(index, entry)
+        if time.monotonic() - self.written >= MANIFEST_INTERVAL_S:
+            self.write()
+
+    def write(self) -> dict:
+        manifest = summarize(self.job, self.tally, self.previous)
+        layout.write_json(storage.join(self.out, layout.MANIFEST_FILE), manifest)
+        self.written = time.monotonic()
+        return manifest
+
+    def close(self) -> dict:
+        """The final manifest, written; summed from every entry afresh where the shards
+        committed now are not those it covers (shards removed or added by another writer)."""
+        covered = set(self.tally.names)
+        if self.previous is not None:
+            covered |= {_shard_index(name) for name in self.previous["shards"]}
+        committed = layout.committed_indices(self.out)
+        if committed != covered:
+            log.info("%s changed during the run: summing every shard's entry", self.out)
+            self.previous, self.tally = None, Tally()
+            for index, entry in layout.read_entries(self.out, sorted(committed)):
+                self.tally.add(index, entry)
+        return self.write()
 
 
 def _check_sources(config: SynthConfig, mode: ColorMode) -> None:
@@ -584,17 +735,15 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool 
         len(done),
         len(todo),
     )
+    writer = ManifestWriter(out, layout.read_json(storage.join(out, layout.JOB_FILE)), done)
     if todo and config.resources.executor == "local":
-        _run_locally(workers_config, plan, todo, show_progress)
+        _run_locally(workers_config, plan, todo, writer, show_progress)
     elif todo:
         cluster_cpus, cluster_gpus = _init_ray(config, verbose)
         stages = plan_stages(config.resources, cluster_cpus, len(todo), cluster_gpus)
         log.info("cluster CPUs %g, GPUs %g; %s", cluster_cpus, cluster_gpus, stages)
-        _run_pipeline(workers_config, plan, todo, stages, show_progress, verbose)
-    job = layout.read_json(storage.join(out, layout.JOB_FILE))
-    entries = layout.committed_shards(out)
-    manifest = summarize(job, entries)
-    layout.write_json(storage.join(out, layout.MANIFEST_FILE), manifest)
+        _run_pipeline(workers_config, plan, todo, stages, writer, show_progress, verbose)
+    manifest = writer.close()
     preview_missing = not storage.exists(storage.join(out, layout.PREVIEW_FILE))
     if config.output.preview_samples and manifest["samples"] and (todo or preview_missing):
         write_preview(out, config, plan.mode)
