@@ -175,15 +175,22 @@ def _synth(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from cai_ray.pipeline.verify import verify_output
 
-    report = verify_output(args.out)
-    for problem in report.problems[: args.show]:
-        print(f"PROBLEM {problem}")
-    if len(report.problems) > args.show:
-        print(f"... and {len(report.problems) - args.show} more")
+    shown = 0
+
+    def show(problem: str) -> None:
+        nonlocal shown
+        if shown < args.show:
+            print(f"PROBLEM {problem}", flush=True)
+        shown += 1
+
+    report = verify_output(
+        args.out, workers=args.workers, on_problem=show, show_progress=not args.no_progress
+    )
+    if report.count > args.show:
+        print(f"... and {report.count - args.show} more")
     status = "OK" if report.ok else "FAILED"
     print(
-        f"{status}: {report.shards} shard(s), {report.samples} samples, "
-        f"{len(report.problems)} problem(s)"
+        f"{status}: {report.shards} shard(s), {report.samples} samples, {report.count} problem(s)"
     )
     return 0 if report.ok else 1
 
@@ -413,6 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("out", help="output folder of 'cai-ray synth'")
     verify.add_argument("--show", type=int, default=20, help="problems to print")
+    verify.add_argument(
+        "--workers",
+        type=int,
+        help="shards checked at once (default: this machine's cores + 4, at most 16; reading "
+        "shards from an object store waits on the network)",
+    )
+    verify.add_argument(
+        "--no-progress", action="store_true", help="no progress bar or progress lines"
+    )
     verify.set_defaults(handler=_verify)
 
     detector = commands.add_parser(

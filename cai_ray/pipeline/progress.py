@@ -22,8 +22,11 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, shards: int, *, enabled: bool = True, interval: float = 30.0) -> None:
+    def __init__(
+        self, shards: int, *, enabled: bool = True, interval: float = 30.0, desc: str = "synth"
+    ) -> None:
         self.shards = shards
+        self.desc = desc
         self.done = 0
         self.samples = 0
         self.interval = interval
@@ -34,7 +37,7 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=shards, unit="shard", desc="synth")
+            self._bar = tqdm(total=shards, unit="shard", desc=desc)
 
     def status(self, now: float | None = None) -> str:
         elapsed = max((now or time.monotonic()) - self.started, 1e-9)
@@ -58,7 +61,7 @@ class Progress:
         now = time.monotonic()
         if self.enabled and (now - self._last_log >= self.interval or self.done == self.shards):
             self._last_log = now
-            log.info("synth: %s", self.status(now))
+            log.info("%s: %s", self.desc, self.status(now))
 
     def close(self) -> None:
         if self._bar is not None:

@@ -8,13 +8,23 @@ keys of its samples and failed samples and from its skipped inputs, not from the
 counts (kept or skipped, never both, never neither; each kept target with exactly its samples'
 worth of keys; under tile or crop every view of an image kept or skipped); totals match the
 manifest.
+
+At scale: shards are checked by a pool of threads (reading a tar from an object store waits on
+the network) and their findings taken in shard order, so the report is the same whatever the
+thread count; each shard's keys are checked within the shard (a key must name a target of its
+own shard's range, so keys unique in each shard are unique in the output) against that shard's
+rows of the input list, so memory holds a few shards, not every key or input; problems reach
+the caller as they are found.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +42,11 @@ from cai_ray.io.samples import (
     view_index,
 )
 from cai_ray.io.tar import iter_tar
+from cai_ray.pipeline.progress import Progress
+
+VERIFY_WORKERS = min(16, (os.cpu_count() or 1) + 4)
+"""Shards checked at once by default: Python's default for I/O-bound threads, at most 16 (each
+holds one shard's tar)."""
 
 
 @dataclass
@@ -39,10 +54,21 @@ class VerifyReport:
     shards: int = 0
     samples: int = 0
     problems: list[str] = field(default_factory=list)
+    """Every problem, where no ``on_problem`` took them as they were found."""
+    count: int = 0
+    """How many problems were found."""
+    on_problem: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.count
+
+    def add(self, problem: str) -> None:
+        self.count += 1
+        if self.on_problem is not None:
+            self.on_problem(problem)
+        else:
+            self.problems.append(problem)
 
 
 def _check_sample(key: str, files: dict[str, bytes], problems: list[str]) -> dict | None:
@@ -90,12 +116,12 @@ def _check_meta(
     target: int,
     meta: dict,
     found: _ShardInputs,
-    inputs: list[str] | None,
+    rows: dict[int, str] | None,
     problems: list[str],
 ) -> None:
     """The sample's JSON names the input its key's index does; its view's image size kept."""
-    if inputs is not None and 0 <= target < len(inputs) and "target" in meta:
-        path = inputs[target]
+    if rows is not None and target in rows and "target" in meta:
+        path = rows[target]
         if path != meta["target"] and not path.endswith("/" + meta["target"]):
             problems.append(
                 f"{name}: key {key} is input {target} ({path}) but its json names {meta['target']}"
@@ -107,27 +133,45 @@ def _check_meta(
         )
 
 
-def _inputs_list(out: str, count: int) -> list[str] | None:
-    """The job's input paths by index, or None where they are not recorded or not ``count``
-    (a text list with a line break in a path)."""
-    paths = inputs.recorded_paths(out)
-    return paths if paths is not None and len(paths) == count else None
+class _InputRows:
+    """A shard's rows of the job's input list, each thread reading with its own reader (the
+    list's row groups hold a shard's rows); an output begun before ``inputs.parquet`` has its
+    ``inputs.txt`` read whole. None where the output records no list of ``count`` inputs."""
+
+    def __init__(self, out: str, count: int) -> None:
+        self.url = storage.join(out, layout.INPUT_LIST_FILE)
+        self.listed = storage.exists(self.url) and inputs.count_rows(self.url) == count
+        self.text: list[str] | None = None
+        if not self.listed:
+            paths = inputs.recorded_paths(out)
+            self.text = paths if paths is not None and len(paths) == count else None
+        self._local = threading.local()
+
+    def rows(self, start: int, stop: int) -> dict[int, str] | None:
+        if self.text is not None:
+            return dict(zip(range(start, stop), self.text[start:stop], strict=True))
+        if not self.listed:
+            return None
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = inputs.ListReader(self.url)
+        return {start + i: path for i, (path, _) in enumerate(reader.rows(start, stop))}
 
 
-def _names(indices: list[int], inputs: list[str] | None, most: int = 5) -> str:
+def _names(indices: list[int], rows: dict[int, str] | None, most: int = 5) -> str:
     shown = [
-        f"{i} ({inputs[i].rsplit('/', 1)[-1]})" if inputs and 0 <= i < len(inputs) else str(i)
+        f"{i} ({rows[i].rsplit('/', 1)[-1]})" if rows and i in rows else str(i)
         for i in indices[:most]
     ]
     more = f" and {len(indices) - most} more" if len(indices) > most else ""
     return ", ".join(shown) + more
 
 
-def _inputs(indices: list[int], inputs: list[str] | None) -> str:
+def _inputs(indices: list[int], rows: dict[int, str] | None) -> str:
     """'input 4 (b.jpg) is' or 'inputs 4 (b.jpg), 5 (c.jpg) are'."""
     if len(indices) == 1:
-        return f"input {_names(indices, inputs)} is"
-    return f"inputs {_names(indices, inputs)} are"
+        return f"input {_names(indices, rows)} is"
+    return f"inputs {_names(indices, rows)} are"
 
 
 def _check_inputs(
@@ -135,14 +179,14 @@ def _check_inputs(
     span: range,
     entry: dict[str, Any],
     found: _ShardInputs,
-    inputs: list[str] | None,
-    index_of: dict[str, int],
+    rows: dict[int, str] | None,
     job: dict[str, Any],
     geometry: Geometry,
     problems: list[str],
 ) -> None:
-    """Every input of the shard's range ``span`` kept or skipped, each kept target complete
-    (``index_of``: each of ``inputs`` by path)."""
+    """Every input of the shard's range ``span`` (``rows``: their paths) kept or skipped, each
+    kept target complete."""
+    index_of = {path: i for i, path in (rows or {}).items()}
     per_target = job["samples_per_target"]
     where = f"its range [{span.start}, {span.stop})"
     if "targets" in entry and entry["targets"] != len(span):
@@ -152,8 +196,8 @@ def _check_inputs(
     for skip in entry["skipped_inputs"]:
         target = index_of.get(skip["path"])
         if target is None:
-            if inputs is not None:
-                problems.append(f"{name}: skipped input {skip['path']} is not one of the job's")
+            if rows is not None:
+                problems.append(f"{name}: skipped input {skip['path']} is not one of {where}")
             continue
         if "view" in skip:
             found.skipped_views.setdefault(target, set()).add(int(skip["view"]))
@@ -162,17 +206,17 @@ def _check_inputs(
     accounted = set(found.samples) | set(found.skipped_views) | found.skipped_whole
     outside = sorted(accounted - set(span))
     if outside:
-        problems.append(f"{name}: {_inputs(outside, inputs)} outside {where}")
-    if inputs is not None:  # skips are named by path: without the list they cannot be placed
+        problems.append(f"{name}: {_inputs(outside, rows)} outside {where}")
+    if rows is not None:  # skips are named by path: without the list they cannot be placed
         missing = sorted(set(span) - accounted)
         if missing:
             problems.append(
-                f"{name}: {_inputs(missing, inputs)} neither kept nor skipped (in {where}, "
+                f"{name}: {_inputs(missing, rows)} neither kept nor skipped (in {where}, "
                 "no sample, failed sample or skip names it)"
             )
     both = sorted(found.skipped_whole & (set(found.samples) | set(found.skipped_views)))
     if both:
-        problems.append(f"{name}: {_inputs(both, inputs)} skipped and also kept")
+        problems.append(f"{name}: {_inputs(both, rows)} skipped and also kept")
     views_made = 0
     for target, views in sorted(found.samples.items()):
         views_made += len(views)
@@ -180,13 +224,13 @@ def _check_inputs(
             wanted = set(range(view * per_target, (view + 1) * per_target))
             if made != wanted:
                 problems.append(
-                    f"{name}: input {_names([target], inputs)} view {view} has sample indices "
+                    f"{name}: input {_names([target], rows)} view {view} has sample indices "
                     f"{sorted(made)}, expected {sorted(wanted)}"
                 )
         skipped = found.skipped_views.get(target, set())
         if skipped & set(views):
             problems.append(
-                f"{name}: input {_names([target], inputs)} views {sorted(skipped & set(views))} "
+                f"{name}: input {_names([target], rows)} views {sorted(skipped & set(views))} "
                 "are skipped and also kept"
             )
         if not geometry.one_view_per_image and target in found.image_sizes:
@@ -196,13 +240,13 @@ def _check_inputs(
             unaccounted = sorted(set(range(count)) - set(views) - skipped)
             if unaccounted:
                 problems.append(
-                    f"{name}: input {_names([target], inputs)}: views {unaccounted} of its "
+                    f"{name}: input {_names([target], rows)}: views {unaccounted} of its "
                     f"{count} are neither kept nor skipped"
                 )
             beyond = sorted(v for v in set(views) | skipped if v >= count)
             if beyond:
                 problems.append(
-                    f"{name}: input {_names([target], inputs)}: views {beyond} lie past its {count}"
+                    f"{name}: input {_names([target], rows)}: views {beyond} lie past its {count}"
                 )
     if "views" in entry and entry["views"] != views_made:
         problems.append(
@@ -211,102 +255,156 @@ def _check_inputs(
         )
 
 
-def verify_output(out: str) -> VerifyReport:
-    report = VerifyReport()
-    problems = report.problems
-    job_url = storage.join(out, layout.JOB_FILE)
-    if not storage.exists(job_url):
-        problems.append(f"no {layout.JOB_FILE} in {out}: not a cai-ray output")
-        return report
-    job = layout.read_json(job_url)
-    manifest_url = storage.join(out, layout.MANIFEST_FILE)
-    manifest = layout.read_json(manifest_url) if storage.exists(manifest_url) else None
-    if manifest is None:
-        problems.append(f"no {layout.MANIFEST_FILE}: the job did not finish")
-    entries = layout.committed_shards(out)
-    planned = set(range(job["shards"]))
-    gaps = sorted(planned - set(entries))
-    if gaps:
-        problems.append(
-            f"{len(gaps)} shard(s) missing, e.g. {[layout.shard_name(i) for i in gaps[:5]]}"
-        )
-    stray = sorted(set(entries) - planned)
-    if stray:
-        problems.append(f"shards outside the plan: {[layout.shard_name(i) for i in stray[:5]]}")
+@dataclass
+class _Shard:
+    """One shard's findings, in the order they were met."""
 
+    problems: list[str] = field(default_factory=list)
+    samples: int = 0
+    counts: dict[str, Counter[str]] = field(default_factory=dict)
+    read: bool = False
+    """Whether its entry and tar could be read through (a shard that counts)."""
+
+
+def _check_shard(out: str, index: int, job: dict, rows: _InputRows) -> _Shard:
+    """Everything :func:`verify_output` checks of one shard, from its entry, its tar and its
+    rows of the input list alone."""
+    result = _Shard()
+    problems = result.problems
+    name = layout.shard_name(index)
+    try:
+        entry = layout.read_json(storage.join(out, layout.entry_name(index)))
+        data = storage.read_bytes(storage.join(out, name))
+    except (OSError, ValueError) as exc:
+        problems.append(f"{name}: unreadable entry or tar ({exc})")
+        return result
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        problems.append(f"{name}: checksum differs from its entry")
     per_target, per_shard = job["samples_per_target"], job["targets_per_shard"]
     key_pattern = layout.sample_key_pattern(job["key_prefix"])
     geometry = Geometry(**job["config"]["inputs"].get("geometry", {}))
     one_view = geometry.one_view_per_image  # else several targets an image
+    first, last = index * per_shard, min((index + 1) * per_shard, job["targets"])
+    shard_rows = rows.rows(first, max(first, last))
     seen: set[str] = set()
-    totals: dict[str, Counter[str]] = {}
-    inputs = _inputs_list(out, job["targets"])
-    index_of = {path: i for i, path in enumerate(inputs or [])}
-    for index in sorted(entries):
-        entry, name = entries[index], layout.shard_name(index)
-        data = storage.read_bytes(storage.join(out, name))
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            problems.append(f"{name}: checksum differs from its entry")
-        first, last = index * per_shard, min((index + 1) * per_shard, job["targets"])
-        count = 0
-        counts: dict[str, Counter[str]] = {}
-        found = _ShardInputs()
-        try:
-            for key, files in iter_tar(data):
-                count += 1
-                match = key_pattern.match(key)
-                if key in seen:
-                    problems.append(f"{name}: duplicate key {key}")
-                seen.add(key)
-                if not match or not first <= int(match.group(1)) < last:
-                    problems.append(f"{name}: key {key} does not belong to this shard")
-                elif one_view and int(match.group(2)) >= per_target:
-                    problems.append(f"{name}: key {key} is past {per_target} samples per target")
-                if match:
-                    found.add_sample(int(match.group(1)), int(match.group(2)), per_target)
-                meta = _check_sample(key, files, problems)
-                if meta is None:
-                    continue
-                if match:
-                    _check_meta(name, key, int(match.group(1)), meta, found, inputs, problems)
-                if match and view_index(meta) != int(match.group(2)) // per_target:
-                    problems.append(f"{name}: key {key} does not belong to its view {meta['view']}")
-                for field_name in ("method", *COUNTED_DETAILS):
-                    if field_name in meta:
-                        counts.setdefault(field_name, Counter())[meta[field_name]] += 1
-                counts.setdefault("label", Counter())[str(meta["label"])] += 1
-        except Exception as exc:  # tarfile raises several types for damaged archives
-            problems.append(f"{name}: unreadable tar ({exc})")
-            continue
-        for failure in entry["failed_samples"]:
-            match = key_pattern.match(failure["key"])
-            if match is None:
-                problems.append(f"{name}: failed sample key {failure['key']} is malformed")
+    count = 0
+    counts = result.counts
+    found = _ShardInputs()
+    try:
+        for key, files in iter_tar(data):
+            count += 1
+            match = key_pattern.match(key)
+            if key in seen:
+                problems.append(f"{name}: duplicate key {key}")
+            seen.add(key)
+            if not match or not first <= int(match.group(1)) < last:
+                problems.append(f"{name}: key {key} does not belong to this shard")
+            elif one_view and int(match.group(2)) >= per_target:
+                problems.append(f"{name}: key {key} is past {per_target} samples per target")
+            if match:
+                found.add_sample(int(match.group(1)), int(match.group(2)), per_target)
+            meta = _check_sample(key, files, problems)
+            if meta is None:
                 continue
-            found.add_sample(int(match.group(1)), int(match.group(2)), per_target)
-        span = range(first, last)
-        _check_inputs(name, span, entry, found, inputs, index_of, job, geometry, problems)
-        views = entry.get("views", last - first - len(entry["skipped_inputs"]))
-        expected = views * per_target
-        if count + len(entry["failed_samples"]) != expected:
-            problems.append(
-                f"{name}: {count} samples + {len(entry['failed_samples'])} failed, expected "
-                f"{expected} ({last - first} inputs, {views} targets made of them, "
-                f"{len(entry['skipped_inputs'])} skipped)"
-            )
-        if count != entry["samples"] or {k: dict(v) for k, v in counts.items()} != {
-            k: v for k, v in entry["counts"].items() if v
-        }:
-            problems.append(f"{name}: contents do not match its entry's counts")
-        for k, v in counts.items():
-            totals.setdefault(k, Counter()).update(v)
-        report.shards += 1
-        report.samples += count
+            if match:
+                _check_meta(name, key, int(match.group(1)), meta, found, shard_rows, problems)
+            if match and view_index(meta) != int(match.group(2)) // per_target:
+                problems.append(f"{name}: key {key} does not belong to its view {meta['view']}")
+            for field_name in ("method", *COUNTED_DETAILS):
+                if field_name in meta:
+                    counts.setdefault(field_name, Counter())[meta[field_name]] += 1
+            counts.setdefault("label", Counter())[str(meta["label"])] += 1
+    except Exception as exc:  # tarfile raises several types for damaged archives
+        problems.append(f"{name}: unreadable tar ({exc})")
+        return result
+    for failure in entry["failed_samples"]:
+        match = key_pattern.match(failure["key"])
+        if match is None:
+            problems.append(f"{name}: failed sample key {failure['key']} is malformed")
+            continue
+        found.add_sample(int(match.group(1)), int(match.group(2)), per_target)
+    span = range(first, last)
+    _check_inputs(name, span, entry, found, shard_rows, job, geometry, problems)
+    views = entry.get("views", last - first - len(entry["skipped_inputs"]))
+    expected = views * per_target
+    if count + len(entry["failed_samples"]) != expected:
+        problems.append(
+            f"{name}: {count} samples + {len(entry['failed_samples'])} failed, expected "
+            f"{expected} ({last - first} inputs, {views} targets made of them, "
+            f"{len(entry['skipped_inputs'])} skipped)"
+        )
+    if count != entry["samples"] or {k: dict(v) for k, v in counts.items()} != {
+        k: v for k, v in entry["counts"].items() if v
+    }:
+        problems.append(f"{name}: contents do not match its entry's counts")
+    result.samples, result.read = count, True
+    return result
+
+
+def verify_output(
+    out: str,
+    *,
+    workers: int | None = None,
+    on_problem: Callable[[str], None] | None = None,
+    show_progress: bool = False,
+) -> VerifyReport:
+    """Check an output (see the module's docstring); ``workers`` shards at once. Each problem
+    goes to ``on_problem`` as it is found (else into the report's list), in the same order
+    whatever ``workers``: the output's own, then shard by shard, then the manifest's totals."""
+    workers = workers or VERIFY_WORKERS
+    report = VerifyReport(on_problem=on_problem)
+    job_url = storage.join(out, layout.JOB_FILE)
+    if not storage.exists(job_url):
+        report.add(f"no {layout.JOB_FILE} in {out}: not a cai-ray output")
+        return report
+    job = layout.read_json(job_url)
+    manifest_url = storage.join(out, layout.MANIFEST_FILE)
+    manifest = None
+    if not storage.exists(manifest_url):
+        report.add(f"no {layout.MANIFEST_FILE}: the job did not finish")
+    else:
+        try:
+            manifest = layout.read_json(manifest_url)
+        except ValueError as exc:
+            report.add(f"{layout.MANIFEST_FILE} is unreadable ({exc})")
+    if manifest is not None and not manifest.get("complete"):
+        report.add(
+            f"{layout.MANIFEST_FILE} covers {len(manifest.get('shards', []))} of "
+            f"{job['shards']} shards: the job did not finish"
+        )
+        manifest = None  # its totals are those of the shards it covers
+    committed = layout.committed_indices(out)
+    planned = range(job["shards"])
+    gaps = [i for i in planned if i not in committed]
+    if gaps:
+        report.add(f"{len(gaps)} shard(s) missing, e.g. {[layout.shard_name(i) for i in gaps[:5]]}")
+    stray = sorted(i for i in committed if not 0 <= i < job["shards"])
+    if stray:
+        report.add(f"shards outside the plan: {[layout.shard_name(i) for i in stray[:5]]}")
+    rows = _InputRows(out, job["targets"])
+    totals: dict[str, Counter[str]] = {}
+    progress = Progress(len(committed), enabled=show_progress, desc="verify")
+    try:
+        for shard in storage.ordered_map(
+            lambda index: _check_shard(out, index, job, rows),
+            sorted(committed),
+            workers=workers,
+            depth=2 * workers,
+        ):
+            for problem in shard.problems:
+                report.add(problem)
+            progress.update(shard.samples)
+            if not shard.read:
+                continue
+            for k, v in shard.counts.items():
+                totals.setdefault(k, Counter()).update(v)
+            report.shards += 1
+            report.samples += shard.samples
+    finally:
+        progress.close()
     if manifest is not None:
         if manifest["samples"] != report.samples:
-            problems.append(
-                f"manifest says {manifest['samples']} samples, shards hold {report.samples}"
-            )
+            report.add(f"manifest says {manifest['samples']} samples, shards hold {report.samples}")
         if manifest["counts"] != {k: dict(sorted(v.items())) for k, v in sorted(totals.items())}:
-            problems.append("manifest counts do not match the shards")
+            report.add("manifest counts do not match the shards")
     return report

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cai_ray.cli import main
 from cai_ray.config import SynthConfig
 from cai_ray.io.tar import build_tar, iter_tar
 from cai_ray.pipeline.synth import run_synth
@@ -29,14 +30,14 @@ def inputs(tmp_path) -> Path:
     return folder
 
 
-def _run(inputs: Path, out: Path, **geometry) -> Path:
+def _run(inputs: Path, out: Path, per_shard: int = 3, **geometry) -> Path:
     config = SynthConfig.model_validate(
         {
             "seed": 2,
             "image_size": 128,
             "inputs": {"paths": [str(inputs)], "geometry": geometry or {"mode": "resize"}},
             "synthesizer": {"method": "cutpaste", "anomalies_per_target": 2},
-            "output": {"path": str(out), "targets_per_shard": 3, "preview_samples": 0},
+            "output": {"path": str(out), "targets_per_shard": per_shard, "preview_samples": 0},
             "resources": {"executor": "local"},
         }
     )
@@ -127,3 +128,57 @@ def test_verify_finds_a_tile_missing_from_its_image(inputs, tmp_path):
         p.startswith("shard-000001.tar: input 5 (") and "views [1] of its" in p for p in problems
     ), problems
     assert not any("shard-000000" in p for p in problems)
+
+
+def _damage_several(out: Path) -> None:
+    """Damage in shards 1, 2 and 4 of six: an input dropped, a key from another shard, a key
+    twice, each with its entry's checksum made to match."""
+    _drop(out, shard=1, target=1)
+    for shard, extra in ((2, 3), (4, 4)):  # shard 2 gets input 3's sample, shard 4 its own twice
+        tar, entry_file = out / f"shard-{shard:06d}.tar", out / f"shard-{shard:06d}.json"
+        source = out / f"shard-{extra:06d}.tar"
+        samples = list(iter_tar(tar.read_bytes()))
+        samples.append(next(iter(iter_tar(source.read_bytes()))))
+        data = build_tar(samples)
+        tar.write_bytes(data)
+        entry = json.loads(entry_file.read_text())
+        entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        entry_file.write_text(json.dumps(entry))
+
+
+def test_verify_reports_the_same_problems_in_shard_order_whatever_the_workers(
+    inputs, tmp_path, capsys
+):
+    """Keys are checked shard by shard: a key copied into another shard does not belong there,
+    a key twice in a shard is a duplicate; the report's order does not depend on the threads."""
+    out = _run(inputs, tmp_path / "out", per_shard=1)  # six shards of one input each
+    _damage_several(out)
+    one, four = verify_output(str(out), workers=1), verify_output(str(out), workers=4)
+    assert one.problems == four.problems and one.count == len(one.problems)
+    shards = [p[len("shard-") : len("shard-000000")] for p in one.problems if p.startswith("shard")]
+    assert shards == sorted(shards) and {"000001", "000002", "000004"} <= set(shards)
+    assert "shard-000002.tar: key s-0000003-00 does not belong to this shard" in one.problems
+    assert "shard-000004.tar: duplicate key s-0000004-00" in one.problems
+    assert any(p.startswith("manifest says") for p in one.problems)
+
+    assert main(["verify", str(out), "--show", "2", "--workers", "3", "--no-progress"]) == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == [f"PROBLEM {p}" for p in one.problems[:2]]
+    assert printed[2:] == [
+        f"... and {one.count - 2} more",
+        f"FAILED: {one.shards} shard(s), {one.samples} samples, {one.count} problem(s)",
+    ]
+
+
+def test_verify_streams_problems_before_checking_every_shard(inputs, tmp_path, monkeypatch):
+    from cai_ray.pipeline import verify
+
+    out = _run(inputs, tmp_path / "out", per_shard=1)  # six shards of one input each
+    _drop(out, shard=1, target=1)
+    checked: list[int] = []
+    check = verify._check_shard
+    monkeypatch.setattr(verify, "_check_shard", lambda *a: checked.append(a[1]) or check(*a))
+    seen_at: list[int] = []
+    report = verify_output(str(out), workers=1, on_problem=lambda p: seen_at.append(len(checked)))
+    assert report.count == len(seen_at) and report.problems == []
+    assert seen_at[0] < 6 == len(checked)  # the first problem came with shards left to check
