@@ -462,6 +462,8 @@ class ListReader:
         self._handle: Any = None
         self._file: pq.ParquetFile | None = None
         self._starts: list[int] = []
+        self._cached: tuple[list[int], pa.Table] = ([], SCHEMA.empty_table())
+        """The row groups read last: small shards in turn take the same one (one read each)."""
 
     def _open(self) -> pq.ParquetFile:
         if self._file is None:
@@ -475,7 +477,8 @@ class ListReader:
         return self._file
 
     def rows(self, start: int, stop: int) -> list[Row]:
-        """Rows ``start`` to ``stop`` (exclusive), reading only the row groups that hold them."""
+        """Rows ``start`` to ``stop`` (exclusive), reading only the row groups that hold them
+        (those of the last call kept)."""
         file = self._open()
         groups = [
             g
@@ -484,8 +487,10 @@ class ListReader:
         ]
         if not groups:
             return []
-        with storage.located("read", self.url):
-            table = file.read_row_groups(groups, columns=["path", "stamp"])
+        if self._cached[0] != groups:
+            with storage.located("read", self.url):
+                self._cached = (groups, file.read_row_groups(groups, columns=["path", "stamp"]))
+        table = self._cached[1]
         first = self._starts[groups[0]]
         paths, stamps = _columns(table.slice(start - first, stop - start))
         return list(zip(paths, stamps, strict=True))

@@ -182,3 +182,41 @@ def test_verify_streams_problems_before_checking_every_shard(inputs, tmp_path, m
     report = verify_output(str(out), workers=1, on_problem=lambda p: seen_at.append(len(checked)))
     assert report.count == len(seen_at) and report.problems == []
     assert seen_at[0] < 6 == len(checked)  # the first problem came with shards left to check
+
+
+def _linked_output(tmp_path: Path, count: int) -> str:
+    """An output of ``count`` shards of one 32 px input each (links to the demo tiles)."""
+    folder = tmp_path / f"linked-{count}"
+    folder.mkdir()
+    tiles = sorted((DEMO / "normal").glob("*.jpg"))
+    for i in range(count):
+        (folder / f"{i:04d}.jpg").symlink_to(tiles[i % len(tiles)])
+    out = tmp_path / f"out-{count}"
+    config = SynthConfig.model_validate(
+        {
+            "image_size": 32,
+            "color": "grey",
+            "inputs": {"paths": [str(folder)]},
+            "synthesizer": {"method": "cutpaste", "anomalies_per_target": 1},
+            "output": {"path": str(out), "targets_per_shard": 1, "preview_samples": 0},
+            "resources": {"executor": "local"},
+        }
+    )
+    run_synth(config, show_progress=False)
+    return str(out)
+
+
+def test_verify_memory_does_not_hold_every_key_or_entry(tmp_path):
+    """Between 20 and 100 shards the peak grows by the listing's names alone (under 2 KB a
+    shard); every shard's keys, inputs and entries held at once took 3 KB and more."""
+    import tracemalloc
+
+    peaks = {}
+    for count in (20, 100):
+        out = _linked_output(tmp_path, count)
+        verify_output(out, workers=2)  # imports and caches outside the measure
+        tracemalloc.start()
+        assert verify_output(out, workers=2).ok
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert (peaks[100] - peaks[20]) / 80 < 2048, peaks
