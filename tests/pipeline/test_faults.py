@@ -93,6 +93,9 @@ def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, t
     assert manifest["complete"]
     assert verify_output(str(out)).ok
     assert _samples(str(out)) == _samples(undisturbed.output.path)
+    # the killed run's entries merged with the resumed run's: the manifest of an unbroken run
+    uninterrupted = Path(undisturbed.output.path) / "manifest.json"
+    assert (out / "manifest.json").read_bytes() == uninterrupted.read_bytes()
 
 
 @pytest.fixture
