@@ -600,15 +600,21 @@ class ManifestWriter:
         self.tally = Tally()
         missing = sorted(committed - covered)
         if missing:
-            log.info("reading %d committed entries the manifest lacks", len(missing))
+            lacking = "the manifest lacks" if self.previous else "(no manifest to merge)"
+            log.info("reading %d committed shards' entries %s", len(missing), lacking)
         for index, entry in layout.read_entries(out, missing):
             self.tally.add(index, entry)
         self.written = time.monotonic()
 
     def add(self, index: int, entry: dict) -> None:
         self.tally.add(index, entry)
-        if time.monotonic() - self.written >= MANIFEST_INTERVAL_S:
+        if time.monotonic() - self.written < MANIFEST_INTERVAL_S:
+            return
+        try:
             self.write()
+        except OSError as exc:  # a resume merely reads more entries: the job goes on
+            log.warning("could not write the manifest so far (%s); trying again later", exc)
+            self.written = time.monotonic()
 
     def write(self) -> dict:
         manifest = summarize(self.job, self.tally, self.previous)

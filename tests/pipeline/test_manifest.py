@@ -192,3 +192,26 @@ def test_a_stale_or_damaged_manifest_is_rebuilt_from_the_entries(
         run_synth(config, show_progress=False)
     assert "is not merged" in caplog.text
     assert (out / "manifest.json").read_bytes() == (whole / "manifest.json").read_bytes()
+
+
+def test_a_manifest_that_cannot_be_written_during_the_run_does_not_stop_it(
+    inputs, tmp_path, monkeypatch, caplog
+):
+    whole = tmp_path / "whole"
+    run_synth(_config(inputs, whole), show_progress=False)
+    monkeypatch.setattr(synth, "MANIFEST_INTERVAL_S", 0.0)
+    write_json = layout.write_json
+    failures = []
+
+    def flaky(url: str, value: dict) -> None:
+        if url.endswith("manifest.json") and len(failures) < 2:
+            failures.append(url)
+            raise OSError("the store is away")
+        write_json(url, value)
+
+    monkeypatch.setattr(layout, "write_json", flaky)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="cai_ray.pipeline.synth"):
+        assert run_synth(_config(inputs, out), show_progress=False)["complete"]
+    assert len(failures) == 2 and "could not write the manifest so far" in caplog.text
+    assert (out / "manifest.json").read_bytes() == (whole / "manifest.json").read_bytes()
