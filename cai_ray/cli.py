@@ -105,9 +105,17 @@ def _print_dry_run(config_path: str, out: str, report: dict) -> None:
             f"  samples: up to {targets * per_target} ({per_target} a target); no probe: "
             f"{probe['error']}"
         )
+    elif len(probe["skipped_inputs"]) == probe["inputs"]:
+        first = probe["skipped_inputs"][0]
+        print(
+            f"  samples: up to {targets * per_target} ({per_target} a target); the first "
+            f"{probe['inputs']} inputs were all skipped, e.g. {first['path']}: {first['reason']}"
+        )
     else:
         n = probe["inputs"]
         views, samples, size = probe["views"] / n, probe["samples"] / n, probe["bytes"] / n
+        for skip in probe["skipped_inputs"]:
+            print(f"  probe: skipped {skip['path']}: {skip['reason']}")
         print(
             f"  samples: about {round(targets * samples)} ({views:g} target(s) an input, "
             f"{per_target} samples a target, as the first {n} inputs gave)"

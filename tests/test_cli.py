@@ -287,3 +287,24 @@ def test_inputs_list_then_a_dry_run_of_a_job_on_it(demo_daad, tmp_path, capsys):
     assert "resume: 2 shards committed (skipped), 1 to make" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == before
     assert main(["verify", str(out)]) == 1  # a shard missing: the list beside the output read
+
+
+def test_a_dry_run_whose_probed_inputs_are_skipped_says_why(demo_daad, tmp_path, capsys):
+    """Probed inputs that cannot be read give no estimate of 0 samples but the reason."""
+    listed = tmp_path / "missing.txt"
+    listed.write_text("".join(f"{tmp_path}/gone/{i}.jpg\n" for i in range(3)))
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "color": "grey",
+                "inputs": {"paths": [str(listed)]},
+                "daad": {"path": demo_daad},
+                "output": {"path": str(tmp_path / "out")},
+            }
+        )
+    )
+    assert main(["synth", "--config", str(config), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert f"the first 2 inputs were all skipped, e.g. {tmp_path}/gone/0.jpg" in text
+    assert "not found" in text and "about 0" not in text

@@ -675,7 +675,8 @@ def _probe(config: SynthConfig, plan: JobPlan, count: int) -> dict:
             json.loads(prepared["skipped"][0]),
         )["entry"]
     )
-    return {"inputs": probed, **{k: entry[k] for k in ("views", "samples", "bytes")}}
+    figures = {k: entry[k] for k in ("views", "samples", "bytes", "skipped_inputs")}
+    return {"inputs": probed, **figures}
 
 
 def dry_run(config: SynthConfig, probes: int = 2) -> dict:
@@ -713,8 +714,8 @@ def dry_run(config: SynthConfig, probes: int = 2) -> dict:
         try:
             _check_sources(config, plan.mode)
             report["probe"] = _probe(_with_absolute_paths(config), plan, probes)
-        except (OSError, ValueError, DecodeError) as exc:
-            report["probe"] = {"error": str(exc)}
+        except Exception as exc:  # a look before paying reports what a run would meet
+            report["probe"] = {"error": f"{type(exc).__name__}: {exc}"}
     return report
 
 
