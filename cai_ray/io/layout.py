@@ -25,7 +25,8 @@ INPUT_STAMPS_FILE = "input_stamps.txt"
 """An older output's input stamps, one a line."""
 MANIFEST_FILE = "manifest.json"
 PREVIEW_FILE = "preview.png"
-SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.(tar|json)$")
+SHARD_PATTERN = re.compile(r"^shard-(\d{6,})\.(tar|json)$")
+"""A shard's tar or entry: six digits, more past shard 999,999 (as :func:`shard_name` writes)."""
 
 
 class OutputMismatchError(RuntimeError):

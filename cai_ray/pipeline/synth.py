@@ -20,7 +20,7 @@ import posixpath
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 
@@ -516,8 +516,10 @@ def summarize(job: dict, tally: Tally, previous: dict | None = None) -> dict:
     in shard order. ``previous``, a manifest of this job (:func:`covered_shards`) over other
     shards than ``tally``'s, is merged in as its entries would be: the bytes equal those of a
     manifest summed from every entry at once. Its lists are in shard order already, and the
-    input list is sorted by path, so skips interleave by path, failures by their key's shard;
-    a damaged record's reason comes from its bytes alone, so shards agree on it."""
+    input list is sorted by path, so skips interleave by path (the caller merges only skips
+    that all lie under the inputs' current folder: :meth:`ManifestWriter.add`), failures by
+    their key's shard; a damaged record's reason comes from its bytes alone, so shards agree
+    on it."""
     base = previous or {}
     unlisted: list[dict] = list(job.get("unlisted_inputs", []))
     totals = {name: Counter(counts) for name, counts in base.get("counts", {}).items()}
@@ -570,10 +572,21 @@ def _shard_index(name: str) -> int:
     return int(match.group(1))
 
 
-def _previous_manifest(out: str, job: dict, committed: set[int]) -> tuple[dict | None, set[int]]:
+def _under(root: str) -> Callable[[dict], bool]:
+    """Whether a skip record's path lies under the inputs' folder ``root``: then its place in
+    path order is its place in the input list, so in shard order."""
+    inside = inputs.location(root).rstrip("/") + "/"
+    return lambda skip: inputs.location(skip["path"]).startswith(inside)
+
+
+def _previous_manifest(
+    out: str, job: dict, committed: set[int], root: str
+) -> tuple[dict | None, set[int]]:
     """The output's manifest and the shards it covers, where it can be merged with the shards
-    committed since: of this job, readable, and covering only ``committed`` shards. Otherwise
-    (None, no shard), saying why: the manifest is then summed from every entry."""
+    committed since: of this job, readable, covering only ``committed`` shards, its skips under
+    the inputs' current folder ``root`` (inputs moved since it was written: their order by path
+    is not their order by shard). Otherwise (None, no shard), saying why: the manifest is then
+    summed from every entry."""
     url = storage.join(out, layout.MANIFEST_FILE)
     if not storage.exists(url):
         return None, set()
@@ -582,32 +595,59 @@ def _previous_manifest(out: str, job: dict, committed: set[int]) -> tuple[dict |
         covered = covered_shards(job, manifest)
         if not covered <= committed:
             raise ValueError(f"it covers {len(covered - committed)} shard(s) no longer committed")
+        skipped = manifest["skipped_inputs"][len(job.get("unlisted_inputs", [])) :]
+        if not all(map(_under(root), skipped)):
+            raise ValueError(f"it names skipped inputs outside {root} (moved since)")
+        summarize(job, Tally(), manifest)  # merges: every field of the kind it should be
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         log.info("the manifest in %s is not merged (%s): summing every shard's entry", out, exc)
-        return None, set()
+        raise _Unmerged from exc
     return manifest, covered
+
+
+class _Unmerged(Exception):
+    """The output's manifest cannot be merged: it is summed from every entry instead."""
 
 
 class ManifestWriter:
     """The manifest of an output as its shards commit: the previous manifest merged with the
     entries it lacks (read once) and those of the shards this run makes (as they come back,
     no read), written at most every :data:`MANIFEST_INTERVAL_S` seconds during the run, so a
-    resume after a crash merges it rather than reading every entry again."""
+    resume after a crash merges it rather than reading every entry again. A manifest that
+    cannot be merged is replaced at once by one summed from every entry (left in place, a
+    later resume could trust it again once its shards are remade)."""
 
-    def __init__(self, out: str, job: dict, committed: set[int]) -> None:
-        self.out, self.job = out, job
-        self.previous, covered = _previous_manifest(out, job, committed)
+    def __init__(self, out: str, job: dict, committed: set[int], root: str) -> None:
+        self.out, self.job, self.under = out, job, _under(root)
+        try:
+            self.previous, covered = _previous_manifest(out, job, committed, root)
+            rejected = False
+        except _Unmerged:
+            self.previous, covered, rejected = None, set(), True
         self.tally = Tally()
         missing = sorted(committed - covered)
         if missing:
             lacking = "the manifest lacks" if self.previous else "(no manifest to merge)"
             log.info("reading %d committed shards' entries %s", len(missing), lacking)
         for index, entry in layout.read_entries(out, missing):
-            self.tally.add(index, entry)
+            self.add_entry(index, entry)
+        if rejected:
+            self.write()
         self.written = time.monotonic()
 
-    def add(self, index: int, entry: dict) -> None:
+    def add_entry(self, index: int, entry: dict) -> None:
+        """Fold one shard's entry in; where it skipped an input outside the inputs' current
+        folder, the previous manifest is no longer merged but its shards' entries read."""
+        if self.previous is not None and not all(map(self.under, entry["skipped_inputs"])):
+            log.info("a shard skipped inputs outside the inputs' folder: reading every entry")
+            shards = [_shard_index(name) for name in self.previous["shards"]]
+            self.previous = None
+            for covered, covered_entry in layout.read_entries(self.out, shards):
+                self.tally.add(covered, covered_entry)
         self.tally.add(index, entry)
+
+    def add(self, index: int, entry: dict) -> None:
+        self.add_entry(index, entry)
         if time.monotonic() - self.written < MANIFEST_INTERVAL_S:
             return
         try:
@@ -742,7 +782,8 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool 
         len(done),
         len(todo),
     )
-    writer = ManifestWriter(out, layout.read_json(storage.join(out, layout.JOB_FILE)), done)
+    job = layout.read_json(storage.join(out, layout.JOB_FILE))
+    writer = ManifestWriter(out, job, done, plan.inputs_root)
     if todo and config.resources.executor == "local":
         _run_locally(workers_config, plan, todo, writer, show_progress)
     elif todo:

@@ -36,3 +36,15 @@ def test_change_stamps_are_size_and_modification_time(tmp_path):
     assert first[0].startswith("5:") and first[1] == "missing"
     os.utime(image, ns=(0, image.stat().st_mtime_ns + 10**9))  # touched: rsync sees a change
     assert storage.stamps([str(image)]) != first[:1]
+
+
+def test_a_shard_past_the_millionth_is_found_committed(tmp_path):
+    """Review of issue 34: shard names widen past shard 999,999 (shard-1000000.tar), and the
+    pattern that finds committed shards took six digits only, so such a shard was never seen
+    committed and a resume made it again."""
+    from cai_ray.io import layout
+
+    for index in (7, 1_000_000):
+        (tmp_path / layout.shard_name(index)).write_bytes(b"tar")
+        (tmp_path / layout.entry_name(index)).write_text("{}")
+    assert layout.committed_indices(str(tmp_path)) == {7, 1_000_000}

@@ -215,3 +215,78 @@ def test_a_manifest_that_cannot_be_written_during_the_run_does_not_stop_it(
         assert run_synth(_config(inputs, out), show_progress=False)["complete"]
     assert len(failures) == 2 and "could not write the manifest so far" in caplog.text
     assert (out / "manifest.json").read_bytes() == (whole / "manifest.json").read_bytes()
+
+
+def _summed(out: Path) -> dict:
+    """The manifest summed from every committed entry: what a merged one must equal."""
+    tally = Tally()
+    for index, entry in layout.committed_shards(str(out)).items():
+        tally.add(index, entry)
+    return summarize(layout.read_json(str(out / "job.json")), tally)
+
+
+def test_inputs_moved_between_out_of_order_commits_and_the_resume_keep_shard_order(
+    tmp_path, monkeypatch
+):
+    """Review of issue 34 (3): skips were merged by path, which is shard order only while all
+    lie under one folder: inputs moved (a resume accepts it) after shards committed out of
+    order (as under Ray) gave a manifest in another order than its entries'."""
+    before = tmp_path / "aa_inputs"
+    before.mkdir()
+    for i, image in enumerate(sorted((DEMO / "normal").glob("*.jpg"))[:4]):
+        shutil.copy(image, before / f"{i:02d}a.jpg")
+        (before / f"{i:02d}b.jpg").write_bytes(b"broken")  # a skip in every shard
+    out = tmp_path / "out"
+    config = _config(before, out).model_copy(deep=True)
+    config.output.targets_per_shard = 2
+    run_locally = synth._run_locally
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 2)
+        patch.setattr(
+            synth, "_run_locally", lambda c, p, todo, *a: run_locally(c, p, todo[::-1], *a)
+        )
+        with pytest.raises(RuntimeError, match="driver killed"):
+            run_synth(config, show_progress=False)
+    after = before.rename(tmp_path / "zz_inputs")
+    config.inputs.paths = [str(after)]
+    assert run_synth(config, show_progress=False)["complete"]
+    merged = json.loads((out / "manifest.json").read_text())
+    assert json.dumps(merged, sort_keys=True) == json.dumps(_summed(out), sort_keys=True)
+    assert [Path(s["path"]).name for s in merged["skipped_inputs"]] == [
+        f"{i:02d}b.jpg" for i in range(4)
+    ]
+
+
+def test_a_manifest_that_cannot_be_merged_is_replaced_before_any_shard_is_made(
+    inputs, tmp_path, monkeypatch
+):
+    """Review of issue 34 (3): a rejected manifest left in place was trusted again by a later
+    resume once the shards it named were remade, whatever they held by then."""
+    out = tmp_path / "out"
+    config = _config(inputs, out)
+    run_synth(config, show_progress=False)
+    for name in ("shard-000001.tar", "shard-000001.json"):
+        (out / name).unlink()
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        with pytest.raises(RuntimeError, match="driver killed"):
+            run_synth(config, show_progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "shard-000001.tar" not in manifest["shards"] and not manifest["complete"]
+
+
+def test_a_manifest_with_fields_of_the_wrong_kind_is_summed_again(inputs, tmp_path):
+    """Review of issue 34 (3): a manifest that parsed but held a string for a count stopped
+    every resume with a TypeError; it is now summed from the entries like a damaged one."""
+    whole = tmp_path / "whole"
+    run_synth(_config(inputs, whole), show_progress=False)
+    out = tmp_path / "out"
+    config = _config(inputs, out)
+    run_synth(config, show_progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["samples"], manifest["shards"] = "5", manifest["shards"][:-1]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("shard-000005.tar", "shard-000005.json"):
+        (out / name).unlink()
+    assert run_synth(config, show_progress=False)["complete"]
+    assert (out / "manifest.json").read_bytes() == (whole / "manifest.json").read_bytes()
