@@ -174,7 +174,31 @@ def _text_rows(url: str, handle: Any) -> Iterator[tuple[str, None]]:
             yield line, None
 
 
+def _list_parts(url: str) -> list[str]:
+    """A list's files: the list itself, or for a folder named like one (``normals.parquet/``,
+    as Ray Data, Spark and pandas write a dataset) its part files of the same kind, in name
+    order, bookkeeping files (``_SUCCESS``, ``.crc``) aside."""
+    suffix = Path(url).suffix.lower()
+    with storage.located("read", url) as (fs, path):
+        if not fs.isdir(path):
+            return [url]
+        names = sorted(fs.find(path))
+    parts = [
+        storage.as_url(url, name)
+        for name in names
+        if Path(name).suffix.lower() == suffix and not Path(name).name.startswith(("_", "."))
+    ]
+    if not parts:
+        raise ValueError(f"{url} is a folder without {suffix} part files")
+    return parts
+
+
 def _list_batches(url: str) -> Iterator[pa.Table]:
+    for part in _list_parts(url):
+        yield from _part_batches(part)
+
+
+def _part_batches(url: str) -> Iterator[pa.Table]:
     suffix = Path(url).suffix.lower()
     with storage.located("read", url) as (fs, path), fs.open(path, "rb") as handle:
         if suffix == ".txt":

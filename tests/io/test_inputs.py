@@ -167,3 +167,19 @@ def test_a_list_whose_path_column_is_not_text_is_refused(tmp_path):
     pq.write_table(pa.table({"path": [1, 2]}), listed)
     with pytest.raises(ValueError, match="'path' column holds int64, not text"):
         _listed([str(listed)], tmp_path)
+
+
+def test_a_list_written_as_a_folder_of_parts_is_read_whole(tmp_path):
+    """Ray Data, Spark and pandas write a dataset as a folder of part files
+    (normals.parquet/part-0.parquet, ..., _SUCCESS): such a folder is one list."""
+    folder = tmp_path / "normals.parquet"
+    folder.mkdir()
+    images = sorted(str(p) for p in (DEMO / "normal").glob("*.jpg"))
+    pq.write_table(pa.table({"path": images[6:]}), folder / "part-1.parquet")
+    pq.write_table(pa.table({"path": images[:6]}), folder / "part-0.parquet")
+    (folder / "_SUCCESS").write_text("")
+    rows, listing = _listed([str(folder)], tmp_path)
+    assert [path for path, _ in rows] == images and listing.count == len(images)
+    (tmp_path / "empty.csv").mkdir()
+    with pytest.raises(ValueError, match="folder without .csv part files"):
+        _listed([str(tmp_path / "empty.csv")], tmp_path)
