@@ -75,7 +75,7 @@ def _inputs_list(args: argparse.Namespace) -> int:
         listing = write_list(args.sources, local)
         storage.put_file_atomic(local, args.out)
     print(
-        f"{listing.count} inputs -> {args.out}; {len(listing.unlisted)} files left out "
+        f"{listing.count} inputs -> {args.out}; {listing.unlisted.total} files left out "
         f"(not images), {listing.duplicates} named more than once (listed once)"
     )
     for skip in listing.unlisted[: args.show_skipped]:
@@ -135,6 +135,7 @@ def _print_dry_run(config_path: str, out: str, report: dict) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from cai_ray.config import load_config
+    from cai_ray.io.inputs import LEFT_OUT_NAMED
     from cai_ray.pipeline.synth import dry_run, run_synth
 
     config = load_config(args.config, out=args.out)
@@ -171,8 +172,10 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"  counts: {json.dumps(manifest['counts'])}")
     causes = manifest["failed_by_cause"]
     by_cause = f" ({', '.join(f'{n} {cause}' for cause, n in causes.items())})" if causes else ""
+    left_out = manifest.get("left_out_inputs", 0)  # the first LEFT_OUT_NAMED listed
+    skipped = len(manifest["skipped_inputs"]) + left_out - min(left_out, LEFT_OUT_NAMED)
     print(
-        f"  skipped inputs: {len(manifest['skipped_inputs'])}, "
+        f"  skipped inputs: {skipped}, "
         f"failed samples: {len(manifest['failed_samples'])}{by_cause}, "
         f"damaged DAAD records: {len(manifest['damaged_sources'])} (reasons in manifest.json)"
     )

@@ -308,3 +308,40 @@ def test_a_dry_run_whose_probed_inputs_are_skipped_says_why(demo_daad, tmp_path,
     text = capsys.readouterr().out
     assert f"the first 2 inputs were all skipped, e.g. {tmp_path}/gone/0.jpg" in text
     assert "not found" in text and "about 0" not in text
+
+
+def test_a_job_counts_every_file_left_out_and_names_the_first(
+    demo_daad, tmp_path, capsys, monkeypatch
+):
+    """job.json and the manifest count every file of the input folder that is not an image
+    (left_out_inputs) and name the first LEFT_OUT_NAMED; the summary counts them all."""
+    from cai_ray.io import inputs
+
+    monkeypatch.setattr(inputs, "LEFT_OUT_NAMED", 2)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(sorted((DEMO / "normal").glob("*.jpg"))[:3]):
+        (folder / f"{i}.jpg").write_bytes(image.read_bytes())
+        (folder / f"{i}.txt").write_text("a label")
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "inputs": {"paths": [str(folder)]},
+                "daad": {"path": demo_daad},
+                "cai": {"quotas": {"large": 1, "medium": 0, "small": 0}},
+                "output": {"path": str(out), "preview_samples": 0},
+                "resources": {"executor": "local"},
+            }
+        )
+    )
+    assert main(["synth", "--config", str(config), "--no-progress"]) == 0
+    assert "skipped inputs: 3," in capsys.readouterr().out
+    job = json.loads((out / "job.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert job["left_out_inputs"] == manifest["left_out_inputs"] == 3
+    assert [s["path"] for s in manifest["skipped_inputs"]] == [
+        str(folder / "0.txt"),
+        str(folder / "1.txt"),
+    ]

@@ -51,13 +51,32 @@ SCHEMA = pa.schema([("path", pa.string()), ("stamp", pa.string())])
 Row = tuple[str, str]
 
 
+LEFT_OUT_NAMED = 1000
+"""Files left out of a listing that it names (with the reason); the rest are counted only."""
+
+
+class LeftOut(list):
+    """The files a listing left out, each with the reason: all counted (``total``), the first
+    :data:`LEFT_OUT_NAMED` kept, so a folder with a label file beside each of ten million
+    images holds a thousand records in the driver, not ten million."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def append(self, skip: dict[str, str]) -> None:
+        self.total += 1
+        if len(self) < LEFT_OUT_NAMED:
+            super().append(skip)
+
+
 @dataclass
 class Listing:
-    """What writing a list found: its rows, the files it left out (with the reason) and how
-    often a path taken was named again (kept once)."""
+    """What writing a list found: its rows, the files it left out (with the reason, the first
+    :data:`LEFT_OUT_NAMED` of them) and how often a path taken was named again (kept once)."""
 
     count: int = 0
-    unlisted: list[dict[str, str]] = field(default_factory=list)
+    unlisted: LeftOut = field(default_factory=LeftOut)
     duplicates: int = 0
 
 
@@ -377,11 +396,11 @@ def write_list(sources: list[str], dest: str, *, limit: int | None = None) -> Li
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dest))) as work:
         raw = _Unique(os.path.join(work, "raw.parquet"))
         for source in sources:
-            before, skips = raw.count + raw.duplicates, len(listing.unlisted)
+            before, skips = raw.count + raw.duplicates, listing.unlisted.total
             for table in source_tables(source, listing.unlisted):
                 raw.add(table)
             if raw.count + raw.duplicates == before:
-                got_skips = len(listing.unlisted) > skips
+                got_skips = listing.unlisted.total > skips
                 missing.append(f"{source} (no image among it)" if got_skips else source)
         raw.close()
         if missing:

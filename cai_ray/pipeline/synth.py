@@ -33,6 +33,7 @@ from cai_ray.daad.builders import INDEX_NAME
 from cai_ray.daad.shards import content_digest, prepare_daad
 from cai_ray.io import inputs, layout, storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
+from cai_ray.io.inputs import LeftOut
 from cai_ray.io.layout import OutputMismatchError
 from cai_ray.pipeline.console import (
     JobError,
@@ -64,8 +65,9 @@ class JobPlan:
     targets_per_shard: int
     inputs_root: str
     """The inputs' common folder (a local path or object URL): target keys are relative to it."""
-    unlisted: list[dict[str, str]]
-    """Files the input folders and globs held but that are not images (with the reason)."""
+    unlisted: LeftOut
+    """Files the input folders and globs held but that are not images (with the reason): all
+    counted, the first :data:`~cai_ray.io.inputs.LEFT_OUT_NAMED` named."""
     duplicates: int = 0
     """Inputs named more than once by the sources (each kept once)."""
 
@@ -307,7 +309,8 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> set[int]:
             "mode": plan.mode,
             "targets": plan.count,
             "inputs_root": plan.inputs_root,
-            "unlisted_inputs": plan.unlisted,
+            "unlisted_inputs": list(plan.unlisted),
+            "left_out_inputs": plan.unlisted.total,
             "duplicate_inputs": plan.duplicates,
             "targets_per_shard": plan.targets_per_shard,
             "shards": plan.num_shards,
@@ -554,6 +557,7 @@ def summarize(job: dict, tally: Tally, previous: dict | None = None) -> dict:
         "bytes": base.get("bytes", 0) + tally.bytes,
         "counts": {name: dict(sorted(c.items())) for name, c in sorted(totals.items()) if c},
         "skipped_inputs": unlisted + skipped,
+        "left_out_inputs": job.get("left_out_inputs", len(unlisted)),
         "failed_samples": failed,
         "failed_by_cause": dict(
             sorted(Counter(f.get("cause", f["reason"]) for f in failed).items())
@@ -739,7 +743,7 @@ def dry_run(config: SynthConfig, probes: int = 2) -> dict:
             "targets_per_shard": plan.targets_per_shard,
             "samples_per_target": config.samples_per_target,
             "inputs_root": plan.inputs_root,
-            "unlisted_inputs": len(plan.unlisted),
+            "unlisted_inputs": plan.unlisted.total,
             "duplicate_inputs": plan.duplicates,
             "committed": 0,
             "refused": None,

@@ -3,6 +3,7 @@ them in, each input once, with stamps; read back by range."""
 
 import os
 import posixpath
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -183,3 +184,19 @@ def test_a_list_written_as_a_folder_of_parts_is_read_whole(tmp_path):
     (tmp_path / "empty.csv").mkdir()
     with pytest.raises(ValueError, match="folder without .csv part files"):
         _listed([str(tmp_path / "empty.csv")], tmp_path)
+
+
+def test_files_left_out_are_all_counted_and_the_first_named(tmp_path, monkeypatch):
+    """Review of issue 34: every file a folder held that is not an image was kept in the
+    driver and job.json; a label file beside each of ten million images is ten million
+    records. Now all are counted and the first LEFT_OUT_NAMED named."""
+    monkeypatch.setattr(inputs, "LEFT_OUT_NAMED", 2)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = next((DEMO / "normal").glob("*.jpg")).read_bytes()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(image)
+        (folder / f"{i}.txt").write_text("a label")
+    rows, listing = _listed([str(folder)], tmp_path)
+    assert len(rows) == 3 and listing.unlisted.total == 3
+    assert [Path(s["path"]).name for s in listing.unlisted] == ["0.txt", "1.txt"]
