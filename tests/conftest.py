@@ -154,3 +154,13 @@ def older_daad(daad: str | Path, out: Path, version: int, dropped: tuple[str, ..
         table = pq.read_table(out / "records.parquet")
         pq.write_table(table.drop_columns(list(dropped)), out / "records.parquet")
     return out
+
+
+def demo_tiles(folder: Path, count: int) -> list[Path]:
+    """Copies of the first ``count`` bundled demo tiles in ``folder`` (made): inputs a test
+    may change, break or add to."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for image in sorted((DEMO / "normal").glob("*.jpg"))[:count]:
+        copies.append(Path(shutil.copy(image, folder / image.name)))
+    return copies

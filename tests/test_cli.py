@@ -51,18 +51,23 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
 
 
 def test_missing_daad_is_a_clear_error(tmp_path, capsys):
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "inputs": {"paths": [str(DEMO / "normal")]},
-                "daad": {"path": str(tmp_path / "nodaad")},
-                "output": {"path": str(tmp_path / "o")},
-            }
-        )
+    config = _config_file(
+        tmp_path,
+        {
+            "inputs": {"paths": [str(DEMO / "normal")]},
+            "daad": {"path": str(tmp_path / "nodaad")},
+            "output": {"path": str(tmp_path / "o")},
+        },
     )
     assert main(["synth", "--config", str(config)]) == 2
     assert "not a DAAD" in capsys.readouterr().err
+
+
+def _config_file(tmp_path: Path, raw: dict) -> Path:
+    """``raw`` as a config file in ``tmp_path`` (JSON is YAML)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(raw))
+    return path
 
 
 def _demo_config(tmp_path: Path, **synthesizer) -> Path:
@@ -261,17 +266,15 @@ def test_inputs_list_then_a_dry_run_of_a_job_on_it(demo_daad, tmp_path, capsys):
     assert main(["inputs", "list", str(DEMO / "normal"), "--out", str(listed)]) == 0
     assert capsys.readouterr().out.startswith(f"12 inputs -> {listed}; 0 files left out")
     out = tmp_path / "out"
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "inputs": {"paths": [str(listed)]},
-                "daad": {"path": demo_daad},
-                "cai": {"quotas": {"large": 1, "medium": 1, "small": 0}},
-                "output": {"path": str(out), "targets_per_shard": 5, "preview_samples": 0},
-                "resources": {"executor": "local"},
-            }
-        )
+    config = _config_file(
+        tmp_path,
+        {
+            "inputs": {"paths": [str(listed)]},
+            "daad": {"path": demo_daad},
+            "cai": {"quotas": {"large": 1, "medium": 1, "small": 0}},
+            "output": {"path": str(out), "targets_per_shard": 5, "preview_samples": 0},
+            "resources": {"executor": "local"},
+        },
     )
     assert main(["synth", "--config", str(config), "--dry-run"]) == 0
     text = capsys.readouterr().out
@@ -293,16 +296,14 @@ def test_a_dry_run_whose_probed_inputs_are_skipped_says_why(demo_daad, tmp_path,
     """Probed inputs that cannot be read give no estimate of 0 samples but the reason."""
     listed = tmp_path / "missing.txt"
     listed.write_text("".join(f"{tmp_path}/gone/{i}.jpg\n" for i in range(3)))
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "color": "grey",
-                "inputs": {"paths": [str(listed)]},
-                "daad": {"path": demo_daad},
-                "output": {"path": str(tmp_path / "out")},
-            }
-        )
+    config = _config_file(
+        tmp_path,
+        {
+            "color": "grey",
+            "inputs": {"paths": [str(listed)]},
+            "daad": {"path": demo_daad},
+            "output": {"path": str(tmp_path / "out")},
+        },
     )
     assert main(["synth", "--config", str(config), "--dry-run"]) == 0
     text = capsys.readouterr().out
@@ -324,17 +325,15 @@ def test_a_job_counts_every_file_left_out_and_names_the_first(
         (folder / f"{i}.jpg").write_bytes(image.read_bytes())
         (folder / f"{i}.txt").write_text("a label")
     out = tmp_path / "out"
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "inputs": {"paths": [str(folder)]},
-                "daad": {"path": demo_daad},
-                "cai": {"quotas": {"large": 1, "medium": 0, "small": 0}},
-                "output": {"path": str(out), "preview_samples": 0},
-                "resources": {"executor": "local"},
-            }
-        )
+    config = _config_file(
+        tmp_path,
+        {
+            "inputs": {"paths": [str(folder)]},
+            "daad": {"path": demo_daad},
+            "cai": {"quotas": {"large": 1, "medium": 0, "small": 0}},
+            "output": {"path": str(out), "preview_samples": 0},
+            "resources": {"executor": "local"},
+        },
     )
     assert main(["synth", "--config", str(config), "--no-progress"]) == 0
     assert "skipped inputs: 3," in capsys.readouterr().out

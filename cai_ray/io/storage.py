@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from cai_ray.extras import require
 
@@ -203,19 +203,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         with located("write", url) as (fs, remote):
             fs.pipe_file(remote, data)
         return
-    path = local_path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are for other readers too
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _replace_local(local_path(url), lambda handle: handle.write(data))
 
 
 def put_file_atomic(source: str, url: str) -> None:
@@ -225,13 +213,23 @@ def put_file_atomic(source: str, url: str) -> None:
         with located("write", url) as (fs, remote):
             fs.put_file(source, remote)
         return
-    path = local_path(url)
+
+    def copy(handle: BinaryIO) -> None:
+        with open(source, "rb") as original:
+            shutil.copyfileobj(original, handle, 1 << 20)
+
+    _replace_local(local_path(url), copy)
+
+
+def _replace_local(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Fill a temporary sibling of ``path``, fsync it and rename it over ``path``: readers see
+    the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as handle, open(source, "rb") as original:
-            shutil.copyfileobj(original, handle, 1 << 20)
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are for other readers too
+        with os.fdopen(fd, "wb") as handle:
+            fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

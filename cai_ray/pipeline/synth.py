@@ -277,10 +277,10 @@ def _changed_inputs(
     return changed, keys
 
 
-def _claim_output(config: SynthConfig, plan: JobPlan) -> set[int]:
+def _claim_output(config: SynthConfig, plan: JobPlan) -> tuple[dict, set[int]]:
     """Write the job file and the input list, or check an existing job file matches (then the
-    list is written afresh: the same inputs, maybe moved); return the indices of the shards
-    already committed (one listing, no entry read)."""
+    list is written afresh: the same inputs, maybe moved); return the job file's contents and
+    the indices of the shards already committed (one listing, no entry read)."""
     out = config.output.path
     job_url = storage.join(out, layout.JOB_FILE)
     list_url = storage.join(out, layout.INPUT_LIST_FILE)
@@ -296,30 +296,28 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> set[int]:
         if removed:
             log.info("removed %d partial file(s) an interrupted run left in %s", removed, out)
         storage.put_file_atomic(plan.inputs, list_url)
-        return layout.committed_indices(out)
+        return previous, layout.committed_indices(out)
     storage.makedirs(out)
     storage.put_file_atomic(plan.inputs, list_url)
-    layout.write_json(
-        job_url,
-        {
-            "fingerprint": plan.fingerprint,
-            "identity": plan.identity,
-            "version": __version__,
-            "samples_version": SAMPLES_VERSION,
-            "mode": plan.mode,
-            "targets": plan.count,
-            "inputs_root": plan.inputs_root,
-            "unlisted_inputs": list(plan.unlisted),
-            "left_out_inputs": plan.unlisted.total,
-            "duplicate_inputs": plan.duplicates,
-            "targets_per_shard": plan.targets_per_shard,
-            "shards": plan.num_shards,
-            "samples_per_target": config.samples_per_target,
-            "key_prefix": config.output.samples_key_prefix,
-            "config": config.model_dump(mode="json"),
-        },
-    )
-    return set()
+    job = {
+        "fingerprint": plan.fingerprint,
+        "identity": plan.identity,
+        "version": __version__,
+        "samples_version": SAMPLES_VERSION,
+        "mode": plan.mode,
+        "targets": plan.count,
+        "inputs_root": plan.inputs_root,
+        "unlisted_inputs": list(plan.unlisted),
+        "left_out_inputs": plan.unlisted.total,
+        "duplicate_inputs": plan.duplicates,
+        "targets_per_shard": plan.targets_per_shard,
+        "shards": plan.num_shards,
+        "samples_per_target": config.samples_per_target,
+        "key_prefix": config.output.samples_key_prefix,
+        "config": config.model_dump(mode="json"),
+    }
+    layout.write_json(job_url, job)
+    return job, set()
 
 
 def _init_ray(config: SynthConfig, verbose: bool) -> tuple[float, float]:
@@ -775,7 +773,7 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool 
     with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
         plan = plan_job(config, folder)
         _check_sources(config, plan.mode)
-        done = _claim_output(config, plan)
+        job, done = _claim_output(config, plan)
     workers_config = _with_absolute_paths(config)
     out = workers_config.output.path
     todo = [i for i in range(plan.num_shards) if i not in done]
@@ -786,7 +784,6 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool 
         len(done),
         len(todo),
     )
-    job = layout.read_json(storage.join(out, layout.JOB_FILE))
     writer = ManifestWriter(out, job, done, plan.inputs_root)
     if todo and config.resources.executor == "local":
         _run_locally(workers_config, plan, todo, writer, show_progress)

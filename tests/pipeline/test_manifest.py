@@ -17,7 +17,7 @@ from cai_ray.pipeline import synth
 from cai_ray.pipeline.stages import InjectionStage
 from cai_ray.pipeline.synth import Tally, covered_shards, run_synth, summarize
 from cai_ray.pipeline.verify import verify_output
-from tests.conftest import DEMO
+from tests.conftest import DEMO, demo_tiles
 
 JOB = {
     "fingerprint": "f",
@@ -88,9 +88,7 @@ def test_a_manifest_of_another_job_or_damaged_is_not_merged():
 @pytest.fixture
 def inputs(tmp_path) -> Path:
     folder = tmp_path / "inputs"
-    folder.mkdir()
-    for image in sorted((DEMO / "normal").glob("*.jpg"))[:5]:
-        shutil.copy(image, folder / image.name)
+    demo_tiles(folder, 5)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")  # a skip in shard 0
     (folder / "notes.txt").write_text("not an image")  # an unlisted input
     return folder

@@ -5,7 +5,6 @@ executor: the same stages Ray runs)."""
 
 import hashlib
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -16,17 +15,15 @@ from cai_ray.config import SynthConfig
 from cai_ray.io.tar import build_tar, iter_tar
 from cai_ray.pipeline.synth import run_synth
 from cai_ray.pipeline.verify import verify_output
-from tests.conftest import DEMO
+from tests.conftest import DEMO, demo_tiles
 
 
 @pytest.fixture
 def inputs(tmp_path) -> Path:
     folder = tmp_path / "inputs"
-    folder.mkdir()
-    for image in sorted((DEMO / "normal").glob("*.jpg"))[:5]:
-        shutil.copy(image, folder / image.name)
+    last = demo_tiles(folder, 5)[-1]
     # input 0, skipped as unreadable: verify places a skip in its shard by its path
-    (folder / "broken.jpg").write_bytes((folder / image.name).read_bytes()[:500])
+    (folder / "broken.jpg").write_bytes(last.read_bytes()[:500])
     return folder
 
 
