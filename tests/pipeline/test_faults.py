@@ -1,4 +1,4 @@
-"""Faults during the job: every sample still exactly once."""
+"""Faults during the job: every sample still exactly once (rows of docs/RELIABILITY.md)."""
 
 import json
 import os
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.synth import run_synth
 from cai_ray.pipeline.verify import verify_output
+from tests.faultmatrix import assert_exactly_once, compare, record, shard_tars
 from tests.s3server import local_s3
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.usefixtures("ray_local")]
@@ -28,14 +28,6 @@ def _injection_actor_pids() -> list[int]:
         except OSError:
             continue
     return pids
-
-
-def _samples(out: str) -> dict[str, bytes]:
-    return {
-        key: files["png"] + files["mask.png"]
-        for tar in sorted(Path(out).glob("shard-*.tar"))
-        for key, files in iter_tar(tar.read_bytes())
-    }
 
 
 @pytest.fixture
@@ -61,12 +53,15 @@ def test_a_killed_injection_actor_loses_and_duplicates_nothing(make_config, undi
 
     killer = threading.Thread(target=kill_one_actor_after_the_first_commit)
     killer.start()
+    started = time.monotonic()
     manifest = run_synth(config, show_progress=False)
     killer.join()
     assert killed, "no injection actor was running to kill"
     assert manifest["complete"]
     assert verify_output(str(out)).ok
-    assert _samples(str(out)) == _samples(undisturbed.output.path)
+    figures = compare(shard_tars(str(out)), shard_tars(undisturbed.output.path))
+    record("injection actor killed", **figures, job_s=round(time.monotonic() - started, 1))
+    assert_exactly_once(figures)
 
 
 def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, tmp_path):
@@ -89,10 +84,18 @@ def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, t
     committed = len(list(out.glob("shard-*.json")))
     assert 2 <= committed < 13
 
+    started = time.monotonic()
     manifest = run_synth(config, show_progress=False)
     assert manifest["complete"]
     assert verify_output(str(out)).ok
-    assert _samples(str(out)) == _samples(undisturbed.output.path)
+    figures = compare(shard_tars(str(out)), shard_tars(undisturbed.output.path))
+    record(
+        "driver killed mid-job",
+        **figures,
+        committed_before_kill=committed,
+        resume_s=round(time.monotonic() - started, 1),
+    )
+    assert_exactly_once(figures)
     # the killed run's entries merged with the resumed run's: the manifest of an unbroken run
     uninterrupted = Path(undisturbed.output.path) / "manifest.json"
     assert (out / "manifest.json").read_bytes() == uninterrupted.read_bytes()
@@ -139,18 +142,18 @@ def test_a_storage_server_restart_mid_job_loses_nothing(make_config, undisturbed
     storage.configure(endpoint_url=restartable_s3.endpoint)
     restarter = threading.Thread(target=crash_and_restart_after_the_first_commit)
     restarter.start()
+    started = time.monotonic()
     manifest = run_synth(config, show_progress=False)
     restarter.join()
     assert outage and outage[0] > 3
     assert manifest["complete"]
     assert verify_output(config.output.path).ok
-    local = _samples(undisturbed.output.path)
-    remote = {
-        key: files["png"] + files["mask.png"]
-        for index in range(manifest["targets"])
-        for key, files in iter_tar(
-            storage.read_bytes(f"{config.output.path}/shard-{index:06d}.tar")
-        )
-    }
-    assert remote == local
+    figures = compare(shard_tars(config.output.path), shard_tars(undisturbed.output.path))
+    record(
+        "storage server restarted mid-job",
+        **figures,
+        outage_s=round(outage[0], 1),
+        job_s=round(time.monotonic() - started, 1),
+    )
+    assert_exactly_once(figures)
     storage.configure()
