@@ -54,8 +54,10 @@ def assert_exactly_once(figures: dict[str, int]) -> None:
 
 
 def record(row: str, **figures: object) -> None:
-    """Append this test's figures for ``row`` (the fault's name in the matrix) to the report."""
+    """Append this test's figures for ``row`` (the fault's name in the matrix) to the report,
+    with the test's name as junit reports it (``test_x[param]``)."""
     report = os.environ.get(REPORT_VARIABLE)
     if report:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
         with Path(report).open("a") as file:
-            file.write(json.dumps({"row": row, **figures}) + "\n")
+            file.write(json.dumps({"row": row, "test": test, **figures}) + "\n")

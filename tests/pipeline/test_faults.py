@@ -16,7 +16,11 @@ from cai_ray.pipeline.verify import verify_output
 from tests.faultmatrix import assert_exactly_once, compare, record, shard_tars
 from tests.s3server import local_s3
 
-pytestmark = [pytest.mark.timeout(400), pytest.mark.usefixtures("ray_local")]
+pytestmark = [
+    pytest.mark.timeout(400),
+    pytest.mark.usefixtures("ray_local"),
+    pytest.mark.fault_matrix,
+]
 
 
 def _injection_actor_pids() -> list[int]:
