@@ -42,11 +42,14 @@ class LocalCluster:
     def address(self) -> str:
         return str(self.cluster.address)
 
-    def replace_worker(self, index: int) -> None:
-        """Kill a worker node's raylet and every process on it, then add a fresh node, as an
-        autoscaler replaces a lost machine."""
+    def lose_worker(self, index: int) -> None:
+        """Kill a worker node's raylet and every process on it, as a machine is lost."""
         self.cluster.remove_node(self.workers[index], allow_graceful=False)
+
+    def restore_worker(self, index: int) -> None:
+        """A fresh node in a lost one's place, as an autoscaler replaces a machine."""
         self.workers[index] = self.cluster.add_node(num_cpus=1)
+        self.cluster.wait_for_nodes()
 
     def actor_nodes(self, class_name: str) -> set[str]:
         """Nodes that ran actors of ``class_name`` (live or dead) during this cluster's life."""

@@ -10,8 +10,8 @@ import pytest
 
 from cai_ray.daad.builders import DaadSpec, build_daad
 from cai_ray.io import storage
-from cai_ray.io.tar import iter_tar
 from tests.conftest import DEMO, REPO
+from tests.faultmatrix import assert_exactly_once, compare, record, shard_tars
 from tests.s3server import local_s3
 
 pytestmark = pytest.mark.timeout(600)
@@ -68,17 +68,6 @@ def _verify(endpoint: str, out: str) -> str:
     return result.stdout
 
 
-def _samples(endpoint: str, out: str, shards: int) -> dict[str, bytes]:
-    storage.configure(endpoint_url=endpoint)
-    samples = {
-        key: files["png"] + files["mask.png"]
-        for index in range(shards)
-        for key, files in iter_tar(storage.read_bytes(f"{out}/shard-{index:06d}.tar"))
-    }
-    storage.configure()
-    return samples
-
-
 @pytest.fixture(scope="module")
 def spread_run(local_cluster, cluster_inputs, s3_server, tmp_path_factory):
     out = f"{cluster_inputs}/spread"
@@ -101,26 +90,42 @@ def test_the_job_runs_across_nodes_and_verifies(local_cluster, spread_run, s3_se
     assert "OK: 12 shard(s), 48 samples" in _verify(s3_server.endpoint, out)
 
 
+@pytest.mark.fault_matrix
 def test_losing_a_worker_node_mid_job_loses_nothing(
     local_cluster, cluster_inputs, spread_run, s3_server, tmp_path
 ):
+    """One of the two worker nodes lost for good after the first commits: the job finishes on
+    the head and the other worker, with the bytes of the undisturbed run."""
     out = f"{cluster_inputs}/node-lost"
     driver = _driver(
         local_cluster, _config(tmp_path, cluster_inputs, "node-lost"), s3_server.endpoint
     )
     storage.configure(endpoint_url=s3_server.endpoint)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not storage.list_files(out, ".json")[1:]:
-        assert driver.poll() is None, driver.communicate()[0]
-        time.sleep(0.1)
-    storage.configure()
-    local_cluster.replace_worker(0)
-    log, _ = driver.communicate(timeout=400)
-    assert driver.returncode == 0, log
-    _verify(s3_server.endpoint, out)
-    expected = _samples(s3_server.endpoint, spread_run[0], 12)
-    assert len(expected) == 48
-    assert _samples(s3_server.endpoint, out, 12) == expected
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not storage.list_files(out, ".json")[1:]:
+            assert driver.poll() is None, driver.communicate()[0]
+            time.sleep(0.1)
+        committed = sum("/shard-" in url for url in storage.list_files(out, ".json"))
+        lost_at = time.monotonic()
+        local_cluster.lose_worker(0)
+        log, _ = driver.communicate(timeout=400)
+        finished_s = time.monotonic() - lost_at
+        assert driver.returncode == 0, log
+        _verify(s3_server.endpoint, out)
+        figures = compare(shard_tars(out), shard_tars(spread_run[0]))
+    finally:
+        storage.configure()
+        local_cluster.restore_worker(0)
+    record(
+        "a worker node lost",
+        **figures,
+        committed_before_loss=committed,
+        nodes_left=2,
+        finished_after_loss_s=round(finished_s, 1),
+    )
+    assert figures["samples"] == 48
+    assert_exactly_once(figures)
 
 
 def test_ray_job_submit_writes_to_s3_and_verifies(local_cluster, s3_server):
