@@ -17,9 +17,9 @@ def normals_with_a_corrupt_file(tmp_path_factory) -> Path:
     return folder
 
 
-def job_config(daad: str, normals: Path, out: Path, **overrides) -> SynthConfig:
+def job_config(daad: str, normals: Path, out: Path, /, **overrides) -> SynthConfig:
     """The demo job on ``normals`` into ``out``; ``overrides`` by section (a dict is merged
-    into the section, anything else replaces it)."""
+    into the section, anything else replaces it: ``daad=None``)."""
     raw = {
         "name": "test",
         "seed": 7,
