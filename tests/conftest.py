@@ -13,6 +13,7 @@ import pytest
 from cai_ray.core.cai import SourcePattern
 from cai_ray.io.codecs import decode_image, decode_mask, resize
 from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, local_s3
+from tests.smalldisk import MountRefused, SmallDisk
 
 # Test credentials for the SeaweedFS fixture, set before any Ray worker starts so that workers
 # inherit them; only that local server accepts them.
@@ -113,6 +114,23 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of 1 MiB at ``tmp_path / "disk"`` (a tmpfs; ``remount(size=...)``
+    resizes it), for the out-of-space tests. Mounting needs root: skipped where it is not
+    permitted, a failure under CI (which runs as root)."""
+    try:
+        disk = SmallDisk.mount(tmp_path / "disk", 1 << 20)
+    except MountRefused as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs as root and must mount a tmpfs: {exc}")
+        pytest.skip(f"cannot mount a small filesystem here: {exc}")
+    try:
+        yield disk
+    finally:
+        disk.unmount()
 
 
 @pytest.fixture(scope="session")

@@ -63,8 +63,10 @@ def read_json(url: str) -> dict:
     return json.loads(storage.read_bytes(url))
 
 
-def write_json(url: str, value: dict) -> None:
-    storage.write_bytes_atomic(url, json.dumps(value, indent=2, sort_keys=True).encode())
+def write_json(url: str, value: dict, *, fault: str | None = None) -> None:
+    """``value`` as indented JSON, atomically (``fault``: :func:`storage.write_bytes_atomic`'s)."""
+    data = json.dumps(value, indent=2, sort_keys=True).encode()
+    storage.write_bytes_atomic(url, data, fault=fault)
 
 
 def committed_indices(out: str) -> set[int]:

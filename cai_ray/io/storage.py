@@ -7,11 +7,14 @@ then fail with :class:`StorageError` or ``FileNotFoundError`` naming the object.
 
 Writes are atomic: a reader sees the old object or the whole new one, never a part. Locally the
 bytes go to a temporary sibling that is fsynced and renamed over the target; on object stores an
-upload becomes visible only once it is complete.
+upload becomes visible only once it is complete. A local write that finds its filesystem full
+removes its temporary and raises :class:`OutOfSpaceError`, naming the file, the bytes it needed
+and the bytes free.
 """
 
 from __future__ import annotations
 
+import errno
 import glob as globlib
 import os
 import shutil
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from cai_ray.extras import require
+from cai_ray.faults import fault_point
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -42,6 +46,11 @@ _filesystems: dict[tuple[str, str | None, int, float], Any] = {}
 
 class StorageError(OSError):
     """An object-store operation that failed after retries; the message names the object."""
+
+
+class OutOfSpaceError(OSError):
+    """A local write found its filesystem full; the message names the file, the filesystem, the
+    bytes needed and the bytes free. Nothing of the write is left behind."""
 
 
 def configure(
@@ -195,15 +204,18 @@ def makedirs(url: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
 
 
-def write_bytes_atomic(url: str, data: bytes) -> None:
+def write_bytes_atomic(url: str, data: bytes, *, fault: str | None = None) -> None:
     """Write ``data`` so that ``url`` holds either its old content or all of ``data``: an
     object-store upload is visible only once complete; a local file is written to a temporary
-    sibling, fsynced and renamed over the target."""
+    sibling, fsynced and renamed over the target. ``fault``: the fault point
+    (:mod:`cai_ray.faults`) met once the data is written but not yet in place."""
     if not is_local(url):
+        if fault is not None:
+            fault_point(fault)
         with located("write", url) as (fs, remote):
             fs.pipe_file(remote, data)
         return
-    _replace_local(local_path(url), lambda handle: handle.write(data))
+    _replace_local(local_path(url), lambda handle: handle.write(data), len(data), fault)
 
 
 def put_file_atomic(source: str, url: str) -> None:
@@ -218,24 +230,46 @@ def put_file_atomic(source: str, url: str) -> None:
         with open(source, "rb") as original:
             shutil.copyfileobj(original, handle, 1 << 20)
 
-    _replace_local(local_path(url), copy)
+    _replace_local(local_path(url), copy, os.path.getsize(source))
 
 
-def _replace_local(path: Path, fill: Callable[[BinaryIO], object]) -> None:
-    """Fill a temporary sibling of ``path``, fsync it and rename it over ``path``: readers see
-    the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _replace_local(
+    path: Path, fill: Callable[[BinaryIO], object], size: int, fault: str | None = None
+) -> None:
+    """Fill a temporary sibling of ``path`` with its ``size`` bytes, fsync it and rename it over
+    ``path``: readers see the old file or the whole new one, never a part. On any failure the
+    temporary is removed; a full filesystem raises :class:`OutOfSpaceError`."""
+    tmp: str | None = None
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are for other readers too
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are for other readers too
             fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if fault is not None:
+            fault_point(fault)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise _out_of_space(path, size) from exc
         raise
+
+
+def _out_of_space(path: Path, size: int) -> OutOfSpaceError:
+    """The error for ``path`` not written for want of space (measured once its temporary is
+    gone): its filesystem's mount point, the bytes needed and free (and inodes, if none is)."""
+    folder = next(p for p in path.absolute().parents if p.exists())
+    mount = next(p for p in (folder, *folder.parents) if os.path.ismount(p))
+    stats = os.statvfs(folder)
+    inodes = " and no free inode" if stats.f_files and not stats.f_favail else ""
+    return OutOfSpaceError(
+        f"no space left on {mount} writing {path}: {size:,} bytes needed, "
+        f"{stats.f_bavail * stats.f_frsize:,} free{inodes}"
+    )
 
 
 def remove_stale_temporaries(url: str) -> int:

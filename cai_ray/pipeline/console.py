@@ -34,15 +34,22 @@ class JobError(RuntimeError):
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
 
 
-def worker_error(exc: BaseException) -> str:
-    """The error a stage raised inside a Ray actor, from the text Ray wraps it in: the last
-    ``Type: message`` line that is not Ray's own."""
+def worker_exception(exc: BaseException) -> tuple[str, str] | None:
+    """The type (as Ray's text names it: ``module.Name``) and message of the error a stage
+    raised inside a Ray actor, from the text Ray wraps it in: the last ``Type: message`` line
+    that is not Ray's own; None where there is none."""
     text = getattr(exc, "error_msg", None) or str(exc)
     lines = [m for m in map(_ERROR_LINE.match, text.splitlines()) if m]
     own = [m for m in lines if not m.group(1).startswith("ray.")]
-    if not own:
+    return (own[-1].group(1), own[-1].group(2)) if own else None
+
+
+def worker_error(exc: BaseException) -> str:
+    """The error a stage raised inside a Ray actor, in one line (:func:`worker_exception`)."""
+    raised = worker_exception(exc)
+    if raised is None:
         return f"a worker failed: {type(exc).__name__} (details in Ray's log folder)"
-    kind, message = own[-1].groups()
+    kind, message = raised
     return f"a worker failed: {kind.rsplit('.', 1)[-1]}: {message}"
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cai_ray import SAMPLES_VERSION
+from cai_ray import SAMPLES_VERSION, faults
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import (
     ForegroundMethod,
@@ -42,7 +42,7 @@ from cai_ray.io.codecs import (
     load_views,
 )
 from cai_ray.io.inputs import ListReader, ShardList
-from cai_ray.io.layout import entry_name, sample_key, shard_name, write_json
+from cai_ray.io.layout import JOB_FILE, entry_name, read_json, sample_key, shard_name, write_json
 from cai_ray.io.samples import COUNTED_DETAILS, encode_sample
 from cai_ray.io.tar import Sample, build_tar
 from cai_ray.synthesizers.base import BuildContext
@@ -328,7 +328,11 @@ class InjectionStage:
         """The tar first, then its entry: a shard counts as done only once both exist. The
         actor that made the tar writes it, so shard bytes never pass through the object store."""
         storage.write_bytes_atomic(storage.join(self.out, shard_name(index)), tar)
-        write_json(storage.join(self.out, entry_name(index)), json.loads(entry))
+        fault = None
+        if faults.armed(faults.LAST_SHARD):  # a test hook: the job's last shard, by its job file
+            last = read_json(storage.join(self.out, JOB_FILE))["shards"] - 1
+            fault = faults.LAST_SHARD if index == last else None
+        write_json(storage.join(self.out, entry_name(index)), json.loads(entry), fault=fault)
 
     def __call__(self, batch: Batch) -> Batch:
         row = _single_row(batch)

@@ -26,7 +26,7 @@ from json.encoder import encode_basestring_ascii
 
 import numpy as np
 
-from cai_ray import SAMPLES_VERSION, __version__
+from cai_ray import SAMPLES_VERSION, __version__, faults
 from cai_ray.config import SynthConfig, sample_shaping
 from cai_ray.core.foreground import make_foreground_extractor
 from cai_ray.daad.builders import INDEX_NAME
@@ -41,6 +41,7 @@ from cai_ray.pipeline.console import (
     ray_logging_level,
     ray_output,
     worker_error,
+    worker_exception,
 )
 from cai_ray.pipeline.progress import Progress
 from cai_ray.pipeline.resources import StagePlan, plan_stages
@@ -51,6 +52,12 @@ log = logging.getLogger(__name__)
 
 MANIFEST_INTERVAL_S = 60.0
 """How often a run writes the manifest of what has committed so far (what a resume merges)."""
+
+OUT_OF_SPACE = f"{storage.OutOfSpaceError.__module__}.{storage.OutOfSpaceError.__qualname__}"
+"""A worker's :class:`~cai_ray.io.storage.OutOfSpaceError` as Ray's text of it names its type."""
+
+RESUME_HINT = "free space and rerun the job to resume"
+"""What the error of a job stopped by a full disk tells the user to do."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ def plan_job(config: SynthConfig, folder: str) -> JobPlan:
     the job's identity digests the list as it streams by. The driver's memory does not grow
     with the number of targets (only a short digest per shard)."""
     url, listing = list_inputs(config, folder)
+    faults.fault_point(faults.PLANNING)
     count = listing.count
     first, last = inputs.location_bounds(url, count)
     common = posixpath.commonpath([first, last]) if count > 1 else posixpath.dirname(first)
@@ -296,6 +304,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> tuple[dict, set[int]]:
         if removed:
             log.info("removed %d partial file(s) an interrupted run left in %s", removed, out)
         storage.put_file_atomic(plan.inputs, list_url)
+        faults.fault_point(faults.LISTING_OUTPUT)
         return previous, layout.committed_indices(out)
     storage.makedirs(out)
     storage.put_file_atomic(plan.inputs, list_url)
@@ -459,6 +468,9 @@ def _run_pipeline(
                 manifest.add(int(row["shard"]), entry)
                 progress.update(entry["samples"])
         except ray.exceptions.RayError as exc:
+            raised = worker_exception(exc)
+            if raised is not None and raised[0] == OUT_OF_SPACE:  # reported as the driver's own
+                raise storage.OutOfSpaceError(raised[1]) from exc
             raise JobError(worker_error(exc)) from exc
         finally:
             progress.close()
@@ -660,7 +672,8 @@ class ManifestWriter:
 
     def write(self) -> dict:
         manifest = summarize(self.job, self.tally, self.previous)
-        layout.write_json(storage.join(self.out, layout.MANIFEST_FILE), manifest)
+        url = storage.join(self.out, layout.MANIFEST_FILE)
+        layout.write_json(url, manifest, fault=faults.MERGING_MANIFEST)
         self.written = time.monotonic()
         return manifest
 
@@ -764,7 +777,16 @@ def dry_run(config: SynthConfig, probes: int = 2) -> dict:
 def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool = False) -> dict:
     """Run (or resume) the job; return its manifest plus ``shards_made``, how many shards this
     call made (0 when the output was already complete). Ray's own messages go to its log folder
-    unless ``verbose``."""
+    unless ``verbose``. A full disk, met by the driver or a worker, stops the job with one
+    :class:`~cai_ray.io.storage.OutOfSpaceError` that names the file and says how to go on:
+    the shards committed so far are kept, and a rerun resumes."""
+    try:
+        return _run_synth(config, show_progress, verbose)
+    except storage.OutOfSpaceError as exc:
+        raise storage.OutOfSpaceError(f"{exc}; {RESUME_HINT}") from exc
+
+
+def _run_synth(config: SynthConfig, show_progress: bool, verbose: bool) -> dict:
     from cai_ray.pipeline.preview import write_preview
 
     storage.configure(**config.storage.model_dump())

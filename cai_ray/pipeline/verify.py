@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from cai_ray import faults
 from cai_ray.core.views import Geometry, plan_views
 from cai_ray.io import inputs, layout, storage
 from cai_ray.io.codecs import DecodeError, decode_image
@@ -391,6 +392,7 @@ def verify_output(
             workers=workers,
             depth=2 * workers,
         ):
+            faults.fault_point(faults.VERIFYING)
             for problem in shard.problems:
                 report.add(problem)
             progress.update(shard.samples)

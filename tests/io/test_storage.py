@@ -3,6 +3,7 @@ import pytest
 from cai_ray.io import storage
 from cai_ray.io.storage import expand_image_sources, remove_stale_temporaries, write_bytes_atomic
 from tests.conftest import DEMO
+from tests.smalldisk import PAGE
 
 
 def test_inputs_from_folders_globs_and_lists(tmp_path):
@@ -48,3 +49,37 @@ def test_a_shard_past_the_millionth_is_found_committed(tmp_path):
         (tmp_path / layout.shard_name(index)).write_bytes(b"tar")
         (tmp_path / layout.entry_name(index)).write_text("{}")
     assert layout.committed_indices(str(tmp_path)) == {7, 1_000_000}
+
+
+@pytest.mark.parametrize("writer", ["write_bytes_atomic", "put_file_atomic"])
+def test_a_write_on_a_full_filesystem_names_the_file_and_leaves_the_old_one(
+    small_disk, tmp_path, writer
+):
+    """A full disk raised a bare '[Errno 28] No space left on device', naming no file, and
+    the bytes a write needed were nowhere. Now the error names both, with what is free, and
+    the file keeps its old content with no temporary left beside it."""
+    small_disk.remount(size=4 * PAGE)
+    target = small_disk.path / "out" / "shard-000004.tar"
+    write_bytes_atomic(str(target), b"old")
+    source = tmp_path / "new.tar"
+    source.write_bytes(bytes(5 * PAGE))
+    with pytest.raises(storage.OutOfSpaceError) as raised:
+        if writer == "write_bytes_atomic":
+            write_bytes_atomic(str(target), source.read_bytes())
+        else:
+            storage.put_file_atomic(str(source), str(target))
+    assert str(raised.value) == (
+        f"no space left on {small_disk.path} writing {target}: 20,480 bytes needed, 12,288 free"
+    )
+    assert small_disk.free() == 3 * PAGE
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_a_filesystem_out_of_inodes_says_so(small_disk):
+    small_disk.remount(nr_inodes=3)  # the root folder, "out" and one file
+    out = small_disk.path / "out"
+    write_bytes_atomic(str(out / "job.json"), b"{}")
+    with pytest.raises(storage.OutOfSpaceError, match=r"2 bytes needed, [\d,]+ free and no free"):
+        write_bytes_atomic(str(out / "shard-000000.json"), b"{}")
+    assert [p.name for p in out.iterdir()] == ["job.json"]

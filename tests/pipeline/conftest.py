@@ -17,22 +17,40 @@ def normals_with_a_corrupt_file(tmp_path_factory) -> Path:
     return folder
 
 
+def job_config(daad: str, normals: Path, out: Path, /, **overrides) -> SynthConfig:
+    """The demo job on ``normals`` into ``out``; ``overrides`` by section (a dict is merged
+    into the section, anything else replaces it: ``daad=None``)."""
+    raw = {
+        "name": "test",
+        "seed": 7,
+        "inputs": {"paths": [str(normals)]},
+        "daad": {"path": daad},
+        "cai": {"quotas": {"large": 2, "medium": 2, "small": 2}},
+        "output": {"path": str(out), "targets_per_shard": 3, "preview_samples": 3},
+        "resources": {"cpus_per_injection_actor": 0.5},
+    }
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    return SynthConfig.model_validate(raw)
+
+
 @pytest.fixture
 def make_config(demo_daad, normals_with_a_corrupt_file, tmp_path):
     def make(out: str = "out", **overrides) -> SynthConfig:
-        raw = {
-            "name": "test",
-            "seed": 7,
-            "inputs": {"paths": [str(normals_with_a_corrupt_file)]},
-            "daad": {"path": demo_daad},
-            "cai": {"quotas": {"large": 2, "medium": 2, "small": 2}},
-            "output": {"path": str(tmp_path / out), "targets_per_shard": 3, "preview_samples": 3},
-            "resources": {"cpus_per_injection_actor": 0.5},
-        }
-        for section, values in overrides.items():
-            raw[section] = (
-                {**raw.get(section, {}), **values} if isinstance(values, dict) else values
-            )
-        return SynthConfig.model_validate(raw)
+        return job_config(demo_daad, normals_with_a_corrupt_file, tmp_path / out, **overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def undisturbed(ray_local, demo_daad, normals_with_a_corrupt_file, tmp_path_factory):
+    """The fault tests' job (one target a shard) run without a fault, once a session: what a
+    disturbed run must write. Read it, never write into it."""
+    from cai_ray.pipeline.synth import run_synth
+
+    out = tmp_path_factory.mktemp("undisturbed") / "out"
+    config = job_config(
+        demo_daad, normals_with_a_corrupt_file, out, output={"targets_per_shard": 1}
+    )
+    run_synth(config, show_progress=False)
+    return config

@@ -1,5 +1,6 @@
 """Faults during the job: every sample still exactly once (rows of docs/RELIABILITY.md)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cai_ray import faults
+from cai_ray.io import layout
 from cai_ray.pipeline.synth import run_synth
 from cai_ray.pipeline.verify import verify_output
 from tests.faultmatrix import assert_exactly_once, compare, record, shard_tars
@@ -32,13 +35,6 @@ def _injection_actor_pids() -> list[int]:
         except OSError:
             continue
     return pids
-
-
-@pytest.fixture
-def undisturbed(make_config):
-    config = make_config(out="undisturbed", output={"targets_per_shard": 1})
-    run_synth(config, show_progress=False)
-    return config
 
 
 def test_a_killed_injection_actor_loses_and_duplicates_nothing(make_config, undisturbed):
@@ -103,6 +99,119 @@ def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, t
     # the killed run's entries merged with the resumed run's: the manifest of an unbroken run
     uninterrupted = Path(undisturbed.output.path) / "manifest.json"
     assert (out / "manifest.json").read_bytes() == uninterrupted.read_bytes()
+
+
+def _driver(command: list[str], kill_at: str, logs: Path) -> tuple[int, str]:
+    """Run ``cai-ray <command>`` as a driver leading its own session (the local Ray it starts
+    in its process group) with the fault point ``kill_at`` armed; its exit status (-9: killed)
+    and what it printed. Whatever is left of it is killed after; the temporary folder a killed
+    driver cannot remove (its input list) is left in ``logs``, Ray's session folder where Ray
+    keeps it."""
+    logs.mkdir(exist_ok=True)
+    printed = logs / f"{kill_at.replace(' ', '-')}.log"
+    ray_tmp = os.environ.get("RAY_TMPDIR", os.environ.get("TMPDIR", "/tmp"))  # as Ray picks it
+    with printed.open("w") as log:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "cai_ray.cli", *command],
+            env={
+                **os.environ,
+                faults.KILL_AT_VARIABLE: kill_at,
+                "TMPDIR": str(logs),
+                "RAY_TMPDIR": ray_tmp,
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            driver.wait(300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(30)
+    return driver.returncode, printed.read_text()
+
+
+KILLED_BEFORE = {faults.LISTING_OUTPUT: faults.LAST_SHARD}
+"""A phase only a resume reaches, and where an earlier run is killed to leave one to resume."""
+
+
+def _assert_died_while(phase: str, out: Path, shards: int, before: set[int]) -> set[int]:
+    """What a run killed at ``phase`` left shows it died there; the shards committed."""
+    committed = layout.committed_indices(str(out))
+    last = shards - 1
+    if phase == faults.PLANNING:
+        assert not (out / layout.JOB_FILE).exists()
+    elif phase == faults.LISTING_OUTPUT:  # the last shard's temporary entry cleared first
+        assert committed == before and not list(out.glob(".*.tmp"))
+    elif phase == faults.LAST_SHARD:
+        assert (out / layout.shard_name(last)).is_file() and last not in committed
+        assert list(out.glob(f".{layout.entry_name(last)}.*.tmp"))
+    elif phase == faults.MERGING_MANIFEST:
+        assert committed == set(range(shards)) and not (out / layout.MANIFEST_FILE).exists()
+        assert list(out.glob(f".{layout.MANIFEST_FILE}.*.tmp"))
+    return committed
+
+
+@pytest.mark.parametrize("phase", [p for p in faults.PHASES if p != faults.VERIFYING])
+def test_a_driver_killed_at_each_phase_reruns_to_the_same_output(
+    phase, make_config, undisturbed, tmp_path
+):
+    """Killed by the fault point of each phase (cai_ray/faults.py), not on timing: a rerun
+    completes the job exactly once, with the manifest of an unbroken run."""
+    config = make_config(out="killed", output={"targets_per_shard": 1})
+    out = Path(config.output.path)
+    reference = Path(undisturbed.output.path)
+    shards = layout.read_json(str(reference / layout.JOB_FILE))["shards"]
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    command = ["synth", "--config", str(path), "--no-progress"]
+    if phase in KILLED_BEFORE:
+        status, printed = _driver(command, KILLED_BEFORE[phase], tmp_path / "logs")
+        assert status == -signal.SIGKILL, printed
+    before = layout.committed_indices(str(out))
+    status, printed = _driver(command, phase, tmp_path / "logs")
+    assert status == -signal.SIGKILL, printed
+    committed = _assert_died_while(phase, out, shards, before)
+
+    started = time.monotonic()
+    manifest = run_synth(config, show_progress=False)
+    resume_s = time.monotonic() - started
+    assert manifest["complete"] and manifest["shards_made"] == shards - len(committed)
+    assert verify_output(str(out)).ok
+    assert (out / layout.MANIFEST_FILE).read_bytes() == (
+        reference / layout.MANIFEST_FILE
+    ).read_bytes()
+    figures = compare(shard_tars(str(out)), shard_tars(str(reference)))
+    record(
+        f"driver killed while {phase}",
+        **figures,
+        committed_before_kill=len(committed),
+        resume_s=round(resume_s, 1),
+    )
+    assert_exactly_once(figures)
+
+
+def test_a_verify_killed_midway_simply_reruns(undisturbed, tmp_path):
+    """verify writes nothing: killed after its first shard, it leaves the output as it was, and
+    a rerun checks it all."""
+    out = undisturbed.output.path
+    tars = shard_tars(out)
+    status, printed = _driver(["verify", out, "--no-progress"], faults.VERIFYING, tmp_path)
+    assert status == -signal.SIGKILL and "OK:" not in printed, printed
+    assert f"killed at fault point {faults.VERIFYING!r}" in printed
+    started = time.monotonic()
+    report = verify_output(out)
+    rerun_s = time.monotonic() - started
+    assert report.ok and report.shards == len(tars)
+    figures = compare(shard_tars(out), tars)
+    record(
+        f"driver killed while {faults.VERIFYING}",
+        **figures,
+        committed_before_kill=len(tars),
+        resume_s=round(rerun_s, 1),
+    )
+    assert_exactly_once(figures)
 
 
 @pytest.fixture

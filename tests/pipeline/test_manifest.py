@@ -201,11 +201,11 @@ def test_a_manifest_that_cannot_be_written_during_the_run_does_not_stop_it(
     write_json = layout.write_json
     failures = []
 
-    def flaky(url: str, value: dict) -> None:
+    def flaky(url: str, value: dict, **options) -> None:
         if url.endswith("manifest.json") and len(failures) < 2:
             failures.append(url)
             raise OSError("the store is away")
-        write_json(url, value)
+        write_json(url, value, **options)
 
     monkeypatch.setattr(layout, "write_json", flaky)
     out = tmp_path / "out"
