@@ -16,7 +16,7 @@ from cai_ray.pipeline.verify import verify_output
 from tests.faultmatrix import assert_exactly_once, compare, record, shard_tars
 from tests.smalldisk import PAGE, pages
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.fault_matrix]
 
 
 def test_a_full_disk_stops_the_job_with_one_clear_error_and_a_rerun_resumes(
