@@ -42,6 +42,7 @@ from cai_ray.pipeline.console import (
     ray_output,
     worker_error,
 )
+from cai_ray.pipeline.lease import holding
 from cai_ray.pipeline.progress import Progress
 from cai_ray.pipeline.resources import StagePlan, plan_stages
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
@@ -292,7 +293,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> tuple[dict, set[int]]:
                 f"{out} holds the output of a different job ({changed}); resuming would mix two "
                 "jobs' samples: choose another output path, or delete that folder to start again"
             )
-        removed = storage.remove_stale_temporaries(out)
+        removed = storage.remove_stale_temporaries(out, layout.is_ours)
         if removed:
             log.info("removed %d partial file(s) an interrupted run left in %s", removed, out)
         storage.put_file_atomic(plan.inputs, list_url)
@@ -764,10 +765,17 @@ def dry_run(config: SynthConfig, probes: int = 2) -> dict:
 def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool = False) -> dict:
     """Run (or resume) the job; return its manifest plus ``shards_made``, how many shards this
     call made (0 when the output was already complete). Ray's own messages go to its log folder
-    unless ``verbose``."""
+    unless ``verbose``. The output is held by this run throughout (:mod:`.lease`): another run
+    on it refuses, naming this one."""
+    storage.configure(**config.storage.model_dump())
+    lease = config.output.lease
+    with holding(config.output.path, "cai-ray synth", lease.timeout_s, lease.heartbeat_s):
+        return _synthesize(config, show_progress, verbose)
+
+
+def _synthesize(config: SynthConfig, show_progress: bool, verbose: bool) -> dict:
     from cai_ray.pipeline.preview import write_preview
 
-    storage.configure(**config.storage.model_dump())
     if config.daad is not None:
         prepare_daad(config.daad)
     with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
