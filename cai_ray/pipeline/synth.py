@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 
@@ -765,43 +766,43 @@ def dry_run(config: SynthConfig, probes: int = 2) -> dict:
 def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool = False) -> dict:
     """Run (or resume) the job; return its manifest plus ``shards_made``, how many shards this
     call made (0 when the output was already complete). Ray's own messages go to its log folder
-    unless ``verbose``. The output is held by this run throughout (:mod:`.lease`): another run
-    on it refuses, naming this one."""
-    storage.configure(**config.storage.model_dump())
-    lease = config.output.lease
-    with holding(config.output.path, "cai-ray synth", lease.timeout_s, lease.heartbeat_s):
-        return _synthesize(config, show_progress, verbose)
-
-
-def _synthesize(config: SynthConfig, show_progress: bool, verbose: bool) -> dict:
+    unless ``verbose``. From its first write into the output to its end, the run holds the
+    output (:mod:`.lease`): another run on it refuses, naming this one; a run whose checks fail
+    before writes nothing."""
     from cai_ray.pipeline.preview import write_preview
 
+    storage.configure(**config.storage.model_dump())
     if config.daad is not None:
         prepare_daad(config.daad)
-    with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
-        plan = plan_job(config, folder)
-        _check_sources(config, plan.mode)
-        job, done = _claim_output(config, plan)
-    workers_config = _with_absolute_paths(config)
-    out = workers_config.output.path
-    todo = [i for i in range(plan.num_shards) if i not in done]
-    log.info(
-        "%d targets in %d shards; %d already committed, %d to make",
-        plan.count,
-        plan.num_shards,
-        len(done),
-        len(todo),
-    )
-    writer = ManifestWriter(out, job, done, plan.inputs_root)
-    if todo and config.resources.executor == "local":
-        _run_locally(workers_config, plan, todo, writer, show_progress)
-    elif todo:
-        cluster_cpus, cluster_gpus = _init_ray(config, verbose)
-        stages = plan_stages(config.resources, cluster_cpus, len(todo), cluster_gpus)
-        log.info("cluster CPUs %g, GPUs %g; %s", cluster_cpus, cluster_gpus, stages)
-        _run_pipeline(workers_config, plan, todo, stages, writer, show_progress, verbose)
-    manifest = writer.close()
-    preview_missing = not storage.exists(storage.join(out, layout.PREVIEW_FILE))
-    if config.output.preview_samples and manifest["samples"] and (todo or preview_missing):
-        write_preview(out, config, plan.mode)
+    with ExitStack() as held:
+        with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
+            plan = plan_job(config, folder)
+            _check_sources(config, plan.mode)
+            lease = config.output.lease
+            held.enter_context(
+                holding(config.output.path, "cai-ray synth", lease.timeout_s, lease.heartbeat_s)
+            )
+            job, done = _claim_output(config, plan)
+        workers_config = _with_absolute_paths(config)
+        out = workers_config.output.path
+        todo = [i for i in range(plan.num_shards) if i not in done]
+        log.info(
+            "%d targets in %d shards; %d already committed, %d to make",
+            plan.count,
+            plan.num_shards,
+            len(done),
+            len(todo),
+        )
+        writer = ManifestWriter(out, job, done, plan.inputs_root)
+        if todo and config.resources.executor == "local":
+            _run_locally(workers_config, plan, todo, writer, show_progress)
+        elif todo:
+            cluster_cpus, cluster_gpus = _init_ray(config, verbose)
+            stages = plan_stages(config.resources, cluster_cpus, len(todo), cluster_gpus)
+            log.info("cluster CPUs %g, GPUs %g; %s", cluster_cpus, cluster_gpus, stages)
+            _run_pipeline(workers_config, plan, todo, stages, writer, show_progress, verbose)
+        manifest = writer.close()
+        preview_missing = not storage.exists(storage.join(out, layout.PREVIEW_FILE))
+        if config.output.preview_samples and manifest["samples"] and (todo or preview_missing):
+            write_preview(out, config, plan.mode)
     return {**manifest, "shards_made": len(todo)}
