@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from cai_ray.extras import explain, require
 from cai_ray.io import storage
-from cai_ray.io.layout import OutputMismatchError
+from cai_ray.io.layout import OutputBusyError, OutputMismatchError
 from cai_ray.io.settings import load_settings
 from cai_ray.pipeline.console import JobError
 
@@ -184,7 +184,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from cai_ray.pipeline.verify import verify_output
+    from cai_ray.io.layout import MANIFEST_FILE, shard_name
+    from cai_ray.pipeline.verify import repair_output, verify_output
 
     shown = 0
 
@@ -194,7 +195,8 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"PROBLEM {problem}", flush=True)
         shown += 1
 
-    report = verify_output(
+    check = repair_output if args.repair else verify_output
+    report = check(
         args.out, workers=args.workers, on_problem=show, show_progress=not args.no_progress
     )
     if report.count > args.show:
@@ -203,6 +205,22 @@ def _verify(args: argparse.Namespace) -> int:
     print(
         f"{status}: {report.shards} shard(s), {report.samples} samples, {report.count} problem(s)"
     )
+    damaged = len(report.damaged)
+    if damaged:
+        names = ", ".join(shard_name(i) for i in report.damaged[:5])
+        names += f" and {damaged - 5} more" if damaged > 5 else ""
+        if args.repair:
+            print(
+                f"removed {damaged} damaged shard(s) ({names}), each its tar and entry, and "
+                f"{MANIFEST_FILE}: running the job's 'cai-ray synth --config ...' again now "
+                "rewrites them (the same bytes) and sums the manifest afresh"
+            )
+        else:
+            print(
+                f"{damaged} damaged shard(s) ({names}): 'cai-ray verify {args.out} --repair' "
+                "removes them, then the job's 'cai-ray synth --config ...' rewrites them (a "
+                "run reads no tar, so it cannot tell a damaged shard from a whole one)"
+            )
     return 0 if report.ok else 1
 
 
@@ -440,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--no-progress", action="store_true", help="no progress bar or progress lines"
     )
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove the damaged shards found (and the manifest) so that running the job "
+        "again rewrites them; nothing else is touched",
+    )
     verify.set_defaults(handler=_verify)
 
     detector = commands.add_parser(
@@ -512,7 +536,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         print(f"cai-ray: error: {explain(exc)}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, OutputMismatchError, ImportError, JobError) as exc:
+    except (
+        OSError,
+        ValueError,
+        OutputMismatchError,
+        OutputBusyError,
+        ImportError,
+        JobError,
+    ) as exc:
         print(f"cai-ray: error: {exc}", file=sys.stderr)
         return 2
 

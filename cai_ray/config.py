@@ -15,7 +15,7 @@ from cai_ray.core.foreground import ForegroundMethod
 from cai_ray.core.views import Geometry
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io.codecs import DEFAULT_MAX_PIXELS, ImageFormat
-from cai_ray.io.layout import KEY_PREFIX_MAX_LENGTH
+from cai_ray.io.layout import KEY_PREFIX_MAX_LENGTH, LEASE_HEARTBEAT_S, LEASE_TIMEOUT_S
 from cai_ray.io.settings import Settings, read_yaml, validate_settings
 from cai_ray.io.storage import DEFAULT_REQUEST_ATTEMPTS, DEFAULT_TIMEOUT_S
 from cai_ray.synthesizers.registry import SynthesizerConfig, default_method
@@ -50,6 +50,29 @@ class ForegroundConfig(Settings):
     )
 
 
+class LeaseConfig(Settings):
+    """How a run holds its output against a second run (:mod:`cai_ray.pipeline.lease`)."""
+
+    timeout_s: float = Field(
+        LEASE_TIMEOUT_S,
+        gt=0,
+        description="Another run takes the output over once this run's heartbeat is this old "
+        "(at once where it names the same host and a process that is gone).",
+    )
+    heartbeat_s: float = Field(
+        LEASE_HEARTBEAT_S, gt=0, description="How often the run refreshes its lease."
+    )
+
+    @model_validator(mode="after")
+    def _beats_within_timeout(self) -> LeaseConfig:
+        if self.heartbeat_s >= self.timeout_s:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s:g}) must be below timeout_s "
+                f"({self.timeout_s:g}), or a running job's lease would go stale"
+            )
+        return self
+
+
 class OutputConfig(Settings):
     path: str
     samples_key_prefix: str = Field(
@@ -62,6 +85,10 @@ class OutputConfig(Settings):
     image_format: ImageFormat = "png"
     include_normal: bool = Field(False, description="Also write each normal image, label 0.")
     preview_samples: int = Field(8, ge=0)
+    lease: LeaseConfig = Field(
+        default_factory=LeaseConfig,
+        description="One run at a time writes into the output; another refuses, naming it.",
+    )
 
 
 class ResourcesConfig(Settings):
@@ -209,7 +236,7 @@ LEAVES_SAMPLES_ALONE = frozenset(
         # the DAAD's contents are fingerprinted wherever it lies; how it was built is moot
         "daad.path", "daad.build",
         "daad.cache_mb",  # memory per actor
-        "output.path", "output.preview_samples",
+        "output.path", "output.preview_samples", "output.lease",
         "resources.executor", "resources.num_cpus", "resources.injection_actors",
         "resources.cpus_per_injection_actor", "resources.foreground_actors",
         "resources.cpus_per_foreground_actor", "resources.gpus_per_injection_actor",

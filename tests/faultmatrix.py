@@ -12,15 +12,17 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from cai_ray.io import storage
+from cai_ray.io import layout, storage
 from cai_ray.io.tar import iter_tar
 
 REPORT_VARIABLE = "CAI_RAY_FAULT_REPORT"
 
 
 def shard_tars(out: str) -> list[bytes]:
-    """The bytes of every shard tar in an output, local or s3://, in shard order."""
-    return [storage.read_bytes(url) for url in sorted(storage.list_files(out, ".tar"))]
+    """The bytes of every shard tar in an output, local or s3://, in shard order (files named
+    as shards: another dataset's files beside them are not the job's)."""
+    urls = storage.list_files(out, ".tar")
+    return [storage.read_bytes(url) for url in urls if layout.is_ours(url.rsplit("/", 1)[-1])]
 
 
 def samples(tars: Iterable[bytes]) -> tuple[dict[str, bytes], Counter[str]]:

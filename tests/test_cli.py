@@ -344,3 +344,81 @@ def test_a_job_counts_every_file_left_out_and_names_the_first(
         str(folder / "0.txt"),
         str(folder / "1.txt"),
     ]
+
+
+def test_verify_repair_removes_the_damaged_shards_and_synth_rewrites_them(
+    demo_daad, tmp_path, capsys
+):
+    """verify names the damaged shards and the repair command; --repair removes them (and the
+    manifest) and says the job's synth rewrites them; synth then makes exactly those, the same
+    bytes."""
+    out = tmp_path / "out"
+    config = _config_file(
+        tmp_path,
+        {
+            "inputs": {"paths": [str(DEMO / "normal")]},
+            "daad": {"path": demo_daad},
+            "cai": {"quotas": {"large": 1, "medium": 0, "small": 0}},
+            "output": {"path": str(out), "targets_per_shard": 3, "preview_samples": 0},
+            "resources": {"executor": "local"},
+        },
+    )
+    assert main(["synth", "--config", str(config), "--no-progress"]) == 0
+    whole = {p.name: p.read_bytes() for p in out.glob("shard-*")}
+    tar = out / "shard-000001.tar"
+    tar.write_bytes(tar.read_bytes()[:-1024])  # truncated
+    (out / "shard-000002.json").unlink()
+    capsys.readouterr()
+
+    assert main(["verify", str(out), "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert "PROBLEM shard-000001.tar: " in printed and "(truncated or replaced)" in printed
+    assert "PROBLEM shard-000002.tar: its entry shard-000002.json is missing" in printed
+    assert (
+        f"2 damaged shard(s) (shard-000001.tar, shard-000002.tar): 'cai-ray verify {out} "
+        "--repair' removes them" in printed
+    )
+    assert main(["verify", str(out), "--repair", "--no-progress"]) == 1
+    assert "removed 2 damaged shard(s) (shard-000001.tar, shard-000002.tar)" in (
+        capsys.readouterr().out
+    )
+    assert sorted(p.name for p in out.glob("shard-*")) == sorted(
+        name for name in whole if not name.startswith(("shard-000001", "shard-000002"))
+    )
+    assert not (out / "manifest.json").exists()
+    assert main(["synth", "--config", str(config), "--no-progress"]) == 0
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*")} == whole
+    assert main(["verify", str(out), "--no-progress"]) == 0
+
+
+def test_synth_and_repair_on_an_output_another_run_holds_refuse_naming_it(
+    demo_daad, tmp_path, capsys
+):
+    from cai_ray.pipeline.lease import holding
+
+    out = tmp_path / "out"
+    config = _config_file(
+        tmp_path,
+        {
+            "inputs": {"paths": [str(DEMO / "normal")]},
+            "daad": {"path": demo_daad},
+            "cai": {"quotas": {"large": 1, "medium": 0, "small": 0}},
+            "output": {"path": str(out), "preview_samples": 0},
+            "resources": {"executor": "local"},
+        },
+    )
+    assert main(["synth", "--config", str(config), "--no-progress"]) == 0
+    (out / "shard-000000.json").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    with holding(str(out), "cai-ray synth", timeout_s=300, heartbeat_s=30):
+        assert main(["synth", "--config", str(config), "--no-progress"]) == 2
+        assert main(["verify", str(out), "--repair", "--no-progress"]) == 2
+        errors = capsys.readouterr().err.splitlines()
+        assert len(errors) == 2
+        for error in errors:
+            assert error.startswith(
+                f"cai-ray: error: {out} is being written by another run: cai-ray synth on host "
+            )
+            assert f", pid {os.getpid()}, started " in error
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "owner.json"} == before

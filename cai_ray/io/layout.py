@@ -4,9 +4,14 @@ An output folder holds ``job.json`` (the config and a fingerprint of what the sa
 on), ``inputs.parquet`` (the normal images in order with each one's size and modification time
 when the job ran, :mod:`cai_ray.io.inputs`: itself a valid input list; outputs begun before it
 hold ``inputs.txt`` and ``input_stamps.txt``, one a line), ``shard-NNNNNN.tar`` with
-``shard-NNNNNN.json``
-beside each (written after the tar: its presence commits the shard), ``manifest.json`` and
-``preview.png``.
+``shard-NNNNNN.json`` beside each (written after the tar: its presence commits the shard),
+``manifest.json``, ``preview.png`` and, while a run writes into it, ``owner.json``
+(:mod:`cai_ray.pipeline.lease`).
+
+Nothing else in the folder is the job's: other files are never listed as shards, read or
+deleted (a shard is a file named exactly as :data:`SHARD_PATTERN` says), and an output's
+prefix may begin another's (``out`` beside ``out-other``: a listing of ``out`` is of the folder,
+``out/``).
 """
 
 from __future__ import annotations
@@ -25,12 +30,38 @@ INPUT_STAMPS_FILE = "input_stamps.txt"
 """An older output's input stamps, one a line."""
 MANIFEST_FILE = "manifest.json"
 PREVIEW_FILE = "preview.png"
+OWNER_FILE = "owner.json"
+"""The lease of the run writing into the output (:mod:`cai_ray.pipeline.lease`)."""
+LEASE_TIMEOUT_S = 300.0
+"""By default a lease whose heartbeat is older is stale: another run takes the output over."""
+LEASE_HEARTBEAT_S = 30.0
+"""By default a run refreshes its lease this often."""
 SHARD_PATTERN = re.compile(r"^shard-(\d{6,})\.(tar|json)$")
 """A shard's tar or entry: six digits, more past shard 999,999 (as :func:`shard_name` writes)."""
+_OWN_FILES = frozenset(
+    {
+        JOB_FILE,
+        INPUT_LIST_FILE,
+        INPUTS_FILE,
+        INPUT_STAMPS_FILE,
+        MANIFEST_FILE,
+        PREVIEW_FILE,
+        OWNER_FILE,
+    }
+)
 
 
 class OutputMismatchError(RuntimeError):
     """The output folder holds a different job: resuming into it would mix two datasets."""
+
+
+class OutputBusyError(RuntimeError):
+    """Another run holds the output (its lease is fresh): two would do the work twice."""
+
+
+def is_ours(name: str) -> bool:
+    """Whether a file name in an output folder is one a job writes (its temporaries aside)."""
+    return name in _OWN_FILES or SHARD_PATTERN.match(name) is not None
 
 
 def shard_name(index: int) -> str:
@@ -69,17 +100,23 @@ def write_json(url: str, value: dict, *, fault: str | None = None) -> None:
     storage.write_bytes_atomic(url, data, fault=fault)
 
 
+def shard_files(out: str) -> tuple[set[int], set[int]]:
+    """The indices of the shards whose tar is present and of those whose entry is, from one
+    listing of the output (no entry read)."""
+    tars: set[int] = set()
+    entries: set[int] = set()
+    for url in storage.list_files(out, ""):
+        match = SHARD_PATTERN.match(url.rsplit("/", 1)[-1])
+        if match:
+            (tars if match.group(2) == "tar" else entries).add(int(match.group(1)))
+    return tars, entries
+
+
 def committed_indices(out: str) -> set[int]:
     """The indices of the shards whose tar and entry are both present, from one listing of the
     output (no entry read)."""
-    names = {url.rsplit("/", 1)[-1] for url in storage.list_files(out, "")}
-    return {
-        int(match.group(1))
-        for name in names
-        if (match := SHARD_PATTERN.match(name))
-        and match.group(2) == "json"
-        and shard_name(int(match.group(1))) in names
-    }
+    tars, entries = shard_files(out)
+    return tars & entries
 
 
 ENTRY_READERS = 16

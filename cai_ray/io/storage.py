@@ -233,16 +233,27 @@ def put_file_atomic(source: str, url: str) -> None:
     _replace_local(local_path(url), copy, os.path.getsize(source))
 
 
+TEMPORARY_SUFFIX = ".tmp"
+"""A local atomic write fills ``.<name>.<8 random characters>.tmp`` beside ``<name>``."""
+
+
 def _replace_local(
-    path: Path, fill: Callable[[BinaryIO], object], size: int, fault: str | None = None
+    path: Path,
+    fill: Callable[[BinaryIO], object],
+    size: int,
+    fault: str | None = None,
+    install: Callable[[str, Path], None] = os.replace,
 ) -> None:
-    """Fill a temporary sibling of ``path`` with its ``size`` bytes, fsync it and rename it over
-    ``path``: readers see the old file or the whole new one, never a part. On any failure the
-    temporary is removed; a full filesystem raises :class:`OutOfSpaceError`."""
+    """Fill a temporary sibling of ``path`` with its ``size`` bytes, fsync it and ``install``
+    it as ``path`` (rename it over ``path``): readers see the old file or the whole new one,
+    never a part. The temporary never outlives the call; a full filesystem raises
+    :class:`OutOfSpaceError`."""
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
+        )
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are for other readers too
             fill(handle)
@@ -250,13 +261,16 @@ def _replace_local(
             os.fsync(handle.fileno())
         if fault is not None:
             fault_point(fault)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        install(tmp, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise _out_of_space(path, size) from exc
         raise
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _out_of_space(path: Path, size: int) -> OutOfSpaceError:
@@ -272,14 +286,71 @@ def _out_of_space(path: Path, size: int) -> OutOfSpaceError:
     )
 
 
-def remove_stale_temporaries(url: str) -> int:
-    """Delete temporary files that an interrupted local atomic write left in a folder."""
+def create_new(url: str, data: bytes) -> bool:
+    """Write ``data`` to ``url`` only where nothing is there yet; True if this call wrote it.
+
+    Locally exactly one of racing creators wins, and the file appears whole: a complete
+    temporary sibling is hard-linked to the name (link(2) fails where the name exists: the
+    exclusivity of O_EXCL without a moment where the file is empty). On an object store the
+    upload is conditional (``If-None-Match: *``, which AWS S3, MinIO and SeaweedFS honour,
+    after a look-up that spares the upload where the object exists); a store that ignores the
+    condition overwrites instead, so a caller that must know who won reads back what it wrote
+    (:mod:`cai_ray.pipeline.lease` does)."""
+    if not is_local(url):
+        with located("write", url) as (fs, remote):
+            if fs.exists(remote):
+                return False
+            try:
+                fs.pipe_file(remote, data, mode="create")
+            except OSError as exc:
+                if _precondition_failed(exc):
+                    return False
+                raise
+        return True
+
+    try:
+        _replace_local(
+            local_path(url), lambda handle: handle.write(data), len(data), install=os.link
+        )
+    except FileExistsError:
+        return False
+    return True
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether an s3fs error is the store's 412 answer to a conditional request."""
+    response = getattr(exc.__cause__, "response", None) or {}
+    return bool(response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412)
+
+
+def remove(url: str) -> None:
+    """Delete a file or object; one that is not there is no error."""
+    if is_local(url):
+        local_path(url).unlink(missing_ok=True)
+        return
+    with located("remove", url) as (fs, remote):
+        fs.rm_file(remote)  # S3 answers a delete of nothing with success
+
+
+def remove_stale_temporaries(url: str, ours: Callable[[str], bool]) -> int:
+    """Delete the temporary files that interrupted local atomic writes of files named as
+    ``ours`` accepts left in a folder (``.<name>.<8 characters>.tmp``); other files, the
+    temporaries of files not ours among them, are left alone."""
     if not is_local(url) or not local_path(url).is_dir():
         return 0
-    stale = [p for p in local_path(url).glob(".*.tmp") if p.is_file()]
+    stale = [
+        path
+        for path in local_path(url).glob(f".*{TEMPORARY_SUFFIX}")
+        if path.is_file() and ours(_temporary_of(path.name))
+    ]
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
+
+
+def _temporary_of(name: str) -> str:
+    """The name whose write ``name`` is the temporary of (mkstemp's characters hold no dot)."""
+    return name[1 : -len(TEMPORARY_SUFFIX)].rpartition(".")[0] if name.startswith(".") else ""
 
 
 def as_url(like: str, path: str) -> str:

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 
@@ -43,6 +44,7 @@ from cai_ray.pipeline.console import (
     worker_error,
     worker_exception,
 )
+from cai_ray.pipeline.lease import holding
 from cai_ray.pipeline.progress import Progress
 from cai_ray.pipeline.resources import StagePlan, plan_stages
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
@@ -300,7 +302,7 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> tuple[dict, set[int]]:
                 f"{out} holds the output of a different job ({changed}); resuming would mix two "
                 "jobs' samples: choose another output path, or delete that folder to start again"
             )
-        removed = storage.remove_stale_temporaries(out)
+        removed = storage.remove_stale_temporaries(out, layout.is_ours)
         if removed:
             log.info("removed %d partial file(s) an interrupted run left in %s", removed, out)
         storage.put_file_atomic(plan.inputs, list_url)
@@ -777,7 +779,9 @@ def dry_run(config: SynthConfig, probes: int = 2) -> dict:
 def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool = False) -> dict:
     """Run (or resume) the job; return its manifest plus ``shards_made``, how many shards this
     call made (0 when the output was already complete). Ray's own messages go to its log folder
-    unless ``verbose``. A full disk, met by the driver or a worker, stops the job with one
+    unless ``verbose``. From its first write into the output to its end, the run holds the
+    output (:mod:`.lease`): another run on it refuses, naming this one; a run whose checks fail
+    before writes nothing. A full disk, met by the driver or a worker, stops the job with one
     :class:`~cai_ray.io.storage.OutOfSpaceError` that names the file and says how to go on:
     the shards committed so far are kept, and a rerun resumes."""
     try:
@@ -792,30 +796,35 @@ def _run_synth(config: SynthConfig, show_progress: bool, verbose: bool) -> dict:
     storage.configure(**config.storage.model_dump())
     if config.daad is not None:
         prepare_daad(config.daad)
-    with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
-        plan = plan_job(config, folder)
-        _check_sources(config, plan.mode)
-        job, done = _claim_output(config, plan)
-    workers_config = _with_absolute_paths(config)
-    out = workers_config.output.path
-    todo = [i for i in range(plan.num_shards) if i not in done]
-    log.info(
-        "%d targets in %d shards; %d already committed, %d to make",
-        plan.count,
-        plan.num_shards,
-        len(done),
-        len(todo),
-    )
-    writer = ManifestWriter(out, job, done, plan.inputs_root)
-    if todo and config.resources.executor == "local":
-        _run_locally(workers_config, plan, todo, writer, show_progress)
-    elif todo:
-        cluster_cpus, cluster_gpus = _init_ray(config, verbose)
-        stages = plan_stages(config.resources, cluster_cpus, len(todo), cluster_gpus)
-        log.info("cluster CPUs %g, GPUs %g; %s", cluster_cpus, cluster_gpus, stages)
-        _run_pipeline(workers_config, plan, todo, stages, writer, show_progress, verbose)
-    manifest = writer.close()
-    preview_missing = not storage.exists(storage.join(out, layout.PREVIEW_FILE))
-    if config.output.preview_samples and manifest["samples"] and (todo or preview_missing):
-        write_preview(out, config, plan.mode)
+    with ExitStack() as held:
+        with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
+            plan = plan_job(config, folder)
+            _check_sources(config, plan.mode)
+            lease = config.output.lease
+            held.enter_context(
+                holding(config.output.path, "cai-ray synth", lease.timeout_s, lease.heartbeat_s)
+            )
+            job, done = _claim_output(config, plan)
+        workers_config = _with_absolute_paths(config)
+        out = workers_config.output.path
+        todo = [i for i in range(plan.num_shards) if i not in done]
+        log.info(
+            "%d targets in %d shards; %d already committed, %d to make",
+            plan.count,
+            plan.num_shards,
+            len(done),
+            len(todo),
+        )
+        writer = ManifestWriter(out, job, done, plan.inputs_root)
+        if todo and config.resources.executor == "local":
+            _run_locally(workers_config, plan, todo, writer, show_progress)
+        elif todo:
+            cluster_cpus, cluster_gpus = _init_ray(config, verbose)
+            stages = plan_stages(config.resources, cluster_cpus, len(todo), cluster_gpus)
+            log.info("cluster CPUs %g, GPUs %g; %s", cluster_cpus, cluster_gpus, stages)
+            _run_pipeline(workers_config, plan, todo, stages, writer, show_progress, verbose)
+        manifest = writer.close()
+        preview_missing = not storage.exists(storage.join(out, layout.PREVIEW_FILE))
+        if config.output.preview_samples and manifest["samples"] and (todo or preview_missing):
+            write_preview(out, config, plan.mode)
     return {**manifest, "shards_made": len(todo)}

@@ -1,13 +1,15 @@
 """Re-read a synthesis output and check it against its job file and manifest.
 
-Checks: every planned shard is committed (no gaps) and no stray shard exists; each tar is
-readable and matches its entry's checksum and counts; keys are well formed, unique, and belong
-to the shard's targets; each sample has an image, a binary {0, 255} mask of the image's size and
-a JSON label consistent with the mask; every input of a shard's range is accounted for, from the
-keys of its samples and failed samples and from its skipped inputs, not from the entry's own
-counts (kept or skipped, never both, never neither; each kept target with exactly its samples'
-worth of keys; under tile or crop every view of an image kept or skipped); totals match the
-manifest.
+Checks: every planned shard is committed (no gaps, no tar without its entry nor entry without
+its tar) and no stray shard exists; each tar is readable and matches its entry's size, checksum
+and counts; keys are well formed, unique, and belong to the shard's targets; each sample has an
+image, a binary {0, 255} mask of the image's size and a JSON label consistent with the mask;
+every input of a shard's range is accounted for, from the keys of its samples and failed
+samples and from its skipped inputs, not from the entry's own counts (kept or skipped, never
+both, never neither; each kept target with exactly its samples' worth of keys; under tile or
+crop every view of an image kept or skipped); totals match the manifest. The shards found
+damaged are listed, and :func:`repair_output` removes them so that a run of the job rewrites
+them (a run trusts one listing of the output and reads no tar).
 
 At scale: shards are checked by a pool of threads (reading a tar from an object store waits on
 the network) and their findings taken in shard order, so the report is the same whatever the
@@ -43,6 +45,7 @@ from cai_ray.io.samples import (
     view_index,
 )
 from cai_ray.io.tar import iter_tar
+from cai_ray.pipeline.lease import holding
 from cai_ray.pipeline.progress import Progress
 
 VERIFY_WORKERS = min(16, (os.cpu_count() or 1) + 4)
@@ -58,6 +61,9 @@ class VerifyReport:
     """Every problem, where no ``on_problem`` took them as they were found."""
     count: int = 0
     """How many problems were found."""
+    damaged: list[int] = field(default_factory=list)
+    """The planned shards found damaged, in order: a tar or entry unreadable, missing beside
+    the other, or not matching; what :func:`repair_output` removes."""
     on_problem: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -72,26 +78,27 @@ class VerifyReport:
             self.problems.append(problem)
 
 
-def _check_sample(key: str, files: dict[str, bytes], problems: list[str]) -> dict | None:
+def _check_sample(name: str, key: str, files: dict[str, bytes], problems: list[str]) -> dict | None:
+    where = f"{name}: sample {key}"
     try:
         image = decode_image(files[image_member(files)])
         meta = read_meta(files)
         raw_mask = decode_image(files[MASK_MEMBER])
     except SampleError as exc:
-        problems.append(f"{key}: {exc}")
+        problems.append(f"{where}: {exc}")
         return None
     except (json.JSONDecodeError, DecodeError) as exc:
-        problems.append(f"{key}: unreadable member ({exc})")
+        problems.append(f"{where}: unreadable member ({exc})")
         return None
     if raw_mask.shape != image.shape[:2]:
         problems.append(
-            f"{key}: mask {raw_mask.shape} is not the size of its image {image.shape[:2]}"
+            f"{where}: mask {raw_mask.shape} is not the size of its image {image.shape[:2]}"
         )
     if not np.isin(raw_mask, (0, 255)).all():
-        problems.append(f"{key}: mask is not binary (values other than 0 and 255)")
+        problems.append(f"{where}: mask is not binary (values other than 0 and 255)")
     has_defect = bool((raw_mask >= 128).any())  # decode_mask's rule, without decoding again
     if meta.get("label") not in (0, 1) or bool(meta["label"]) != has_defect:
-        problems.append(f"{key}: label {meta.get('label')!r} disagrees with its mask")
+        problems.append(f"{where}: label {meta.get('label')!r} disagrees with its mask")
     return meta
 
 
@@ -279,8 +286,12 @@ def _check_shard(out: str, index: int, job: dict, rows: _InputRows) -> _Shard:
     except (OSError, ValueError) as exc:
         problems.append(f"{name}: unreadable entry or tar ({exc})")
         return result
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        problems.append(f"{name}: checksum differs from its entry")
+    if len(data) != entry["bytes"]:
+        problems.append(
+            f"{name}: {len(data)} bytes, its entry says {entry['bytes']} (truncated or replaced)"
+        )
+    elif hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        problems.append(f"{name}: checksum differs from its entry (bytes changed in place)")
     per_target, per_shard = job["samples_per_target"], job["targets_per_shard"]
     key_pattern = layout.sample_key_pattern(job["key_prefix"])
     geometry = Geometry(**job["config"]["inputs"].get("geometry", {}))
@@ -304,7 +315,7 @@ def _check_shard(out: str, index: int, job: dict, rows: _InputRows) -> _Shard:
                 problems.append(f"{name}: key {key} is past {per_target} samples per target")
             if match:
                 found.add_sample(int(match.group(1)), int(match.group(2)), per_target)
-            meta = _check_sample(key, files, problems)
+            meta = _check_sample(name, key, files, problems)
             if meta is None:
                 continue
             if match:
@@ -374,27 +385,43 @@ def verify_output(
             f"{job['shards']} shards: the job did not finish"
         )
         manifest = None  # its totals are those of the shards it covers
-    committed = layout.committed_indices(out)
+    tars, entries = layout.shard_files(out)
+    committed = tars & entries
     planned = range(job["shards"])
-    gaps = [i for i in planned if i not in committed]
+    gaps = [i for i in planned if i not in tars | entries]
     if gaps:
         report.add(f"{len(gaps)} shard(s) missing, e.g. {[layout.shard_name(i) for i in gaps[:5]]}")
-    stray = sorted(i for i in committed if not 0 <= i < job["shards"])
+    stray = sorted(i for i in tars | entries if not 0 <= i < job["shards"])
     if stray:
         report.add(f"shards outside the plan: {[layout.shard_name(i) for i in stray[:5]]}")
+    for index in sorted(i for i in tars ^ entries if i in planned):
+        tar, entry = layout.shard_name(index), layout.entry_name(index)
+        report.add(
+            f"{tar}: its entry {entry} is missing (the shard is not committed)"
+            if index in tars
+            else f"{entry}: its tar {tar} is missing"
+        )
+        report.damaged.append(index)
     rows = _InputRows(out, job["targets"])
     totals: dict[str, Counter[str]] = {}
     progress = Progress(len(committed), enabled=show_progress, desc="verify")
+    checked = sorted(committed)
     try:
-        for shard in storage.ordered_map(
-            lambda index: _check_shard(out, index, job, rows),
-            sorted(committed),
-            workers=workers,
-            depth=2 * workers,
+        for index, shard in zip(
+            checked,
+            storage.ordered_map(
+                lambda index: _check_shard(out, index, job, rows),
+                checked,
+                workers=workers,
+                depth=2 * workers,
+            ),
+            strict=True,
         ):
             faults.fault_point(faults.VERIFYING)
             for problem in shard.problems:
                 report.add(problem)
+            if shard.problems and index in planned:
+                report.damaged.append(index)
             progress.update(shard.samples)
             if not shard.read:
                 continue
@@ -404,9 +431,30 @@ def verify_output(
             report.samples += shard.samples
     finally:
         progress.close()
+    report.damaged.sort()
     if manifest is not None:
         if manifest["samples"] != report.samples:
             report.add(f"manifest says {manifest['samples']} samples, shards hold {report.samples}")
         if manifest["counts"] != {k: dict(sorted(v.items())) for k, v in sorted(totals.items())}:
             report.add("manifest counts do not match the shards")
+    return report
+
+
+def repair_output(out: str, **verify_options: Any) -> VerifyReport:
+    """Verify ``out`` (:func:`verify_output`, which takes ``verify_options``) and remove what a
+    run of its job then rewrites: the manifest, which counts the damaged shards (the run sums it
+    again from the entries), then each damaged shard's entry and its tar (uncommitted first: a
+    repair stopped halfway leaves an orphan tar, which a run rewrites too). Nothing else is
+    touched: no shard verify found whole, none outside the plan, no file that is not the job's.
+    Verifying and removing hold the output's lease: a job running on it refuses the repair, and
+    none starts during it. Returns the verify report; its ``damaged`` shards are gone."""
+    if not storage.exists(storage.join(out, layout.JOB_FILE)):
+        return verify_output(out, **verify_options)  # not an output: nothing to hold
+    with holding(out, "cai-ray verify --repair", layout.LEASE_TIMEOUT_S, layout.LEASE_HEARTBEAT_S):
+        report = verify_output(out, **verify_options)
+        if report.damaged:
+            storage.remove(storage.join(out, layout.MANIFEST_FILE))
+        for index in report.damaged:
+            storage.remove(storage.join(out, layout.entry_name(index)))
+            storage.remove(storage.join(out, layout.shard_name(index)))
     return report

@@ -161,3 +161,17 @@ def test_a_job_config_can_live_in_the_bucket(s3_bucket):
     assert config.name == "cluster-demo" and config.output.path == f"{s3_bucket}/out"
     with pytest.raises(ConfigError, match="not found.*missing.yaml"):
         load_config(f"{s3_bucket}/configs/missing.yaml")
+
+
+def test_of_racing_creators_of_an_object_exactly_one_wins(s3_bucket):
+    """The conditional upload (If-None-Match), honoured by the test's SeaweedFS as by AWS S3:
+    creators that all looked before any uploaded are told apart by the store."""
+    from tests.io.test_storage import racing_creators
+
+    url = f"{s3_bucket}/out/owner.json"
+    told = racing_creators(url)
+    assert told.count(True) == 1
+    assert storage.read_bytes(url) == f"creator {told.index(True)}".encode()
+    storage.remove(url)
+    assert not storage.exists(url)
+    storage.remove(url)  # nothing there: no error

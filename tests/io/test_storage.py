@@ -25,7 +25,37 @@ def test_atomic_writes_leave_no_partial_file(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.bin"]
     assert target.stat().st_mode & 0o777 == 0o644
     (target.parent / ".a.bin.abc.tmp").write_bytes(b"x")
-    assert remove_stale_temporaries(str(target.parent)) == 1
+    (target.parent / ".notes.tmp").write_bytes(b"someone else's")
+    (target.parent / ".b.bin.abc.tmp").write_bytes(b"not ours either")
+    assert remove_stale_temporaries(str(target.parent), {"a.bin"}.__contains__) == 1
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        ".b.bin.abc.tmp",
+        ".notes.tmp",
+        "a.bin",
+    ]
+
+
+def racing_creators(url: str, creators: int = 8) -> list[bool]:
+    """What ``creators`` threads that create ``url`` at the same moment were told."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    start = Barrier(creators)
+
+    def create(number: int) -> bool:
+        start.wait(timeout=30)
+        return storage.create_new(url, f"creator {number}".encode())
+
+    with ThreadPoolExecutor(creators) as pool:
+        return list(pool.map(create, range(creators)))
+
+
+def test_of_racing_creators_exactly_one_wins_and_its_file_is_whole(tmp_path):
+    url = str(tmp_path / "out" / "owner.json")
+    told = racing_creators(url)
+    assert told.count(True) == 1
+    assert (tmp_path / "out" / "owner.json").read_text() == f"creator {told.index(True)}"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["owner.json"]  # no temporary left
 
 
 def test_change_stamps_are_size_and_modification_time(tmp_path):

@@ -3,7 +3,9 @@
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from cai_ray import faults
-from cai_ray.io import layout
+from cai_ray.io import layout, storage
+from cai_ray.io.layout import OutputBusyError
 from cai_ray.pipeline.synth import run_synth
-from cai_ray.pipeline.verify import verify_output
+from cai_ray.pipeline.verify import repair_output, verify_output
 from tests.faultmatrix import assert_exactly_once, compare, record, shard_tars
 from tests.s3server import local_s3
 
@@ -64,7 +67,7 @@ def test_a_killed_injection_actor_loses_and_duplicates_nothing(make_config, undi
     assert_exactly_once(figures)
 
 
-def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, tmp_path):
+def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, tmp_path, caplog):
     config = make_config(out="driver", output={"targets_per_shard": 1})
     out = Path(config.output.path)
     path = tmp_path / "job.yaml"
@@ -83,9 +86,13 @@ def test_a_killed_driver_resumes_to_the_same_samples(make_config, undisturbed, t
     driver.wait(30)
     committed = len(list(out.glob("shard-*.json")))
     assert 2 <= committed < 13
+    assert json.loads((out / "owner.json").read_text())["pid"] == driver.pid  # not released
 
     started = time.monotonic()
-    manifest = run_synth(config, show_progress=False)
+    with caplog.at_level("WARNING", logger="cai_ray.pipeline.lease"):
+        manifest = run_synth(config, show_progress=False)
+    assert f"its process {driver.pid} on this host is gone" in caplog.text  # taken over at once
+    assert not (out / "owner.json").exists()
     assert manifest["complete"]
     assert verify_output(str(out)).ok
     figures = compare(shard_tars(str(out)), shard_tars(undisturbed.output.path))
@@ -270,3 +277,180 @@ def test_a_storage_server_restart_mid_job_loses_nothing(make_config, undisturbed
     )
     assert_exactly_once(figures)
     storage.configure()
+
+
+def _shard_of(name: str) -> int:
+    return int(name[len("shard-") : len("shard-000000")])
+
+
+def _shard_files(out: Path) -> dict[str, int]:
+    """Each shard file's name and modification time: which were written since."""
+    return {path.name: path.stat().st_mtime_ns for path in out.glob("shard-*")}
+
+
+def test_damaged_committed_shards_are_named_removed_and_rewritten(make_config, undisturbed):
+    """A finished output damaged after the fact, four ways: verify names each shard and what is
+    wrong; the repair removes those shards (and the manifest) and nothing else; the next run,
+    which reads no tar, rewrites exactly them."""
+    config = make_config(out="damaged", output={"targets_per_shard": 1})
+    out = Path(config.output.path)
+    shutil.copytree(undisturbed.output.path, out)  # a finished output of this very job
+    truncated, flipped = out / "shard-000001.tar", out / "shard-000004.tar"
+    size = truncated.stat().st_size
+    truncated.write_bytes(truncated.read_bytes()[: size // 2])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    (out / "shard-000007.json").unlink()
+    (out / "shard-000010.tar").unlink()
+    damaged = [1, 4, 7, 10]
+    whole = {n: t for n, t in _shard_files(out).items() if _shard_of(n) not in damaged}
+
+    report = verify_output(str(out))
+    assert report.damaged == damaged
+    for reason in (
+        f"shard-000001.tar: {size // 2} bytes, its entry says {size} (truncated or replaced)",
+        "shard-000004.tar: checksum differs from its entry (bytes changed in place)",
+        "shard-000007.tar: its entry shard-000007.json is missing (the shard is not committed)",
+        "shard-000010.json: its tar shard-000010.tar is missing",
+    ):
+        assert reason in report.problems, report.problems
+    named = {_shard_of(p) for p in report.problems if p.startswith("shard-")}
+    assert named == set(damaged), report.problems
+
+    assert repair_output(str(out)).damaged == damaged
+    left = _shard_files(out)
+    removed = [i for i in damaged if all(_shard_of(name) != i for name in left)]
+    assert removed == damaged and left == whole and not (out / "manifest.json").exists()
+    started = time.monotonic()
+    manifest = run_synth(config, show_progress=False)
+    assert manifest["complete"] and manifest["shards_made"] == len(damaged)
+    after = _shard_files(out)
+    whole_rewritten = sum(after[name] != written for name, written in whole.items())
+    assert verify_output(str(out)).ok
+    figures = compare(shard_tars(str(out)), shard_tars(undisturbed.output.path))
+    record(
+        "committed shard damaged",
+        **figures,
+        damaged=len(damaged),
+        named_by_verify=len(named),
+        removed_by_repair=len(removed),
+        rewritten=manifest["shards_made"],
+        whole_shards_rewritten=whole_rewritten,
+        resume_s=round(time.monotonic() - started, 1),
+    )
+    assert whole_rewritten == 0
+    assert_exactly_once(figures)
+    uninterrupted = Path(undisturbed.output.path) / "manifest.json"
+    assert (out / "manifest.json").read_bytes() == uninterrupted.read_bytes()
+
+
+def test_a_second_job_on_a_held_output_refuses_naming_the_first(make_config, undisturbed, tmp_path):
+    """Two jobs pointed at one output at once: the second refuses at once, naming the first's
+    host and pid, and takes nothing; the first, its heartbeat refreshed as it runs, finishes the
+    output exactly once and releases it."""
+    config = make_config(out="two", output={"targets_per_shard": 1, "lease": {"heartbeat_s": 0.2}})
+    out = Path(config.output.path)
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    with (tmp_path / "first.err").open("w") as errors:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "cai_ray.cli", "synth", "--config", str(path), "--no-progress"],
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not list(out.glob("shard-*.json")):
+            assert first.poll() is None, (tmp_path / "first.err").read_text()
+            time.sleep(0.05)
+        held = json.loads((out / "owner.json").read_text())
+        started = time.monotonic()
+        with pytest.raises(OutputBusyError) as refused:
+            run_synth(config, show_progress=False)
+        refused_s = time.monotonic() - started
+        committed_then = len(list(out.glob("shard-*.json")))
+        assert f"cai-ray synth on host {socket.gethostname()}, pid {first.pid}, " in str(
+            refused.value
+        )
+        assert json.loads((out / "owner.json").read_text())["token"] == held["token"]
+        beats = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(beats) < 2 and first.poll() is None:
+            try:
+                beats.add(json.loads((out / "owner.json").read_text())["heartbeat"])
+            except FileNotFoundError:  # released: the first job has just ended
+                break
+            time.sleep(0.05)
+        assert len(beats) == 2, "the first job's heartbeat did not refresh its lease"
+        assert first.wait(300) == 0, (tmp_path / "first.err").read_text()
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
+    assert not (out / "owner.json").exists()
+    assert verify_output(str(out)).ok
+    figures = compare(shard_tars(str(out)), shard_tars(undisturbed.output.path))
+    record(
+        "two jobs on one output",
+        **figures,
+        second_refused=1,
+        refused_in_s=round(refused_s, 2),
+        first_had_committed=committed_then,
+    )
+    assert_exactly_once(figures)
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_an_output_beside_another_dataset_leaves_it_alone(
+    store, make_config, undisturbed, tmp_path, request
+):
+    """An output whose prefix begins another dataset's (``data/out`` beside ``data/out-other``,
+    ``data/out.txt``), with files of the user's inside it: a job and its resume make and list
+    only their own shards, and touch nothing else, locally and on S3 (a listing of ``out`` is
+    not one of ``out*``)."""
+    config = make_config(out="unused", output={"targets_per_shard": 1})
+    if store == "local":
+        base = str(tmp_path / "data")
+    else:
+        base = f"{request.getfixturevalue('s3_bucket')}/data"
+        config.storage.endpoint_url = request.getfixturevalue("s3_server").endpoint
+    config.output.path = out = storage.join(base, "out")
+    expected = shard_tars(undisturbed.output.path)
+    foreign = {
+        "out-other/shard-000000.tar": expected[1],  # another dataset's shard 0: other samples
+        "out-other/shard-000000.json": b"{}",
+        "out-other/job.json": b"{}",
+        "out.txt": b"notes beside the output",
+        "out/README.txt": b"the user's own file inside the output",
+        "out/.notes.tmp": b"named like a temporary, not one of the job's",
+        "out/shard-000000.tar.orig": expected[2],
+    }
+    for name, data in foreign.items():
+        storage.write_bytes_atomic(storage.join(base, *name.split("/")), data)
+
+    made = run_synth(config, show_progress=False)["shards_made"]
+    manifest = run_synth(config, show_progress=False)  # a resume: clears its temporaries
+    touched = [
+        name
+        for name, data in foreign.items()
+        if not storage.exists(url := storage.join(base, *name.split("/")))
+        or storage.read_bytes(url) != data
+    ]
+    shards = len(expected)
+    assert made == shards and manifest["shards_made"] == 0
+    assert layout.committed_indices(out) == set(range(shards))
+    assert manifest["shards"] == [layout.shard_name(i) for i in range(shards)]
+    assert verify_output(out).ok
+    figures = compare(shard_tars(out), expected)
+    record(
+        "output prefix shared with another dataset",
+        store=store,
+        **figures,
+        foreign_files=len(foreign),
+        foreign_touched=len(touched),
+        shards_made=made,
+    )
+    assert not touched
+    assert_exactly_once(figures)

@@ -95,10 +95,11 @@ def test_a_full_disk_at_a_write_of_the_driver_names_that_file(make_config, small
         layout.PREVIEW_FILE,
     ]
     before = written[: written.index(name)]
-    # room for what comes before it, and with another's file of a page (a disk is never
-    # empty), a page less than it takes
+    # room for what comes before it and the lease's owner file (a page, held while the run
+    # writes), and with another's file of a page (a disk is never empty), a page less than it
+    # takes
     (small_disk.path / "ballast").write_bytes(bytes(PAGE))
-    small_disk.remount(size=sum(taken[n] for n in before) + taken[name])
+    small_disk.remount(size=sum(taken[n] for n in before) + PAGE + taken[name])
 
     with pytest.raises(storage.OutOfSpaceError) as raised:
         run_synth(config, show_progress=False)

@@ -161,9 +161,16 @@ def test_verify_reports_the_same_problems_in_shard_order_whatever_the_workers(
     assert main(["verify", str(out), "--show", "2", "--workers", "3", "--no-progress"]) == 1
     printed = capsys.readouterr().out.splitlines()
     assert printed[:2] == [f"PROBLEM {p}" for p in one.problems[:2]]
-    assert printed[2:] == [
+    assert printed[2:4] == [
         f"... and {one.count - 2} more",
         f"FAILED: {one.shards} shard(s), {one.samples} samples, {one.count} problem(s)",
+    ]
+    assert one.damaged == [1, 2, 4]
+    assert printed[4:] == [
+        "3 damaged shard(s) (shard-000001.tar, shard-000002.tar, shard-000004.tar): "
+        f"'cai-ray verify {out} --repair' removes them, then the job's 'cai-ray synth --config "
+        "...' rewrites them (a run reads no tar, so it cannot tell a damaged shard from a whole "
+        "one)"
     ]
 
 
