@@ -114,6 +114,20 @@ class ResourcesConfig(Settings):
         description="The cluster adds nodes on demand (KubeRay, 'ray up'): take the actor "
         "counts as given even beyond the CPUs up now, and let Ray ask for the nodes.",
     )
+    actor_memory_mb: int | None = Field(
+        None,
+        ge=1,
+        description="Memory each stage actor may hold (private resident memory, MB; Linux): "
+        "Ray schedules the actors by it, and an actor over it is killed within 50 ms, as an "
+        "OOM killer would, then restarted; the target it was on counts a worker death. None: "
+        "no limit.",
+    )
+    worker_deaths_per_target: int = Field(
+        2,
+        ge=1,
+        description="A target whose worker dies this many times (over actor_memory_mb, a "
+        "crash) is given up, with the reason in the manifest, and the job goes on.",
+    )
 
 
 class StorageConfig(Settings):
@@ -241,6 +255,8 @@ LEAVES_SAMPLES_ALONE = frozenset(
         "resources.cpus_per_injection_actor", "resources.foreground_actors",
         "resources.cpus_per_foreground_actor", "resources.gpus_per_injection_actor",
         "resources.autoscaling",
+        # which targets a run gives up after its workers die on them, never the bytes of others
+        "resources.actor_memory_mb", "resources.worker_deaths_per_target",
         "storage.endpoint_url", "storage.request_attempts", "storage.timeout_s",
     }
 )  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from cai_ray.config import ResourcesConfig
 
@@ -89,3 +90,22 @@ def plan_stages(
             "cluster adds nodes on demand)"
         )
     return plan
+
+
+def death_bound(config: ResourcesConfig, targets_per_shard: int) -> int:
+    """How often Ray may restart a stage actor, and retry a shard, in a run: as often as the
+    worker deaths the ledger allows on one shard (``worker_deaths_per_target`` on each target
+    and between them, :mod:`cai_ray.pipeline.deaths`), so the ledger gives a target up or
+    stops the job first. Ray Data's default, -1 on both, retries a shard that kills its actor
+    forever."""
+    return config.worker_deaths_per_target * (targets_per_shard + 1)
+
+
+def actor_options(config: ResourcesConfig, targets_per_shard: int) -> dict[str, Any]:
+    """``map_batches`` options for the stage actors: Ray's restarts and retries bounded
+    (:func:`death_bound`), and the memory each needs where ``actor_memory_mb`` is set (Ray
+    places an actor only where that much is free). Ray 2.60 takes the bounds only as extra
+    remote arguments, which it deprecates for 2.64 without a named replacement yet."""
+    bound = death_bound(config, targets_per_shard)
+    memory = None if config.actor_memory_mb is None else config.actor_memory_mb * 2**20
+    return {"memory": memory, "max_restarts": bound, "max_task_retries": bound}

@@ -45,6 +45,7 @@ from cai_ray.io.inputs import ListReader, ShardList
 from cai_ray.io.layout import JOB_FILE, entry_name, read_json, sample_key, shard_name, write_json
 from cai_ray.io.samples import COUNTED_DETAILS, encode_sample
 from cai_ray.io.tar import Sample, build_tar
+from cai_ray.pipeline.deaths import WORKER_DIED, TargetGuard
 from cai_ray.synthesizers.base import BuildContext
 from cai_ray.synthesizers.registry import SynthesizerConfig
 
@@ -108,6 +109,8 @@ class ForegroundStage:
         seed: int = 0,
         shards: ShardList | None = None,
         storage_options: dict[str, Any] | None = None,
+        ledger: Any = None,
+        memory_limit_mb: int | None = None,
     ) -> None:
         storage.configure(**(storage_options or {}))
         self.shards = shards
@@ -119,14 +122,23 @@ class ForegroundStage:
         self.max_pixels = max_pixels
         self.seed = seed
         self.extract = make_foreground_extractor(method, model_path=model_path)
+        self.guard = TargetGuard(ledger, "foreground", memory_limit_mb)
 
-    def process_shard(self, targets: list[dict]) -> dict[str, Any]:
+    def process_shard(
+        self, targets: list[dict], given_up: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The shard's targets and foregrounds; an input in ``given_up`` (its key: the reason,
+        :mod:`cai_ray.pipeline.deaths`) is skipped with that reason, not read."""
         kept: list[dict] = []
         images: list[np.ndarray] = []
         foregrounds: list[np.ndarray] = []
         skipped: list[dict[str, Any]] = []
         geometry = self.geometry
         for target in targets:
+            if given_up and target["key"] in given_up:
+                skipped.append({"path": target["path"], "reason": given_up[target["key"]]})
+                continue
+            self.guard.start([target["key"]])
             try:
                 views = load_views(
                     target["path"],
@@ -156,6 +168,7 @@ class ForegroundStage:
                 kept.append({**target, "view": details} if details else target)
                 images.append(image)
                 foregrounds.append(foreground)
+        self.guard.start([])
         empty = np.empty(0, np.uint8)
         return {
             "targets": json.dumps(kept),
@@ -173,7 +186,9 @@ class ForegroundStage:
 
     def __call__(self, batch: Batch) -> Batch:
         row = _single_row(batch)
-        result = self.process_shard(self.shard_targets(int(row["shard"])))
+        given_up = self.guard.begin(int(row["shard"]))
+        result = self.process_shard(self.shard_targets(int(row["shard"])), given_up)
+        self.guard.finish()
         return {
             "shard": np.array([row["shard"]]),
             "targets": np.array([result["targets"]], dtype=object),
@@ -201,6 +216,8 @@ class InjectionStage:
         include_normal: bool,
         out: str,
         storage_options: dict[str, Any] | None = None,
+        ledger: Any = None,
+        memory_limit_mb: int | None = None,
     ) -> None:
         storage.configure(**(storage_options or {}))
         self.out = out
@@ -214,6 +231,7 @@ class InjectionStage:
         self.include_normal = include_normal
         self.anomalies_per_target = self.synthesizer.anomalies_per_target
         self.settings = synthesizer
+        self.guard = TargetGuard(ledger, "injection", memory_limit_mb)
 
     def _floor(self, result: PseudoAnomaly | Failure) -> int:
         """The label floor of the synthesizer (a mixture's component) that made ``result``."""
@@ -231,7 +249,11 @@ class InjectionStage:
         images: np.ndarray,
         foregrounds: np.ndarray,
         skipped: list,
+        given_up: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        """The shard's samples, its tar and entry; a target in ``given_up`` (its seed key: the
+        reason, :mod:`cai_ray.pipeline.deaths`) is not synthesised, its samples failed with
+        that reason."""
         size = self.image_size
         shape: tuple[int, ...] = (len(targets), size, size) + ((3,) if self.mode == "rgb" else ())
         pixels = images.reshape(shape)
@@ -243,7 +265,7 @@ class InjectionStage:
             k: Counter() for k in ("method", *COUNTED_DETAILS, "label")
         }
         self.context.damaged.clear()  # per shard: what this shard's draws met
-        made = self._synthesize_all(targets, pixels, masks)
+        made = self._synthesize_all(targets, pixels, masks, given_up or {})
         per_target = self.anomalies_per_target + int(self.include_normal)
         for target, image, results in zip(targets, pixels, made, strict=True):
             base = {
@@ -305,23 +327,41 @@ class InjectionStage:
         return {"tar": tar, "entry": json.dumps(entry)}
 
     def _synthesize_all(
-        self, targets: list[dict], pixels: np.ndarray, masks: np.ndarray
+        self,
+        targets: list[dict],
+        pixels: np.ndarray,
+        masks: np.ndarray,
+        given_up: dict[str, str],
     ) -> list[Sequence[PseudoAnomaly | Failure]]:
         """Every target's results: in one call for a synthesizer that batches across targets
         (the CDM on a GPU), else target by target, each with the shard's other targets as
-        donors (NSA's patch sources)."""
+        donors (NSA's patch sources; a target given up still lends its pixels, so the others'
+        samples stay the same). A target given up gets failures with its reason."""
+        keys = [seed_key(target) for target in targets]
+        todo = [i for i, key in enumerate(keys) if key not in given_up]
+        made: dict[int, Sequence[PseudoAnomaly | Failure]] = {}
         if isinstance(self.synthesizer, BatchSynthesizer):
-            items = [(pixels[i], masks[i], seed_key(t)) for i, t in enumerate(targets)]
-            return list(self.synthesizer.synthesize_many(items, seed=self.seed))
+            self.guard.start([keys[i] for i in todo])
+            items = [(pixels[i], masks[i], keys[i]) for i in todo]
+            if items:
+                results = self.synthesizer.synthesize_many(items, seed=self.seed)
+                made = dict(zip(todo, results, strict=True))
+        else:
+            for i in todo:
+                self.guard.start([keys[i]])
+                made[i] = self.synthesizer.synthesize(
+                    pixels[i],
+                    masks[i],
+                    seed=self.seed,
+                    target_key=keys[i],
+                    donors=[(pixels[j], masks[j]) for j in range(len(targets)) if j != i],
+                )
+        self.guard.start([])
         return [
-            self.synthesizer.synthesize(
-                pixels[i],
-                masks[i],
-                seed=self.seed,
-                target_key=seed_key(target),
-                donors=[(pixels[j], masks[j]) for j in range(len(targets)) if j != i],
-            )
-            for i, target in enumerate(targets)
+            made[i]
+            if i in made
+            else [Failure(given_up[key], 0, WORKER_DIED)] * self.anomalies_per_target
+            for i, key in enumerate(keys)
         ]
 
     def commit(self, index: int, tar: bytes, entry: str) -> None:
@@ -337,12 +377,15 @@ class InjectionStage:
     def __call__(self, batch: Batch) -> Batch:
         row = _single_row(batch)
         index = int(row["shard"])
+        given_up = self.guard.begin(index)
         result = self.process_shard(
             index,
             json.loads(row["targets"]),
             row["images"],
             row["foregrounds"],
             json.loads(row["skipped"]),
+            given_up,
         )
         self.commit(index, result["tar"], result["entry"])
+        self.guard.finish()
         return {"shard": np.array([index]), "entry": np.array([result["entry"]], dtype=object)}

@@ -36,6 +36,7 @@ from cai_ray.io import inputs, layout, storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.io.inputs import LeftOut
 from cai_ray.io.layout import OutputMismatchError
+from cai_ray.pipeline import deaths
 from cai_ray.pipeline.console import (
     JobError,
     quiet_ray_data,
@@ -46,7 +47,7 @@ from cai_ray.pipeline.console import (
 )
 from cai_ray.pipeline.lease import holding
 from cai_ray.pipeline.progress import Progress
-from cai_ray.pipeline.resources import StagePlan, plan_stages
+from cai_ray.pipeline.resources import StagePlan, actor_options, death_bound, plan_stages
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 from cai_ray.synthesizers.base import BuildContext
 
@@ -367,13 +368,17 @@ def _init_ray(config: SynthConfig, verbose: bool) -> tuple[float, float]:
 
 
 def _stage_graph(
-    config: SynthConfig, plan: JobPlan, stages: StagePlan
+    config: SynthConfig, plan: JobPlan, stages: StagePlan, ledger: object = None
 ) -> list[tuple[type, int, float, float, dict]]:
     """The job's stages in order, each an actor pool taking one shard per batch:
     (class, actors, CPUs each, GPUs each, constructor kwargs). The shards are ranges of the
-    input list beside the output."""
+    input list beside the output. With the run's ledger (on Ray: :mod:`.deaths`), the stages
+    give up targets their workers keep dying on, and watch their memory."""
     list_url = storage.join(config.output.path, layout.INPUT_LIST_FILE)
     shards = inputs.ShardList(list_url, plan.inputs_root, plan.targets_per_shard, plan.count)
+    guard = (
+        {"ledger": ledger, "memory_limit_mb": config.resources.actor_memory_mb} if ledger else {}
+    )
     return [
         (
             ForegroundStage,
@@ -391,6 +396,7 @@ def _stage_graph(
                 "seed": config.seed,
                 "shards": shards,
                 "storage_options": config.storage.model_dump(),
+                **guard,
             },
         ),
         (
@@ -410,6 +416,7 @@ def _stage_graph(
                 "include_normal": config.output.include_normal,
                 "out": config.output.path,
                 "storage_options": config.storage.model_dump(),
+                **guard,
             },
         ),
     ]
@@ -453,7 +460,9 @@ def _run_pipeline(
     context.enable_progress_bars = False
     rows = [{"shard": i} for i in todo]  # a shard's targets are read by the foreground stage
     dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    for stage, actors, cpus, gpus, kwargs in _stage_graph(config, plan, stages):
+    resources = config.resources
+    ledger = deaths.start_ledger(resources.worker_deaths_per_target, resources.actor_memory_mb)
+    for stage, actors, cpus, gpus, kwargs in _stage_graph(config, plan, stages, ledger):
         dataset = dataset.map_batches(
             stage,
             batch_size=1,
@@ -461,6 +470,7 @@ def _run_pipeline(
             num_cpus=cpus,
             num_gpus=gpus,
             fn_constructor_kwargs=kwargs,
+            **actor_options(resources, plan.targets_per_shard),
         )
     with ray_output(verbose):
         progress = Progress(len(todo), enabled=show_progress)
@@ -473,9 +483,11 @@ def _run_pipeline(
             raised = worker_exception(exc)
             if raised is not None and raised[0] == OUT_OF_SPACE:  # reported as the driver's own
                 raise storage.OutOfSpaceError(raised[1]) from exc
-            raise JobError(worker_error(exc)) from exc
+            bound = death_bound(resources, plan.targets_per_shard)
+            raise JobError(deaths.job_error(exc, ledger, bound) or worker_error(exc)) from exc
         finally:
             progress.close()
+            deaths.close_ledger(ledger)
     log.info("done: %s (up to %d samples per target)", progress.status(), config.samples_per_target)
 
 
