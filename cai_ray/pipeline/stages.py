@@ -137,6 +137,8 @@ class ForegroundStage:
                     key=target["key"],
                     max_pixels=self.max_pixels,
                 )
+            except storage.StorageError:
+                raise  # the store gave up, not the input: the job fails and a rerun resumes
             except (OSError, DecodeError) as exc:
                 skipped.append({"path": target["path"], "reason": f"unreadable: {exc}"})
                 continue
@@ -173,6 +175,7 @@ class ForegroundStage:
 
     def __call__(self, batch: Batch) -> Batch:
         row = _single_row(batch)
+        started = storage.retries_made()
         result = self.process_shard(self.shard_targets(int(row["shard"])))
         return {
             "shard": np.array([row["shard"]]),
@@ -180,6 +183,7 @@ class ForegroundStage:
             "images": result["images"][None, :],
             "foregrounds": result["foregrounds"][None, :],
             "skipped": np.array([result["skipped"]], dtype=object),
+            "storage_retries": np.array([storage.retries_made() - started]),
         }
 
 
@@ -324,15 +328,25 @@ class InjectionStage:
             for i, target in enumerate(targets)
         ]
 
-    def commit(self, index: int, tar: bytes, entry: str) -> None:
+    def commit(self, index: int, tar: bytes, entry: str, retried: int) -> str:
         """The tar first, then its entry: a shard counts as done only once both exist. The
-        actor that made the tar writes it, so shard bytes never pass through the object store."""
+        actor that made the tar writes it, so shard bytes never pass through the object store.
+        The entry written (and returned) records ``storage_retries``: ``retried``, the
+        object-store requests retried for the shard before (reading its inputs), plus those of
+        uploading its tar; those of uploading the entry itself cannot be in it."""
+        started = storage.retries_made()
         storage.write_bytes_atomic(storage.join(self.out, shard_name(index)), tar)
-        write_json(storage.join(self.out, entry_name(index)), json.loads(entry))
+        written = {
+            **json.loads(entry),
+            "storage_retries": retried + storage.retries_made() - started,
+        }
+        write_json(storage.join(self.out, entry_name(index)), written)
+        return json.dumps(written)
 
     def __call__(self, batch: Batch) -> Batch:
         row = _single_row(batch)
         index = int(row["shard"])
+        started = storage.retries_made()
         result = self.process_shard(
             index,
             json.loads(row["targets"]),
@@ -340,5 +354,13 @@ class InjectionStage:
             row["foregrounds"],
             json.loads(row["skipped"]),
         )
-        self.commit(index, result["tar"], result["entry"])
-        return {"shard": np.array([index]), "entry": np.array([result["entry"]], dtype=object)}
+        before_commit = int(row["storage_retries"]) + storage.retries_made() - started
+        entry = self.commit(index, result["tar"], result["entry"], before_commit)
+        return {
+            "shard": np.array([index]),
+            "entry": np.array([entry], dtype=object),
+            # the shard's retries in all, the entry's upload's too: the driver's report counts them
+            "storage_retries": np.array(
+                [int(row["storage_retries"]) + storage.retries_made() - started]
+            ),
+        }

@@ -17,22 +17,26 @@ def normals_with_a_corrupt_file(tmp_path_factory) -> Path:
     return folder
 
 
+def job_config(daad: str, inputs: Path, out: Path, **overrides) -> SynthConfig:
+    """The pipeline tests' job over ``inputs`` into ``out``, with sections overridden (a dict
+    updates a section, anything else replaces it)."""
+    raw = {
+        "name": "test",
+        "seed": 7,
+        "inputs": {"paths": [str(inputs)]},
+        "daad": {"path": daad},
+        "cai": {"quotas": {"large": 2, "medium": 2, "small": 2}},
+        "output": {"path": str(out), "targets_per_shard": 3, "preview_samples": 3},
+        "resources": {"cpus_per_injection_actor": 0.5},
+    }
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    return SynthConfig.model_validate(raw)
+
+
 @pytest.fixture
 def make_config(demo_daad, normals_with_a_corrupt_file, tmp_path):
     def make(out: str = "out", **overrides) -> SynthConfig:
-        raw = {
-            "name": "test",
-            "seed": 7,
-            "inputs": {"paths": [str(normals_with_a_corrupt_file)]},
-            "daad": {"path": demo_daad},
-            "cai": {"quotas": {"large": 2, "medium": 2, "small": 2}},
-            "output": {"path": str(tmp_path / out), "targets_per_shard": 3, "preview_samples": 3},
-            "resources": {"cpus_per_injection_actor": 0.5},
-        }
-        for section, values in overrides.items():
-            raw[section] = (
-                {**raw.get(section, {}), **values} if isinstance(values, dict) else values
-            )
-        return SynthConfig.model_validate(raw)
+        return job_config(demo_daad, normals_with_a_corrupt_file, tmp_path / out, **overrides)
 
     return make
