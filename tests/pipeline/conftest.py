@@ -17,9 +17,9 @@ def normals_with_a_corrupt_file(tmp_path_factory) -> Path:
     return folder
 
 
-def job_config(daad: str, inputs: Path, out: Path, **overrides) -> SynthConfig:
+def job_config(daad: str, inputs: Path, out: Path, /, **overrides) -> SynthConfig:
     """The pipeline tests' job over ``inputs`` into ``out``, with sections overridden (a dict
-    updates a section, anything else replaces it)."""
+    updates a section, anything else replaces it: ``daad=None``, ``inputs={...}`` too)."""
     raw = {
         "name": "test",
         "seed": 7,
