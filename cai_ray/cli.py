@@ -179,6 +179,11 @@ def _synth(args: argparse.Namespace) -> int:
         f"failed samples: {len(manifest['failed_samples'])}{by_cause}, "
         f"damaged DAAD records: {len(manifest['damaged_sources'])} (reasons in manifest.json)"
     )
+    if manifest["storage_retries_made"]:
+        print(
+            f"  object-store requests retried: {manifest['storage_retries_made']} (throttling, "
+            "dropped connections or an outage, waited out)"
+        )
     print(f"  preview: {out}/preview.png; check with: cai-ray verify {out}")
     return 0
 

@@ -63,3 +63,32 @@ def record(row: str, **figures: object) -> None:
         test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
         with Path(report).open("a") as file:
             file.write(json.dumps({"row": row, "test": test, **figures}) + "\n")
+
+
+def stage_actors(stage: str) -> list[int]:
+    """The pids of this test session's own actors of ``stage`` (the machine may run others'
+    Ray clusters: theirs are not descendants of this process)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+
+    def mine(pid: int) -> bool:
+        for _ in range(64):  # bounded: a process tree is shallow
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    found = []
+    for pid in parents:
+        try:
+            if mine(pid) and stage.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found

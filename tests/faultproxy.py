@@ -1,9 +1,12 @@
-"""A TCP proxy in front of a real server that misbehaves on a schedule, as networks and object
-stores do: connection ``n`` gets ``schedule[n % len(schedule)]``.
+"""A TCP proxy in front of a real HTTP server that misbehaves on a schedule, as networks and
+object stores do: connection ``n`` gets ``schedule[n % len(schedule)]``. Every connection
+carries one request (the proxy asks the server to close it after its answer), so request ``n``,
+a retry included, meets ``schedule[n % len(schedule)]`` whatever a client's connection pool.
 
-* ``pass``: bytes flow both ways untouched.
+* ``pass``: the request and its answer flow untouched.
 * ``reset``: the connection is accepted and reset at once (TCP RST), as a dropped link does.
 * ``throttle``: the request is read and answered ``503 SlowDown``, as S3 throttles.
+* ``delay``: the answer is held back ``delay_s`` seconds, then passed on, as a slow store does.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 
 SLOW_DOWN = (
@@ -25,15 +29,24 @@ def _reset(conn: socket.socket) -> None:
     conn.close()
 
 
-def _read_request(conn: socket.socket) -> None:
-    """Read one request head, and its body unless the client waits for 100-continue."""
+def _read_head(conn: socket.socket) -> tuple[bytes, bytes] | None:
+    """One request head and what followed it in the same reads; None if the client left."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
         if not chunk:
-            return
+            return None
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _read_request(conn: socket.socket) -> None:
+    """Read one request head, and its body unless the client waits for 100-continue."""
+    request = _read_head(conn)
+    if request is None:
+        return
+    head, body = request
     headers = {
         k.strip().lower(): v.strip()
         for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
@@ -62,9 +75,39 @@ def _throttle(conn: socket.socket) -> None:
         conn.close()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def _closing(head: bytes) -> bytes:
+    """A request head that asks the server to close the connection after its answer."""
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
+
+
+def _forward(conn: socket.socket, upstream: tuple[str, int], delay_s: float) -> None:
+    """Pass one request to the server and its answer back, the answer ``delay_s`` late."""
+    try:
+        request = _read_head(conn)
+        if request is None:
+            conn.close()
+            return
+        server = socket.create_connection(upstream)
+        server.sendall(_closing(request[0]) + request[1])
+    except OSError:
+        conn.close()
+        return
+    requests = threading.Thread(target=_pump, args=(conn, server), daemon=True)
+    requests.start()
+    _pump(server, conn, delay_s)  # until the server closes, having answered
+    requests.join(30)
+    conn.close()
+    server.close()
+
+
+def _pump(source: socket.socket, sink: socket.socket, delay_s: float = 0.0) -> None:
+    """Bytes from ``source`` to ``sink`` until either ends, the first ``delay_s`` late."""
     try:
         while chunk := source.recv(65536):
+            if delay_s:
+                time.sleep(delay_s)
+                delay_s = 0.0
             sink.sendall(chunk)
     except OSError:
         pass
@@ -75,11 +118,16 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
 
 
 class FaultProxy:
-    def __init__(self, upstream: tuple[str, int], schedule: list[str]) -> None:
-        if not schedule or set(schedule) - {"pass", "reset", "throttle"}:
+    def __init__(
+        self, upstream: tuple[str, int], schedule: list[str], delay_s: float = 0.0
+    ) -> None:
+        if not schedule or set(schedule) - {"pass", "reset", "throttle", "delay"}:
             raise ValueError(f"bad schedule {schedule}")
+        if "delay" in schedule and not delay_s > 0:
+            raise ValueError("a schedule with 'delay' needs delay_s above 0")
         self.upstream = upstream
         self.schedule = schedule
+        self.delay_s = delay_s
         self.counts: Counter[str] = Counter()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
@@ -101,9 +149,9 @@ class FaultProxy:
             elif action == "throttle":
                 threading.Thread(target=_throttle, args=(conn,), daemon=True).start()
             else:
-                upstream = socket.create_connection(self.upstream)
-                for a, b in ((conn, upstream), (upstream, conn)):
-                    threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+                delay_s = self.delay_s if action == "delay" else 0.0
+                forward = (conn, self.upstream, delay_s)
+                threading.Thread(target=_forward, args=forward, daemon=True).start()
 
     def close(self) -> None:
         self._listener.close()

@@ -2,8 +2,11 @@
 
 Credentials come from the standard AWS chain (``AWS_*`` variables, a profile, an instance role);
 an S3-compatible store is reached through ``AWS_ENDPOINT_URL`` or :func:`configure`. Nothing here
-ever takes or prints a secret. Object-store calls retry with backoff (botocore's standard mode),
-then fail with :class:`StorageError` or ``FileNotFoundError`` naming the object.
+ever takes or prints a secret. Object-store calls retry what botocore's standard mode retries
+(throttling, resets, timeouts, 5xx) with a backoff whose total has a floor (:func:`backoff_s`):
+a store that is down for less than :func:`retry_budget_s` is waited for. Then they fail with
+:class:`StorageError` or ``FileNotFoundError`` naming the object. Each process counts the
+retries it made (:func:`retries_made`): a job records them per shard.
 
 Writes are atomic: a reader sees the old object or the whole new one, never a part. Locally the
 bytes go to a temporary sibling that is fsynced and renamed over the target; on object stores an
@@ -17,8 +20,10 @@ from __future__ import annotations
 import errno
 import glob as globlib
 import os
+import random
 import shutil
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,8 +36,10 @@ from cai_ray.faults import fault_point
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
-DEFAULT_REQUEST_ATTEMPTS = 8
+DEFAULT_REQUEST_ATTEMPTS = 10
 DEFAULT_TIMEOUT_S = 30.0
+BACKOFF_CAP_S = 20.0
+"""The longest wait before one retry."""
 
 _settings: dict[str, Any] = {
     "endpoint_url": None,
@@ -53,6 +60,60 @@ class OutOfSpaceError(OSError):
     bytes needed and the bytes free. Nothing of the write is left behind."""
 
 
+def backoff_s(retry: int, draw: float) -> float:
+    """The wait before retry number ``retry`` (1: the first) for a ``draw`` in [0, 1): capped
+    exponential backoff with equal jitter, half of ``min(2 ** (retry - 1), BACKOFF_CAP_S)``
+    fixed and half random. botocore's own (full jitter, anywhere from 0) can spend all of a
+    request's attempts in well under a second of a store's outage; this one always waits at
+    least :func:`retry_budget_s`'s floor in all, and still spreads clients apart."""
+    ceiling = min(2.0 ** (retry - 1), BACKOFF_CAP_S)
+    return ceiling * (1 + draw) / 2
+
+
+def retry_budget_s(request_attempts: int) -> tuple[float, float]:
+    """The least and the most a request waits in all between its ``request_attempts``
+    attempts: an outage of refused connections shorter than the least is outlasted (10
+    attempts: 55.5 to 111 s)."""
+    retries = range(1, request_attempts)
+    return sum(backoff_s(n, 0.0) for n in retries), sum(backoff_s(n, 1.0) for n in retries)
+
+
+_retried = 0
+_retried_lock = threading.Lock()
+
+
+def retries_made() -> int:
+    """How many object-store requests this process has retried so far: each failed attempt
+    that was tried again, once. Not counted: aiohttp's own immediate resend (once) of a GET,
+    HEAD or PUT whose connection dropped, which botocore never sees."""
+    return _retried
+
+
+class _RetryPolicy:
+    """botocore's ``needs-retry`` handler for the S3 clients made here: what botocore's standard
+    mode retries, waited for as :func:`backoff_s` says, each retry counted. No retry quota:
+    botocore's empties after some 100 retries per client (50 after timeouts), just when a
+    store is down, and then fails every request at its first error; this process's few
+    requests at a time retry with backoff instead."""
+
+    def __init__(self, request_attempts: int) -> None:
+        from botocore.retries.standard import RetryEventAdapter, StandardRetryConditions
+
+        self._adapter = RetryEventAdapter()
+        self._conditions = StandardRetryConditions(max_attempts=request_attempts)
+        self._jitter = random.Random()  # not the global generator a caller may have seeded
+
+    def __call__(self, **event: Any) -> float | None:
+        """The seconds to wait before trying again, or None: no retry."""
+        global _retried
+        context = self._adapter.create_retry_context(**event)
+        if not self._conditions.is_retryable(context):
+            return None
+        with _retried_lock:
+            _retried += 1
+        return backoff_s(context.attempt_number, self._jitter.random())
+
+
 def configure(
     *,
     endpoint_url: str | None = None,
@@ -60,8 +121,10 @@ def configure(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Set the S3 endpoint for this process (``None``: the AWS chain's, e.g. AWS_ENDPOINT_URL),
-    the attempts per request (throttling, resets, timeouts and 5xx are retried with exponential
-    backoff, capped at 20 s) and how long one attempt waits to connect or for an answer
+    the attempts per request (throttling, resets, refused connections, timeouts and 5xx are
+    retried with exponential backoff, :func:`backoff_s`: the default 10 attempts wait 55.5 to
+    111 s in all, so a store down for under 55 s is outlasted and one that stays down fails the
+    request within 2 minutes) and how long one attempt waits to connect or for an answer
     (``timeout_s``: an endpoint that accepts and never answers fails after about
     ``request_attempts * timeout_s`` plus the backoff), and drop cached connections so changed
     credentials take effect.
@@ -96,12 +159,17 @@ def absolute(url: str) -> str:
 def _s3_filesystem(endpoint_url: str | None, request_attempts: int, timeout_s: float) -> Any:
     require("s3", ("s3fs",), "s3:// locations")
     import s3fs
+    from aiobotocore.session import AioSession
 
+    session = AioSession()
+    session.register("needs-retry.s3", _RetryPolicy(request_attempts))
     client_kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
     filesystem = s3fs.S3FileSystem(
+        session=session,
         client_kwargs=client_kwargs,
         config_kwargs={
-            "retries": {"max_attempts": request_attempts, "mode": "standard"},
+            # botocore's own retry handler stands aside (one attempt): _RetryPolicy decides
+            "retries": {"total_max_attempts": 1, "mode": "standard"},
             "connect_timeout": timeout_s,
             "read_timeout": timeout_s,
         },
@@ -149,10 +217,11 @@ def located(action: str, url: str) -> Iterator[tuple[Any, str]]:
                 "(AWS_* variables, profile or instance role) and the endpoint"
             ) from exc
         endpoint = _settings["endpoint_url"] or "the AWS chain's endpoint"
+        attempts = _settings["request_attempts"]
         raise StorageError(
-            f"cannot {action} {url} at {endpoint} (gave up after {_settings['request_attempts']} "
-            f"attempts of up to {_settings['timeout_s']:g} s each, with backoff): "
-            f"{type(exc).__name__}: {exc}"
+            f"cannot {action} {url} at {endpoint} (gave up after {attempts} attempts of up to "
+            f"{_settings['timeout_s']:g} s each, with {retry_budget_s(attempts)[0]:g} s or more "
+            f"of backoff): {type(exc).__name__}: {exc}"
         ) from exc
 
 
@@ -263,25 +332,27 @@ def _replace_local(
             fault_point(fault)
         install(tmp, path)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
-            raise _out_of_space(path, size) from exc
+            raise _out_of_space(path, size, quota=exc.errno == errno.EDQUOT) from exc
         raise
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def _out_of_space(path: Path, size: int) -> OutOfSpaceError:
+def _out_of_space(path: Path, size: int, *, quota: bool = False) -> OutOfSpaceError:
     """The error for ``path`` not written for want of space (measured once its temporary is
-    gone): its filesystem's mount point, the bytes needed and free (and inodes, if none is)."""
+    gone): its filesystem's mount point, the bytes needed and free (and inodes, if none is);
+    with ``quota``, the user's disk quota ran out, whatever the filesystem has free."""
     folder = next(p for p in path.absolute().parents if p.exists())
     mount = next(p for p in (folder, *folder.parents) if os.path.ismount(p))
     stats = os.statvfs(folder)
     inodes = " and no free inode" if stats.f_files and not stats.f_favail else ""
+    where = f"disk quota exceeded on {mount}" if quota else f"no space left on {mount}"
     return OutOfSpaceError(
-        f"no space left on {mount} writing {path}: {size:,} bytes needed, "
+        f"{where} writing {path}: {size:,} bytes needed, "
         f"{stats.f_bavail * stats.f_frsize:,} free{inodes}"
     )
 

@@ -149,6 +149,8 @@ class ForegroundStage:
                     key=target["key"],
                     max_pixels=self.max_pixels,
                 )
+            except storage.StorageError:
+                raise  # the store gave up, not the input: the job fails and a rerun resumes
             except (OSError, DecodeError) as exc:
                 skipped.append({"path": target["path"], "reason": f"unreadable: {exc}"})
                 continue
@@ -187,6 +189,7 @@ class ForegroundStage:
     def __call__(self, batch: Batch) -> Batch:
         row = _single_row(batch)
         given_up = self.guard.begin(int(row["shard"]))
+        started = storage.retries_made()
         result = self.process_shard(self.shard_targets(int(row["shard"])), given_up)
         self.guard.finish()
         return {
@@ -195,6 +198,7 @@ class ForegroundStage:
             "images": result["images"][None, :],
             "foregrounds": result["foregrounds"][None, :],
             "skipped": np.array([result["skipped"]], dtype=object),
+            "storage_retries": np.array([storage.retries_made() - started]),
         }
 
 
@@ -364,20 +368,30 @@ class InjectionStage:
             for i, key in enumerate(keys)
         ]
 
-    def commit(self, index: int, tar: bytes, entry: str) -> None:
+    def commit(self, index: int, tar: bytes, entry: str, retried: int) -> str:
         """The tar first, then its entry: a shard counts as done only once both exist. The
-        actor that made the tar writes it, so shard bytes never pass through the object store."""
+        actor that made the tar writes it, so shard bytes never pass through the object store.
+        The entry written (and returned) records ``storage_retries``: ``retried``, the
+        object-store requests retried for the shard before (reading its inputs), plus those of
+        uploading its tar; those of uploading the entry itself cannot be in it."""
+        started = storage.retries_made()
         storage.write_bytes_atomic(storage.join(self.out, shard_name(index)), tar)
         fault = None
         if faults.armed(faults.LAST_SHARD):  # a test hook: the job's last shard, by its job file
             last = read_json(storage.join(self.out, JOB_FILE))["shards"] - 1
             fault = faults.LAST_SHARD if index == last else None
-        write_json(storage.join(self.out, entry_name(index)), json.loads(entry), fault=fault)
+        written = {
+            **json.loads(entry),
+            "storage_retries": retried + storage.retries_made() - started,
+        }
+        write_json(storage.join(self.out, entry_name(index)), written, fault=fault)
+        return json.dumps(written)
 
     def __call__(self, batch: Batch) -> Batch:
         row = _single_row(batch)
         index = int(row["shard"])
         given_up = self.guard.begin(index)
+        started = storage.retries_made()
         result = self.process_shard(
             index,
             json.loads(row["targets"]),
@@ -386,6 +400,14 @@ class InjectionStage:
             json.loads(row["skipped"]),
             given_up,
         )
-        self.commit(index, result["tar"], result["entry"])
+        before_commit = int(row["storage_retries"]) + storage.retries_made() - started
+        entry = self.commit(index, result["tar"], result["entry"], before_commit)
         self.guard.finish()
-        return {"shard": np.array([index]), "entry": np.array([result["entry"]], dtype=object)}
+        return {
+            "shard": np.array([index]),
+            "entry": np.array([entry], dtype=object),
+            # the shard's retries in all, the entry's upload's too: the driver's report counts them
+            "storage_retries": np.array(
+                [int(row["storage_retries"]) + storage.retries_made() - started]
+            ),
+        }

@@ -96,12 +96,15 @@ class JobPlan:
 
 
 def _resolve_mode(config: SynthConfig, paths: list[str], probes: int = 20) -> ColorMode:
-    """The configured colour mode, or for ``auto`` that of the first readable input."""
+    """The configured colour mode, or for ``auto`` that of the first readable input. A store
+    that gave up is the store's error, not an unreadable input."""
     if config.color != "auto":
         return config.color
     for path in paths[:probes]:
         try:
             image = decode_image(storage.read_bytes(path))
+        except storage.StorageError:
+            raise
         except (OSError, DecodeError):
             continue
         return "grey" if is_grey_content(image) else "rgb"
@@ -428,11 +431,13 @@ def _run_locally(
     todo: list[int],
     manifest: ManifestWriter,
     show_progress: bool,
-) -> None:
-    """The stages of :func:`_run_pipeline`, one shard at a time in this process."""
+) -> int:
+    """The stages of :func:`_run_pipeline`, one shard at a time in this process; returns the
+    object-store requests they retried."""
     graph = _stage_graph(config, plan, StagePlan(1, 1.0, 1, 1.0))
     stages = [stage(**kwargs) for stage, _, _, _, kwargs in graph]
     progress = Progress(len(todo), enabled=show_progress)
+    retried = 0
     try:
         for index in todo:
             batch = {"shard": np.array([index])}
@@ -440,9 +445,11 @@ def _run_locally(
                 batch = stage(batch)
             entry = json.loads(batch["entry"][0])
             manifest.add(index, entry)
+            retried += int(batch["storage_retries"][0])
             progress.update(entry["samples"])
     finally:
         progress.close()
+    return retried
 
 
 def _run_pipeline(
@@ -453,7 +460,8 @@ def _run_pipeline(
     manifest: ManifestWriter,
     show_progress: bool,
     verbose: bool,
-) -> None:
+) -> int:
+    """Run the stages in Ray actor pools; returns the object-store requests they retried."""
     import ray
 
     context = ray.data.DataContext.get_current()
@@ -472,12 +480,14 @@ def _run_pipeline(
             fn_constructor_kwargs=kwargs,
             **actor_options(resources, plan.targets_per_shard),
         )
+    retried = 0
     with ray_output(verbose):
         progress = Progress(len(todo), enabled=show_progress)
         try:
             for row in dataset.iter_rows():
                 entry = json.loads(row["entry"])
                 manifest.add(int(row["shard"]), entry)
+                retried += int(row["storage_retries"])
                 progress.update(entry["samples"])
         except ray.exceptions.RayError as exc:
             raised = worker_exception(exc)
@@ -489,6 +499,7 @@ def _run_pipeline(
             progress.close()
             deaths.close_ledger(ledger)
     log.info("done: %s (up to %d samples per target)", progress.status(), config.samples_per_target)
+    return retried
 
 
 @dataclass
@@ -501,6 +512,7 @@ class Tally:
     views: int = 0
     samples: int = 0
     bytes: int = 0
+    storage_retries: int = 0
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     listed: dict[int, tuple[list, list, dict]] = field(default_factory=dict)
 
@@ -509,6 +521,7 @@ class Tally:
         self.views += entry.get("views", 0)
         self.samples += entry["samples"]
         self.bytes += entry["bytes"]
+        self.storage_retries += entry.get("storage_retries", 0)  # entries before it lack it
         for name, counts in entry["counts"].items():
             self.counts.setdefault(name, Counter()).update(counts)
         lists = (entry["skipped_inputs"], entry["failed_samples"], entry.get("damaged_sources", {}))
@@ -587,6 +600,7 @@ def summarize(job: dict, tally: Tally, previous: dict | None = None) -> dict:
             sorted(Counter(f.get("cause", f["reason"]) for f in failed).items())
         ),
         "damaged_sources": dict(sorted(damaged.items())),
+        "storage_retries": base.get("storage_retries", 0) + tally.storage_retries,
     }
 
 
@@ -790,12 +804,15 @@ def dry_run(config: SynthConfig, probes: int = 2) -> dict:
 
 def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool = False) -> dict:
     """Run (or resume) the job; return its manifest plus ``shards_made``, how many shards this
-    call made (0 when the output was already complete). Ray's own messages go to its log folder
-    unless ``verbose``. From its first write into the output to its end, the run holds the
-    output (:mod:`.lease`): another run on it refuses, naming this one; a run whose checks fail
-    before writes nothing. A full disk, met by the driver or a worker, stops the job with one
-    :class:`~cai_ray.io.storage.OutOfSpaceError` that names the file and says how to go on:
-    the shards committed so far are kept, and a rerun resumes."""
+    call made (0 when the output was already complete), and ``storage_retries_made``, the
+    object-store requests it retried in every process (the manifest's ``storage_retries``
+    sums the shards' entries, every run's: their inputs' reads and their tars' uploads). Ray's
+    own messages go to its log folder unless ``verbose``. From its first write into the output
+    to its end, the run holds the output (:mod:`.lease`): another run on it refuses, naming
+    this one; a run whose checks fail before writes nothing. A full disk, met by the driver or
+    a worker, stops the job with one :class:`~cai_ray.io.storage.OutOfSpaceError` that names
+    the file and says how to go on: the shards committed so far are kept, and a rerun
+    resumes."""
     try:
         return _run_synth(config, show_progress, verbose)
     except storage.OutOfSpaceError as exc:
@@ -806,6 +823,7 @@ def _run_synth(config: SynthConfig, show_progress: bool, verbose: bool) -> dict:
     from cai_ray.pipeline.preview import write_preview
 
     storage.configure(**config.storage.model_dump())
+    retried_before = storage.retries_made()
     if config.daad is not None:
         prepare_daad(config.daad)
     with ExitStack() as held:
@@ -828,15 +846,30 @@ def _run_synth(config: SynthConfig, show_progress: bool, verbose: bool) -> dict:
             len(todo),
         )
         writer = ManifestWriter(out, job, done, plan.inputs_root)
-        if todo and config.resources.executor == "local":
-            _run_locally(workers_config, plan, todo, writer, show_progress)
+        in_this_process = config.resources.executor == "local"
+        by_shards = 0
+        if todo and in_this_process:
+            by_shards = _run_locally(workers_config, plan, todo, writer, show_progress)
         elif todo:
             cluster_cpus, cluster_gpus = _init_ray(config, verbose)
             stages = plan_stages(config.resources, cluster_cpus, len(todo), cluster_gpus)
             log.info("cluster CPUs %g, GPUs %g; %s", cluster_cpus, cluster_gpus, stages)
-            _run_pipeline(workers_config, plan, todo, stages, writer, show_progress, verbose)
+            by_shards = _run_pipeline(
+                workers_config, plan, todo, stages, writer, show_progress, verbose
+            )
         manifest = writer.close()
         preview_missing = not storage.exists(storage.join(out, layout.PREVIEW_FILE))
         if config.output.preview_samples and manifest["samples"] and (todo or preview_missing):
             write_preview(out, config, plan.mode)
-    return {**manifest, "shards_made": len(todo)}
+    # the local executor's stages run in this process: its count holds theirs already
+    by_driver = storage.retries_made() - retried_before - (by_shards if in_this_process else 0)
+    log.info(
+        "%d shards made; object-store requests retried: %d (%d making shards, %d by the "
+        "driver); the manifest's storage_retries, over every run's shards: %d",
+        len(todo),
+        by_shards + by_driver,
+        by_shards,
+        by_driver,
+        manifest["storage_retries"],
+    )
+    return {**manifest, "shards_made": len(todo), "storage_retries_made": by_shards + by_driver}

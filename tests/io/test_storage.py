@@ -113,3 +113,48 @@ def test_a_filesystem_out_of_inodes_says_so(small_disk):
     with pytest.raises(storage.OutOfSpaceError, match=r"2 bytes needed, [\d,]+ free and no free"):
         write_bytes_atomic(str(out / "shard-000000.json"), b"{}")
     assert [p.name for p in out.iterdir()] == ["job.json"]
+
+
+def test_the_retry_budget_has_a_floor_the_docs_state():
+    """Half of each wait is fixed: the default attempts outlast any outage under 55.5 s (the
+    figure README and the settings give), a store that stays down fails within 111 s."""
+    assert storage.retry_budget_s(storage.DEFAULT_REQUEST_ATTEMPTS) == (55.5, 111.0)
+    assert storage.retry_budget_s(1) == (0, 0)
+    assert [storage.backoff_s(n, 0.0) for n in (1, 2, 5, 6, 9)] == [0.5, 1, 8, 10, 10]
+    assert storage.backoff_s(9, 0.999) < storage.BACKOFF_CAP_S
+
+
+def test_refused_connections_are_retried_for_the_budget_and_counted():
+    """A closed port refuses at once; each request still waits the budget's floor before it
+    gives up (botocore's full jitter could give up at once), and each retry is counted."""
+    import time
+
+    closed = "http://127.0.0.1:9"  # nothing listens there (tests/conftest.py)
+    storage.configure(endpoint_url=closed, request_attempts=3)
+    least, most = storage.retry_budget_s(3)
+    retried = storage.retries_made()
+    started = time.monotonic()
+    try:
+        with pytest.raises(storage.StorageError, match=f"s3://bucket/a.bin at {closed}"):
+            storage.read_bytes("s3://bucket/a.bin")
+    finally:
+        storage.configure()
+    assert least <= time.monotonic() - started < most + 10
+    assert storage.retries_made() - retried == 2
+
+
+def test_a_write_over_the_disk_quota_says_so_and_leaves_nothing(tmp_path):
+    """A quota (EDQUOT) stops a write as a full disk does; the error says it is the quota,
+    since the filesystem itself may have room. A real quota needs a quota-mounted filesystem,
+    so the write's own fill raises what the kernel would."""
+    import errno
+    import os
+
+    def over_quota(handle) -> None:
+        handle.write(b"part")
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    target = tmp_path / "out" / "shard-000000.tar"
+    with pytest.raises(storage.OutOfSpaceError, match=r"^disk quota exceeded on /.* 9 bytes"):
+        storage._replace_local(target, over_quota, 9)
+    assert list(target.parent.iterdir()) == []

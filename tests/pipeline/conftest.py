@@ -1,8 +1,10 @@
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cai_ray.config import SynthConfig
+from cai_ray.config import OutputConfig, SynthConfig
 from tests.conftest import DEMO
 
 
@@ -17,13 +19,13 @@ def normals_with_a_corrupt_file(tmp_path_factory) -> Path:
     return folder
 
 
-def job_config(daad: str, normals: Path, out: Path, /, **overrides) -> SynthConfig:
-    """The demo job on ``normals`` into ``out``; ``overrides`` by section (a dict is merged
-    into the section, anything else replaces it: ``daad=None``)."""
+def job_config(daad: str, inputs: Path, out: Path, /, **overrides) -> SynthConfig:
+    """The pipeline tests' job over ``inputs`` into ``out``, with sections overridden (a dict
+    updates a section, anything else replaces it: ``daad=None``, ``inputs={...}`` too)."""
     raw = {
         "name": "test",
         "seed": 7,
-        "inputs": {"paths": [str(normals)]},
+        "inputs": {"paths": [str(inputs)]},
         "daad": {"path": daad},
         "cai": {"quotas": {"large": 2, "medium": 2, "small": 2}},
         "output": {"path": str(out), "targets_per_shard": 3, "preview_samples": 3},
@@ -42,6 +44,18 @@ def make_config(demo_daad, normals_with_a_corrupt_file, tmp_path):
     return make
 
 
+@dataclass(frozen=True)
+class Undisturbed:
+    """The fault tests' job run without a fault, and how long it took."""
+
+    config: SynthConfig
+    job_s: float
+
+    @property
+    def output(self) -> OutputConfig:
+        return self.config.output
+
+
 @pytest.fixture(scope="session")
 def undisturbed(ray_local, demo_daad, normals_with_a_corrupt_file, tmp_path_factory):
     """The fault tests' job (one target a shard) run without a fault, once a session: what a
@@ -52,5 +66,6 @@ def undisturbed(ray_local, demo_daad, normals_with_a_corrupt_file, tmp_path_fact
     config = job_config(
         demo_daad, normals_with_a_corrupt_file, out, output={"targets_per_shard": 1}
     )
+    started = time.monotonic()
     run_synth(config, show_progress=False)
-    return config
+    return Undisturbed(config, round(time.monotonic() - started, 1))

@@ -29,7 +29,7 @@ from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 from cai_ray.pipeline.synth import run_synth
 from cai_ray.pipeline.verify import verify_output
 from tests.conftest import demo_tiles
-from tests.faultmatrix import assert_exactly_once, compare, record, shard_tars
+from tests.faultmatrix import assert_exactly_once, compare, record, shard_tars, stage_actors
 
 HUGE_SIDE = 8000
 """A solid grey RGB PNG this many pixels a side: about 200 KB on disk, under max_pixels (64
@@ -210,35 +210,6 @@ def test_a_given_up_target_leaves_the_other_samples_of_its_shard_as_they_were(
 # --- on Ray: real faults ---------------------------------------------------------------------
 
 
-def _stage_actors(stage: str) -> list[int]:
-    """The pids of this test session's own actors of ``stage`` (the machine may run others'
-    Ray clusters: theirs are not descendants of this process)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-
-    def mine(pid: int) -> bool:
-        for _ in range(64):  # bounded: a process tree is shallow
-            pid = parents.get(pid, 0)
-            if pid == os.getpid():
-                return True
-            if pid <= 1:
-                return False
-        return False
-
-    found = []
-    for pid in parents:
-        try:
-            if mine(pid) and stage.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
 class _Messages(logging.Handler):
     """The warnings a logger gives: pytest's caplog cannot tell (after a run on Ray in this
     process its handlers were found at level CRITICAL, recording nothing)."""
@@ -352,7 +323,7 @@ def test_an_actor_killed_again_and_again_stops_the_job_and_a_rerun_completes_it(
     def kill_every_injection_actor() -> None:
         deadline = time.monotonic() + 300
         while not stop.is_set() and time.monotonic() < deadline:
-            for pid in _stage_actors("InjectionStage"):
+            for pid in stage_actors("InjectionStage"):
                 if pid not in killed:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)

@@ -51,6 +51,7 @@ def _entry(index: int) -> dict:
         "skipped_inputs": skipped,
         "failed_samples": failed,
         "damaged_sources": damaged,
+        "storage_retries": index % 3,
     }
 
 
@@ -66,6 +67,7 @@ def test_a_merged_manifest_equals_the_one_summed_from_every_entry():
     assert whole["skipped_inputs"][0] == JOB["unlisted_inputs"][0]
     assert [f["key"] for f in whole["failed_samples"]][:2] == ["s-0000002-00", "s-0000004-00"]
     assert whole["complete"] and whole["samples"] == sum(3 + i for i in range(6))
+    assert whole["storage_retries"] == sum(i % 3 for i in range(6))
     for size in range(7):
         for before in itertools.combinations(range(6), size):
             previous = summarize(JOB, _tally(before))
@@ -113,11 +115,12 @@ def _interrupt_after(monkeypatch, commits: int) -> None:
     commit = InjectionStage.commit
     made = []
 
-    def failing(self, index, tar, entry):
-        commit(self, index, tar, entry)
+    def failing(self, index, *shard):
+        written = commit(self, index, *shard)
         made.append(index)
         if len(made) == commits:
             raise RuntimeError("driver killed")
+        return written
 
     monkeypatch.setattr(InjectionStage, "commit", failing)
     monkeypatch.setattr(synth, "MANIFEST_INTERVAL_S", 0.0)

@@ -72,3 +72,21 @@ def test_planning_memory_does_not_grow_with_the_targets(tmp_path):
     small, large = _peak_planning(tmp_path, 40_000), _peak_planning(tmp_path, 200_000)
     assert large < 32 * 2**20
     assert large - small < 3 * 2**20
+
+
+def test_a_store_that_gives_up_while_the_colour_is_probed_is_named(tmp_path):
+    """``color: auto`` reads the first inputs: a store that is down was reported as "none of
+    the first 20 inputs is a readable image", hiding the endpoint; now its own error says it."""
+    import pytest
+
+    from cai_ray.io import storage
+
+    config = _config(_generated(tmp_path, 3), tmp_path / "out")
+    config.color = "auto"
+    closed = "http://127.0.0.1:9"  # nothing listens there (tests/conftest.py)
+    storage.configure(endpoint_url=closed, request_attempts=1)
+    try:
+        with pytest.raises(storage.StorageError, match=f"s3://bucket/normals/.* at {closed}"):
+            plan_job(config, str(tmp_path))
+    finally:
+        storage.configure()

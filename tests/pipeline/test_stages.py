@@ -9,11 +9,13 @@ import pytest
 
 from cai_ray.core.synthesis import Failure, Patched
 from cai_ray.core.views import Geometry
+from cai_ray.io import storage
 from cai_ray.io.inputs import ListReader, ShardList, write_list
 from cai_ray.io.layout import committed_shards
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage, _outside_padding
 from cai_ray.pipeline.synth import plan_job
+from tests.conftest import DEMO
 
 
 def test_stages_chain_without_ray(make_config, tmp_path):
@@ -124,3 +126,33 @@ def test_a_label_mostly_on_the_padding_is_given_up_when_too_small_to_keep():
     kept = _outside_padding(patched, target, [8, 0, 24, 32], label_floor=4)
     assert isinstance(kept, Patched) and np.count_nonzero(kept.mask) == 4
     assert (kept.image[:8] == 0).all() and kept.image[8, 4] == 200
+
+
+def test_an_input_the_store_cannot_serve_fails_the_shard_not_skipped(s3_server, s3_bucket):
+    """An input missing from the store is skipped (the data says so); a store that gave up
+    after its retries is not the input's fault: the stage raises, naming the endpoint, so the
+    job stops and a rerun makes the shard, rather than the input's samples lost as
+    'unreadable'."""
+    tile = sorted((DEMO / "normal").glob("*.jpg"))[0]
+    storage.write_bytes_atomic(f"{s3_bucket}/in/a.jpg", tile.read_bytes())
+    targets = [
+        {"index": 0, "key": "a.jpg", "path": f"{s3_bucket}/in/a.jpg"},
+        {"index": 1, "key": "gone.jpg", "path": f"{s3_bucket}/in/gone.jpg"},
+    ]
+    settings = {"image_size": 64, "mode": "grey", "method": "full", "model_path": None}
+
+    served = ForegroundStage(
+        **settings, min_fraction=0.01, storage_options={"endpoint_url": s3_server.endpoint}
+    ).process_shard(targets)
+    assert [t["key"] for t in json.loads(served["targets"])] == ["a.jpg"]
+    [skip] = json.loads(served["skipped"])
+    assert skip["path"].endswith("gone.jpg") and "not found" in skip["reason"]
+
+    closed = "http://127.0.0.1:9"  # nothing listens there (tests/conftest.py)
+    down = ForegroundStage(
+        **settings,
+        min_fraction=0.01,
+        storage_options={"endpoint_url": closed, "request_attempts": 2},
+    )
+    with pytest.raises(storage.StorageError, match=f"a.jpg at {closed}"):
+        down.process_shard(targets)
