@@ -60,7 +60,7 @@ def record(row: str, **figures: object) -> None:
     with the test's name as junit reports it (``test_x[param]``)."""
     report = os.environ.get(REPORT_VARIABLE)
     if report:
-        test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].rsplit(" (", 1)[0]
         with Path(report).open("a") as file:
             file.write(json.dumps({"row": row, "test": test, **figures}) + "\n")
 

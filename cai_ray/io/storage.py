@@ -385,6 +385,24 @@ def create_new(url: str, data: bytes) -> bool:
         )
     except FileExistsError:
         return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENOSYS):
+            raise
+        return _create_exclusive(local_path(url), data)  # a filesystem without hard links
+    return True
+
+
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    """:func:`create_new` where a filesystem has no hard links (some FUSE and SMB mounts):
+    ``O_EXCL`` is as exclusive, but a reader may meet the file for a moment empty."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     return True
 
 

@@ -9,8 +9,9 @@ one small actor, where a stage notes which targets of a shard it is on; when the
 back after its actor died, the ledger charges the death to those targets, and a target charged
 ``resources.worker_deaths_per_target`` deaths is given up (a skipped input, or failed samples,
 with the reason) instead of made again. The shard's other targets are made as ever: the same
-bytes as a run without the fault. Ray's own retries are bounded above what the ledger needs
-(:func:`cai_ray.pipeline.resources.actor_options`), so nothing loops.
+bytes as a run without the fault. Ray's restarts of an actor are bounded above what the ledger
+needs (:func:`cai_ray.pipeline.resources.restart_bound`), so deaths the ledger cannot pin on a
+target (an actor that dies while it starts) do not loop either.
 
 A memory limit (``resources.actor_memory_mb``) is enforced by :class:`MemoryWatchdog`, a thread
 in each stage actor that reads the actor's private resident memory every
@@ -21,6 +22,7 @@ address-space limit (RLIMIT_AS) breaks a Ray worker, which maps gigabytes it nev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -169,7 +171,7 @@ class TargetGuard:
     """A stage actor's side of the ledger: tells it which shard and targets the actor is on and
     learns which targets to give up; with a memory limit, watches the actor's memory (from its
     first shard on: what it holds once built must fit). Without a ledger (the local executor,
-    a probe) it gives nothing up, watches nothing."""
+    a probe) it gives nothing up; a memory limit is watched all the same."""
 
     def __init__(self, ledger: Any, stage: str, memory_limit_mb: int | None) -> None:
         self.ledger, self.stage, self.shard = ledger, stage, -1
@@ -214,20 +216,17 @@ class TargetGuard:
 
 
 def close_ledger(ledger: Any) -> dict[str, dict[str, int]]:
-    """End the run's ledger, logging the worker deaths it saw; returns its summary."""
+    """End the run's ledger, logging the worker deaths it saw; returns its summary (empty
+    where the ledger cannot be reached: its end never hides the error that ends a job)."""
     import ray
 
-    summary: dict[str, dict[str, int]] = ray.get(ledger.summary.remote())
-    ray.kill(ledger)
-    print(
-        "DEBUG close_ledger",
-        summary,
-        log.disabled,
-        log.getEffectiveLevel(),
-        log.handlers,
-        logging.getLogger().handlers,
-        flush=True,
-    )
+    try:
+        summary: dict[str, dict[str, int]] = ray.get(ledger.summary.remote(), timeout=30)
+    except Exception as exc:  # the ledger's node or Ray itself gone: the job's error matters
+        log.warning("the worker-death ledger could not be read at the end: %s", exc)
+        summary = {}
+    with contextlib.suppress(Exception):
+        ray.kill(ledger)
     for stage, figures in sorted(summary.items()):
         log.warning(
             "%s actors died %d times (%d over the memory limit); targets given up: %d",
@@ -239,7 +238,7 @@ def close_ledger(ledger: Any) -> dict[str, dict[str, int]]:
     return summary
 
 
-def job_error(exc: Exception, ledger: Any, bound: int) -> str | None:
+def job_error(exc: Exception, ledger: Any, restarts: int) -> str | None:
     """The error for a job Ray stopped because a stage actor kept dying (``exc``, an actor
     error), with what the run's ledger saw; None for any other error (an actor's constructor
     that raised says why itself)."""
@@ -247,15 +246,20 @@ def job_error(exc: Exception, ledger: Any, bound: int) -> str | None:
 
     if not isinstance(exc, ray.exceptions.RayActorError) or exc.actor_init_failed:
         return None
-    summary: dict[str, dict[str, int]] = ray.get(ledger.summary.remote())
+    try:
+        summary: dict[str, dict[str, int]] = ray.get(ledger.summary.remote(), timeout=30)
+    except Exception:  # the ledger is gone too: say what is known
+        summary = {}
     seen = "; ".join(
         f"{stage}: {f['deaths']} deaths during targets or shards ({f['over_limit']} over the "
         f"memory limit), {f['given_up']} targets given up"
         for stage, f in sorted(summary.items())
     )
     return (
-        f"a stage actor kept dying, and Ray stopped after {bound} restarts of an actor or "
-        f"retries of a shard ({seen or 'none of them during a shard'}): something outside the "
-        "targets kills the actors, e.g. the kernel's OOM killer, Ray's memory monitor or lost "
-        "nodes (see Ray's log folder)"
+        f"a stage actor kept dying, and Ray stopped after {restarts} restarts of an actor "
+        f"({seen or 'none of the deaths during a shard'}): something "
+        "outside the targets kills the actors, e.g. the kernel's OOM killer, Ray's memory "
+        "monitor or lost nodes (see Ray's log folder), or one actor met more inputs that kill "
+        "their worker than its restarts allow (raise resources.worker_deaths_per_target, or "
+        "targets_per_shard)"
     )

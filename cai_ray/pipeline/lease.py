@@ -45,6 +45,21 @@ CLAIM_TRIES = 3
 """Claims of an output whose lease is released between the look and the read, before giving up."""
 
 
+_held_here: set[str] = set()
+"""The tokens of the leases this process holds now: a lease naming this process with another
+token was left by an earlier run in it (one that could not release it: its store was down)."""
+
+
+def _boot() -> str:
+    """This host's boot id: hosts that share a name (``ubuntu``) and the root pid namespace,
+    whose id is the same on every Linux host, still differ in it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
 def _processes() -> str:
     """The pid namespace of this process (containers on one host name their pids apart)."""
     try:
@@ -74,6 +89,8 @@ class Owner:
     what: str
     host: str
     pid: int
+    boot: str
+    """The boot id of ``host`` (:func:`_boot`)."""
     processes: str
     """The pid namespace ``pid`` belongs to."""
     started: float
@@ -90,8 +107,15 @@ class Owner:
 
     def stale(self, now: float) -> str | None:
         """Why the lease may be taken over, or None while it holds."""
-        if (self.host, self.processes) == (socket.gethostname(), _processes()) and _gone(self.pid):
+        here = (self.host, self.boot, self.processes) == (
+            socket.gethostname(),
+            _boot(),
+            _processes(),
+        )
+        if here and _gone(self.pid):
             return f"its process {self.pid} on this host is gone"
+        if here and self.pid == os.getpid() and self.token not in _held_here:
+            return "an earlier run in this process left it (it could not release it)"
         if now - self.heartbeat > self.timeout_s:
             return (
                 f"no heartbeat for {now - self.heartbeat:.0f} s (stale after {self.timeout_s:g} s)"
@@ -125,6 +149,7 @@ class Lease:
             what,
             socket.gethostname(),
             os.getpid(),
+            _boot(),
             _processes(),
             now,
             now,
@@ -161,6 +186,7 @@ class Lease:
             break
         else:
             raise OutputBusyError(f"{self.url} changed hands {CLAIM_TRIES} times during the claim")
+        _held_here.add(self.owner.token)
         self._beating.start()
 
     def _confirm(self) -> None:
@@ -196,6 +222,7 @@ class Lease:
         """Stop the heartbeat (its storage calls are bounded) and remove the owner file if it
         is still this run's."""
         self._stop.set()
+        _held_here.discard(self.owner.token)
         if self._beating.is_alive():
             self._beating.join()
         try:

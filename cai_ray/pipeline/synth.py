@@ -19,6 +19,7 @@ import os
 import posixpath
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -47,7 +48,7 @@ from cai_ray.pipeline.console import (
 )
 from cai_ray.pipeline.lease import holding
 from cai_ray.pipeline.progress import Progress
-from cai_ray.pipeline.resources import StagePlan, actor_options, death_bound, plan_stages
+from cai_ray.pipeline.resources import StagePlan, actor_options, plan_stages, restart_bound
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 from cai_ray.synthesizers.base import BuildContext
 
@@ -306,7 +307,10 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> tuple[dict, set[int]]:
                 f"{out} holds the output of a different job ({changed}); resuming would mix two "
                 "jobs' samples: choose another output path, or delete that folder to start again"
             )
-        removed = storage.remove_stale_temporaries(out, layout.is_ours)
+        # not the lease's: this run holds it, and its heartbeat may be writing it right now
+        removed = storage.remove_stale_temporaries(
+            out, lambda name: name != layout.OWNER_FILE and layout.is_ours(name)
+        )
         if removed:
             log.info("removed %d partial file(s) an interrupted run left in %s", removed, out)
         storage.put_file_atomic(plan.inputs, list_url)
@@ -471,15 +475,19 @@ def _run_pipeline(
     resources = config.resources
     ledger = deaths.start_ledger(resources.worker_deaths_per_target, resources.actor_memory_mb)
     for stage, actors, cpus, gpus, kwargs in _stage_graph(config, plan, stages, ledger):
-        dataset = dataset.map_batches(
-            stage,
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=cpus,
-            num_gpus=gpus,
-            fn_constructor_kwargs=kwargs,
-            **actor_options(resources, plan.targets_per_shard),
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 takes max_restarts only this way, and warns that
+            # the way goes in 2.64 without naming another: the user can do nothing about it
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            dataset = dataset.map_batches(
+                stage,
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=cpus,
+                num_gpus=gpus,
+                fn_constructor_kwargs=kwargs,
+                **actor_options(resources, plan.targets_per_shard),
+            )
     retried = 0
     with ray_output(verbose):
         progress = Progress(len(todo), enabled=show_progress)
@@ -493,8 +501,9 @@ def _run_pipeline(
             raised = worker_exception(exc)
             if raised is not None and raised[0] == OUT_OF_SPACE:  # reported as the driver's own
                 raise storage.OutOfSpaceError(raised[1]) from exc
-            bound = death_bound(resources, plan.targets_per_shard)
-            raise JobError(deaths.job_error(exc, ledger, bound) or worker_error(exc)) from exc
+            restarts = restart_bound(resources, plan.targets_per_shard)
+            died = deaths.job_error(exc, ledger, restarts)
+            raise JobError(died or worker_error(exc)) from exc
         finally:
             progress.close()
             deaths.close_ledger(ledger)
@@ -698,10 +707,10 @@ class ManifestWriter:
             log.warning("could not write the manifest so far (%s); trying again later", exc)
             self.written = time.monotonic()
 
-    def write(self) -> dict:
+    def write(self, fault: str | None = None) -> dict:
         manifest = summarize(self.job, self.tally, self.previous)
         url = storage.join(self.out, layout.MANIFEST_FILE)
-        layout.write_json(url, manifest, fault=faults.MERGING_MANIFEST)
+        layout.write_json(url, manifest, fault=fault)
         self.written = time.monotonic()
         return manifest
 
@@ -717,7 +726,7 @@ class ManifestWriter:
             self.previous, self.tally = None, Tally()
             for index, entry in layout.read_entries(self.out, sorted(committed)):
                 self.tally.add(index, entry)
-        return self.write()
+        return self.write(fault=faults.MERGING_MANIFEST)  # the final merge, not one so far
 
 
 def _check_sources(config: SynthConfig, mode: ColorMode) -> None:

@@ -272,6 +272,9 @@ class _Shard:
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     read: bool = False
     """Whether its entry and tar could be read through (a shard that counts)."""
+    unreachable: bool = False
+    """Its files could not be fetched (the store gave up, no permission): its problems say
+    nothing of its bytes, so it is not damaged and ``--repair`` leaves it alone."""
 
 
 def _check_shard(out: str, index: int, job: dict, rows: _InputRows) -> _Shard:
@@ -283,8 +286,12 @@ def _check_shard(out: str, index: int, job: dict, rows: _InputRows) -> _Shard:
     try:
         entry = layout.read_json(storage.join(out, layout.entry_name(index)))
         data = storage.read_bytes(storage.join(out, name))
-    except (OSError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # gone since listed, or not JSON
         problems.append(f"{name}: unreadable entry or tar ({exc})")
+        return result
+    except OSError as exc:  # the store, not the shard: no verdict on its bytes
+        problems.append(f"{name}: could not be read, not checked ({exc})")
+        result.unreachable = True
         return result
     if len(data) != entry["bytes"]:
         problems.append(
@@ -388,10 +395,11 @@ def verify_output(
     tars, entries = layout.shard_files(out)
     committed = tars & entries
     planned = range(job["shards"])
-    gaps = [i for i in planned if i not in tars | entries]
+    present = tars | entries
+    gaps = [i for i in planned if i not in present]
     if gaps:
         report.add(f"{len(gaps)} shard(s) missing, e.g. {[layout.shard_name(i) for i in gaps[:5]]}")
-    stray = sorted(i for i in tars | entries if not 0 <= i < job["shards"])
+    stray = sorted(i for i in present if not 0 <= i < job["shards"])
     if stray:
         report.add(f"shards outside the plan: {[layout.shard_name(i) for i in stray[:5]]}")
     for index in sorted(i for i in tars ^ entries if i in planned):
@@ -420,7 +428,7 @@ def verify_output(
             faults.fault_point(faults.VERIFYING)
             for problem in shard.problems:
                 report.add(problem)
-            if shard.problems and index in planned:
+            if shard.problems and index in planned and not shard.unreachable:
                 report.damaged.append(index)
             progress.update(shard.samples)
             if not shard.read:

@@ -103,10 +103,12 @@ def test_losing_a_worker_node_mid_job_loses_nothing(
     storage.configure(endpoint_url=s3_server.endpoint)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not storage.list_files(out, ".json")[1:]:
+        committed = 0
+        while time.monotonic() < deadline and not committed:  # the first shard's entry
             assert driver.poll() is None, driver.communicate()[0]
             time.sleep(0.1)
-        committed = sum("/shard-" in url for url in storage.list_files(out, ".json"))
+            committed = sum("/shard-" in url for url in storage.list_files(out, ".json"))
+        assert committed, "no shard committed before the deadline"
         lost_at = time.monotonic()
         local_cluster.lose_worker(0)
         log, _ = driver.communicate(timeout=400)

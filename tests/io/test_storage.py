@@ -158,3 +158,20 @@ def test_a_write_over_the_disk_quota_says_so_and_leaves_nothing(tmp_path):
     with pytest.raises(storage.OutOfSpaceError, match=r"^disk quota exceeded on /.* 9 bytes"):
         storage._replace_local(target, over_quota, 9)
     assert list(target.parent.iterdir()) == []
+
+
+def test_create_new_works_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    """Some FUSE and SMB mounts refuse link(2) (EPERM): the exclusive create falls back to
+    O_EXCL instead of failing every run before it starts."""
+    import errno
+    import os
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "out" / "owner.json"
+    assert storage.create_new(str(target), b"first")
+    assert not storage.create_new(str(target), b"second")
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["owner.json"]

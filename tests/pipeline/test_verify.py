@@ -174,6 +174,34 @@ def test_verify_reports_the_same_problems_in_shard_order_whatever_the_workers(
     ]
 
 
+def test_a_shard_the_store_cannot_serve_is_not_damaged_and_repair_keeps_it(
+    inputs, tmp_path, monkeypatch
+):
+    """A read that fails for the store's sake (it gave up after its retries, no permission)
+    says nothing of a shard's bytes: verify reports it unchecked, and ``--repair``, which
+    removes damaged shards, removes nothing. Before, such a shard counted as damaged, and a
+    repair during an outage deleted whole shards."""
+    from cai_ray.io import storage
+    from cai_ray.pipeline.verify import repair_output
+
+    out = _run(inputs, tmp_path / "out", per_shard=1)
+    read = storage.read_bytes
+
+    def store_gives_up(url: str) -> bytes:
+        if url.endswith("shard-000003.tar"):
+            raise storage.StorageError(f"cannot read {url} at http://127.0.0.1:9 (gave up)")
+        return read(url)
+
+    monkeypatch.setattr(storage, "read_bytes", store_gives_up)
+    report = repair_output(str(out))
+    assert not report.ok and report.damaged == []
+    assert any(
+        p.startswith("shard-000003.tar: could not be read, not checked") for p in report.problems
+    )
+    monkeypatch.setattr(storage, "read_bytes", read)
+    assert verify_output(str(out)).ok  # nothing was removed
+
+
 def test_verify_streams_problems_before_checking_every_shard(inputs, tmp_path, monkeypatch):
     from cai_ray.pipeline import verify
 
@@ -215,12 +243,19 @@ def test_verify_memory_does_not_hold_every_key_or_entry(tmp_path):
     shard); every shard's keys, inputs and entries held at once took 3 KB and more."""
     import tracemalloc
 
+    def peak(out: str) -> int:
+        tracemalloc.start()
+        try:
+            assert verify_output(out, workers=2).ok
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
     peaks = {}
     for count in (20, 100):
         out = _linked_output(tmp_path, count)
         verify_output(out, workers=2)  # imports and caches outside the measure
-        tracemalloc.start()
-        assert verify_output(out, workers=2).ok
-        peaks[count] = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        # tracemalloc sees every thread: the least of three leaves out what another thread of
+        # the test session (Ray's, a heartbeat) allocated meanwhile
+        peaks[count] = min(peak(out) for _ in range(3))
     assert (peaks[100] - peaks[20]) / 80 < 2048, peaks
