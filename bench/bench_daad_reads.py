@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from common import report, shared_daad
 
 from cai_ray.core.cai import SourcePattern
-from cai_ray.daad.builders import INDEX_NAME, RECORDS_NAME
 from cai_ray.daad.shards import PatternBank, iter_records
+from cai_ray.daad.writer import INDEX_NAME, RECORDS_NAME
 from cai_ray.io.codecs import ColorMode, decode_image, decode_mask, decode_png
 from cai_ray.io.png import encode_png
 

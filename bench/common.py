@@ -5,7 +5,8 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
-from cai_ray.daad.builders import RECORDS_NAME, DaadSpec, build_daad
+from cai_ray.daad.builders import DaadSpec, build_daad
+from cai_ray.daad.writer import RECORDS_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -14,10 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 from cai_ray.core.cai import SourcePattern, UnreadablePattern, draw_weights
-from cai_ray.daad.builders import FORMAT_VERSION, INDEX_NAME, RECORDS_NAME, DaadSpec, build_daad
+from cai_ray.daad.builders import DaadSpec, build_daad
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import PATTERN_IMAGE, PATTERN_MASK, RecordLabel, parse_sample
 from cai_ray.daad.settings import DaadConfig
+from cai_ray.daad.writer import FORMAT_VERSION, INDEX_NAME, RECORDS_NAME
 from cai_ray.io import storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, decode_png
 from cai_ray.io.tar import iter_tar
@@ -128,7 +129,7 @@ def read_records_table(
     min_version: int = 2,
     needed_for: str = "sampling",
 ) -> pa.Table:
-    """The DAAD's per-record table (see ``builders._records_table``), or ``columns`` of it.
+    """The DAAD's per-record table (see ``writer._records_table``), or ``columns`` of it.
     A DAAD older than ``min_version`` fails with what to do (rebuild)."""
     import pyarrow.parquet as pq
 

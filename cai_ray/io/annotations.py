@@ -2,14 +2,18 @@
 
 Three exports cover most labelling tools: YOLO segmentation text files (Roboflow, Ultralytics),
 labelme JSON (one file per image) and COCO instance JSON (one file per split, polygons or
-run-length masks). Parsing is strict: a malformed file raises :class:`DecodeError` with the
-line or object at fault, which builders count as a skip.
+run-length masks). Parsing is strict: a malformed YOLO or labelme file raises
+:class:`DecodeError` with the line or shape at fault, which callers (the DAAD layouts, the
+detector's YOLO crops) count as a skip of its image with that reason; a COCO file, which holds a
+whole split, notes a bad annotation and keeps the rest.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -30,9 +34,10 @@ class Shape:
     mask: np.ndarray | None = None
 
 
-def parse_yolo_polygons(text: str) -> list[tuple[int, np.ndarray]]:
+def parse_yolo_polygons(text: str, label_count: int | None = None) -> list[tuple[int, np.ndarray]]:
     """The (label index, polygon) pairs of a YOLO segmentation label file: one
-    ``label x1 y1 x2 y2 ...`` line per polygon, coordinates normalised to [0, 1]."""
+    ``label x1 y1 x2 y2 ...`` line per polygon, coordinates normalised to [0, 1]; with
+    ``label_count``, a label index must be below it (an index into the export's names)."""
     polygons = []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
@@ -46,8 +51,31 @@ def parse_yolo_polygons(text: str) -> list[tuple[int, np.ndarray]]:
             raise DecodeError(f"line {number} has {coordinates.size} coordinates, not 3+ points")
         if coordinates.min() < -0.01 or coordinates.max() > 1.01:
             raise DecodeError(f"line {number} has coordinates outside [0, 1]")
+        if label_count is not None and not 0 <= label < label_count:
+            raise DecodeError(
+                f"line {number} has label index {label}, not in the names list ({label_count})"
+            )
         polygons.append((label, coordinates.reshape(-1, 2).clip(0, 1)))
     return polygons
+
+
+def read_yolo_shapes(path: Path, names: Sequence[str], height: int, width: int) -> list[Shape]:
+    """The shapes of a YOLO segmentation label file for an image of ``height x width``: each
+    line's polygon in pixels, labelled with its name in ``names`` (the export's
+    :func:`yolo_label_names`); an empty file has none.
+
+    A file with one bad line is unusable as a whole (a :class:`DecodeError` naming the line,
+    which callers count as a skip of its image): the other lines would leave that line's
+    defect unlabelled, a defect inside a mask-free area. A missing file is a
+    :class:`FileNotFoundError`."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"not a text file ({exc})") from exc
+    return [
+        Shape(label=names[label], polygon=yolo_to_pixels(polygon, height, width))
+        for label, polygon in parse_yolo_polygons(text, len(names))
+    ]
 
 
 def yolo_label_names(data_yaml: object, where: str) -> list[str]:

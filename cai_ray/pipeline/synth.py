@@ -31,8 +31,8 @@ import numpy as np
 from cai_ray import SAMPLES_VERSION, __version__, faults
 from cai_ray.config import SynthConfig, sample_shaping
 from cai_ray.core.foreground import make_foreground_extractor
-from cai_ray.daad.builders import INDEX_NAME
 from cai_ray.daad.shards import content_digest, prepare_daad
+from cai_ray.daad.writer import INDEX_NAME
 from cai_ray.io import inputs, layout, storage
 from cai_ray.io.codecs import ColorMode, DecodeError, decode_image, is_grey_content
 from cai_ray.io.inputs import LeftOut

@@ -239,7 +239,8 @@ def test_shipped_specs_are_valid():
 
 def test_yolo_polygons_are_filled_at_the_images_size(tmp_path):
     """A YOLO segmentation export: mapped labels become records (one per class present),
-    background labels none; a broken label file or a label index past the names is reported."""
+    background labels none; a broken label file or a label index past the names is a reported
+    skip of its image."""
     root = tmp_path / "data"
     for folder in ("images", "labels"):
         (root / folder).mkdir(parents=True)
@@ -272,7 +273,7 @@ def test_yolo_polygons_are_filled_at_the_images_size(tmp_path):
     assert index["report"]["by_class"] == {"impurity": 1, "stain": 1}
     reasons = sorted(s["reason"] for s in index["report"]["skipped"])
     assert reasons[0].startswith("bad label or image (line 1 has 3 coordinates")
-    assert reasons[1] == "label index 7 is not in the names list"
+    assert reasons[1] == "bad label or image (line 1 has label index 7, not in the names list (3))"
     masks = {label.anomaly_class: mask for label, _, mask in iter_records(str(tmp_path / "daad"))}
     assert masks["impurity"].shape == (40, 80)
     ys, xs = np.nonzero(masks["impurity"])

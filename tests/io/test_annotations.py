@@ -1,5 +1,6 @@
-"""Annotation exports read strictly: labelme shapes, COCO polygons and run lengths (against
-pycocotools on the bundled real masks), and a clear error for each malformed input."""
+"""Annotation exports read strictly: YOLO label files, labelme shapes, COCO polygons and run
+lengths (against pycocotools on the bundled real masks), and a clear error for each malformed
+input."""
 
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ from cai_ray.io.annotations import (
     Shape,
     parse_coco,
     parse_labelme,
+    read_yolo_shapes,
     rle_counts_from_string,
     rle_mask,
     shapes_mask,
@@ -149,3 +151,62 @@ def test_coco_keeps_every_readable_annotation_and_notes_the_rest():
     ].all()
     with pytest.raises(DecodeError, match="not a COCO file"):
         parse_coco('{"images": []}')
+
+
+NAMES = ["belt", "thread", "packet"]
+
+
+def test_a_yolo_label_file_gives_named_polygons_in_pixels(tmp_path):
+    path = tmp_path / "frame.txt"
+    path.write_text("1 0 0 1 0 1 0.5\n\n  \n2 0.25 0.25 0.75 0.25 0.75 0.75 0.25 0.75\n")
+    shapes = read_yolo_shapes(path, NAMES, 41, 81)
+    assert [s.label for s in shapes] == ["thread", "packet"]
+    assert np.array_equal(shapes[0].polygon, [[0, 0], [80, 0], [80, 20]])  # (w-1, h-1) scale
+    assert np.array_equal(shapes[1].polygon, [[20, 10], [60, 10], [60, 30], [20, 30]])
+    filled = shapes_mask(shapes[1:], 41, 81)
+    ys, xs = np.nonzero(filled)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 30, 20, 60)
+
+
+def test_an_empty_yolo_label_file_has_no_shapes(tmp_path):
+    path = tmp_path / "frame.txt"
+    path.write_text("")
+    assert read_yolo_shapes(path, NAMES, 10, 10) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("thread 0 0 1 0 1 1", "line 2 is not 'label x y x y ...'"),
+        ("1 0 0 1 0 x 1", "line 2 is not 'label x y x y ...'"),
+        ("1 0 0 1 0 1", r"line 2 has 5 coordinates, not 3\+ points"),
+        ("1 0 0 1 0", r"line 2 has 4 coordinates, not 3\+ points"),
+        ("1 0 0 1.5 0 1 1", r"line 2 has coordinates outside \[0, 1\]"),
+        ("1 -0.2 0 1 0 1 1", r"line 2 has coordinates outside \[0, 1\]"),
+        ("3 0 0 1 0 1 1", r"line 2 has label index 3, not in the names list \(3\)"),
+        ("-1 0 0 1 0 1 1", r"line 2 has label index -1, not in the names list \(3\)"),
+    ],
+)
+def test_one_bad_yolo_line_makes_the_file_an_error_naming_it(tmp_path, line, message):
+    """The good line is not returned alone: the bad one's defect would go unlabelled."""
+    path = tmp_path / "frame.txt"
+    path.write_text(f"1 0 0 1 0 1 1\n{line}\n")
+    with pytest.raises(DecodeError, match=message):
+        read_yolo_shapes(path, NAMES, 10, 10)
+
+
+def test_yolo_coordinates_just_outside_the_image_are_clipped(tmp_path):
+    """Exports round polygon points a hair past the border: up to 0.01 is kept, clipped."""
+    path = tmp_path / "frame.txt"
+    path.write_text("0 -0.005 0 1.005 0 1 1\n")
+    (shape,) = read_yolo_shapes(path, NAMES, 11, 11)
+    assert np.array_equal(shape.polygon, [[0, 0], [10, 0], [10, 10]])
+
+
+def test_a_missing_or_binary_yolo_label_file_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_yolo_shapes(tmp_path / "missing.txt", NAMES, 10, 10)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(DecodeError, match="not a text file"):
+        read_yolo_shapes(binary, NAMES, 10, 10)
