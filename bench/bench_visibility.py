@@ -24,7 +24,8 @@ from cai_ray.core.cai import CAIInjector, CAIParams, Injection
 from cai_ray.core.labels import visibility
 from cai_ray.daad.builders import DaadSpec, build_daad
 from cai_ray.daad.shards import PatternBank
-from cai_ray.detector.targets import load_target_spec, load_target_split
+from cai_ray.detector.target_specs import load_target_spec
+from cai_ray.detector.target_splits import load_target_split
 from cai_ray.io.codecs import decode_image, resize
 
 QUANTILES = (1, 5, 10, 25, 50)

@@ -289,13 +289,9 @@ def _detector_eval(args: argparse.Namespace) -> int:
         evaluate_network,
         network_from_checkpoint,
     )
-    from cai_ray.detector.targets import (
-        load_target_spec,
-        load_target_split,
-        load_test_set,
-        scoring_geometry,
-        training_cut,
-    )
+    from cai_ray.detector.target_specs import load_target_spec
+    from cai_ray.detector.target_splits import load_target_split
+    from cai_ray.detector.targets import load_test_set, scoring_geometry, training_cut
     from cai_ray.detector.train import read_checkpoint
 
     state = read_checkpoint(args.checkpoint)

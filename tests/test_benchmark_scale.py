@@ -12,7 +12,8 @@ import yaml
 
 from cai_ray.benchmark.config import BenchmarkConfig, SynthesizerEntry
 from cai_ray.benchmark.run import RunTestSets
-from cai_ray.detector.targets import load_target_spec, load_target_split
+from cai_ray.detector.target_specs import load_target_spec
+from cai_ray.detector.target_splits import load_target_split
 from tests.conftest import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,13 +29,12 @@ from cai_ray.detector.evaluate import (
     evaluate_network,
     network_from_checkpoint,
 )
+from cai_ray.detector.target_specs import load_target_spec
+from cai_ray.detector.target_splits import TargetSplit, load_target_split
 from cai_ray.detector.targets import (
-    TargetSplit,
     TestSet,
     job_geometry,
     job_image_size,
-    load_target_spec,
-    load_target_split,
     load_test_set,
     scoring_size,
 )

@@ -607,3 +607,11 @@ def list_image_sources(sources: list[str]) -> tuple[list[str], list[dict[str, st
 def expand_image_sources(sources: list[str]) -> list[str]:
     """The image files of :func:`list_image_sources`, without its report."""
     return list_image_sources(sources)[0]
+
+
+def image_files(folder: Path, pattern: str = "*") -> list[Path]:
+    """The files of a local ``folder`` matching ``pattern`` whose names are images', sorted; a
+    missing folder is an error."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    return sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS)

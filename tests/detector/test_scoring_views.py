@@ -14,13 +14,10 @@ from cai_ray.core.views import Geometry
 from cai_ray.detector.evaluate import evaluate_network, network_from_checkpoint
 from cai_ray.detector.metrics import evaluate
 from cai_ray.detector.model import DiscriminativeUNet
-from cai_ray.detector.targets import (
-    TargetSplit,
-    load_target_spec,
-    load_target_split,
-    load_test_set,
-)
-from cai_ray.detector.targets import TestImage as Item  # (a name pytest would collect)
+from cai_ray.detector.target_specs import load_target_spec
+from cai_ray.detector.target_splits import TargetSplit, load_target_split
+from cai_ray.detector.target_splits import TestImage as Item  # (a name pytest would collect)
+from cai_ray.detector.targets import load_test_set
 from cai_ray.io.codecs import encode_image, load_views, resize
 from tests.conftest import DEMO, REPO
 

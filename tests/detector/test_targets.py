@@ -3,15 +3,10 @@
 import numpy as np
 import pytest
 
-from cai_ray.detector.targets import (
-    GridCrop,
-    MvtecTarget,
-    YoloCropsTarget,
-    grid_crops,
-    load_target_spec,
-    load_target_split,
-    load_test_set,
-)
+from cai_ray.detector.target_specs import MvtecTarget, YoloCropsTarget, load_target_spec
+from cai_ray.detector.target_splits import load_target_split
+from cai_ray.detector.targets import load_test_set
+from cai_ray.detector.yolo_crops import GridCrop, grid_crops
 from cai_ray.io.codecs import decode_image, decode_mask, encode_image
 from tests.conftest import REPO
 
@@ -148,7 +143,7 @@ def test_yolo_crops_target_cuts_keeps_and_recuts(tmp_path):
         tmp_path,
         {
             "a": {"f1": thread, "f2": "", "nolabel": None},
-            "b": {"g1": thread, "g2": "7 0 0 1 0 1 1\n"},
+            "b": {"g1": thread, "g2": "7 0 0 1 0 1 1\n", "g3": thread + "1 0.5 0.5 0.6\n"},
         },
     )
     spec = _crops_spec(tmp_path)
@@ -158,7 +153,8 @@ def test_yolo_crops_target_cuts_keeps_and_recuts(tmp_path):
     reasons = sorted(s["reason"] for s in split.skipped)
     assert reasons == [
         "no label file nolabel.txt",
-        "unreadable: label index 7 is not in the names list (2)",
+        "unreadable: line 1 has label index 7, not in the names list (2)",
+        "unreadable: line 3 has 3 coordinates, not 3+ points",  # its thread is not used alone
     ]
     anomaly = next(t for t in split.test if t.defect == "thread")
     assert anomaly.path.name == "g1_y0000_x0000.png"
