@@ -365,11 +365,15 @@ def _copy(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from cai_ray.io.export import COCO_FILE, ExportSettings, ShardDone, export_output
+    from cai_ray.io.layout import shard_name
 
     if args.shards is not None and args.shards < 1:
         raise ValueError(f"--shards must be at least 1, got {args.shards}")
-    options = {"category": args.category, "test_normals": args.test_normals}
-    options |= {"coco_instances": args.coco_instances}
+    options = {
+        "category": args.category,
+        "test_normals": args.test_normals,
+        "coco_instances": args.coco_instances,
+    }
     try:
         settings = ExportSettings.model_validate(
             {"format": args.format} | {k: v for k, v in options.items() if v is not None}
@@ -383,8 +387,8 @@ def _export(args: argparse.Namespace) -> int:
 
     def progress(shard: ShardDone) -> None:
         print(
-            f"  {shard.done}/{shard.total} shard-{shard.index:06d}: {shard.samples} samples -> "
-            f"{shard.files} files",
+            f"  {shard.done}/{shard.total} {shard_name(shard.index)}: {shard.samples} samples "
+            f"-> {shard.files} files",
             flush=True,
         )
 
@@ -401,13 +405,14 @@ def _export(args: argparse.Namespace) -> int:
     )
     print(f"  classes: {json.dumps(state['classes'])}")
     if args.format == "coco":
-        print(f"  annotations: {counts.get('annotations', 0)} in {args.destination}/{COCO_FILE}")
+        where = storage.join(args.destination, COCO_FILE)
+        print(f"  annotations: {counts.get('annotations', 0)} in {where}")
     if args.format != "coco" and not counts.get("normal"):
         print("  no normal samples (the job's output.include_normal is off): no good images")
     if not state["complete"]:
         print(
-            f"  {shards} of the job's {state['source_shards']} shards exported: run this again "
-            "once the job (or without --shards) to add the rest"
+            f"  {shards} of the job's {state['source_shards']} shards exported: run this "
+            "again once the job has made them all (or without --shards) to add the rest"
         )
     return 0
 

@@ -191,8 +191,12 @@ def export_shard(data: bytes, settings: ExportSettings) -> ShardExport:
             files.append((f"{COCO_IMAGES}/{key}.png", image))
             height, width = pixels.shape
             images.append(
-                {"file_name": f"{key}.png", "height": height, "width": width}
-                | {"annotations": annotations}
+                {
+                    "file_name": f"{key}.png",
+                    "height": height,
+                    "width": width,
+                    "annotations": annotations,
+                }
             )
     part: dict[str, Any] = {
         "samples": counts["normal"] + counts["anomalous"],
@@ -242,16 +246,11 @@ def _exported_indices(dest: str) -> set[int]:
     return found
 
 
-def _remove_stale_temporaries(dest: str) -> int:
-    """Temporaries of local writes a killed export left anywhere under ``dest``."""
-    if not storage.is_local(dest):
-        return 0
-    removed = 0
-    for folder, _, _ in os.walk(storage.local_path(dest)):
-        removed += storage.remove_stale_temporaries(
-            folder, lambda name: name.endswith((".png", ".json"))
-        )
-    return removed
+def _remove_stale_temporaries(dest: str) -> None:
+    """Remove the temporaries of local writes a killed export left anywhere under ``dest``."""
+    if storage.is_local(dest):
+        for folder, _, _ in os.walk(storage.local_path(dest)):
+            storage.remove_stale_temporaries(folder, lambda name: name.endswith((".png", ".json")))
 
 
 def _claim(dest: str, state: dict[str, Any]) -> None:
