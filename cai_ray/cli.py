@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from cai_ray.extras import explain, require
 from cai_ray.io import storage
@@ -359,6 +359,60 @@ def _copy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from cai_ray.io.export import COCO_FILE, ExportSettings, ShardDone, export_output
+    from cai_ray.io.layout import shard_name
+
+    if args.shards is not None and args.shards < 1:
+        raise ValueError(f"--shards must be at least 1, got {args.shards}")
+    options = {
+        "category": args.category,
+        "test_normals": args.test_normals,
+        "coco_instances": args.coco_instances,
+    }
+    try:
+        settings = ExportSettings.model_validate(
+            {"format": args.format} | {k: v for k, v in options.items() if v is not None}
+        )
+    except ValidationError as exc:
+        problems = [
+            (f"--{str(error['loc'][0]).replace('_', '-')}: " if error["loc"] else "") + error["msg"]
+            for error in exc.errors()
+        ]
+        raise ValueError(f"export: {'; '.join(problems)}") from exc
+
+    def progress(shard: ShardDone) -> None:
+        print(
+            f"  {shard.done}/{shard.total} {shard_name(shard.index)}: {shard.samples} samples "
+            f"-> {shard.files} files",
+            flush=True,
+        )
+
+    state = export_output(
+        args.output, args.destination, settings, max_shards=args.shards, on_shard=progress
+    )
+    counts = state["counts"]
+    made, shards = state["shards_made"], state["shards"]
+    print(
+        f"{counts.get('samples', 0)} samples ({counts.get('normal', 0)} normal, "
+        f"{counts.get('anomalous', 0)} anomalous) in {counts.get('files', 0)} files from "
+        f"{shards} shard(s) -> {args.destination} ({args.format}); {made} shard(s) exported "
+        f"now, {shards - made} before"
+    )
+    print(f"  classes: {json.dumps(state['classes'])}")
+    if args.format == "coco":
+        where = storage.join(args.destination, COCO_FILE)
+        print(f"  annotations: {counts.get('annotations', 0)} in {where}")
+    if args.format != "coco" and not counts.get("normal"):
+        print("  no normal samples (the job's output.include_normal is off): no good images")
+    if not state["complete"]:
+        print(
+            f"  {shards} of the job's {state['source_shards']} shards exported: run this "
+            "again once the job has made them all (or without --shards) to add the rest"
+        )
+    return 0
+
+
 def _add_scaling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, help="train with Ray Train on this many workers (default: here)"
@@ -444,6 +498,32 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("source", help="local folder")
     copy.add_argument("destination", help="s3://bucket/prefix or a local folder")
     copy.set_defaults(handler=_copy)
+
+    export = commands.add_parser(
+        "export",
+        help="write a synthesis output as image and mask files (anomalib's Folder, MVTec AD) "
+        "or COCO instances; a rerun resumes",
+        parents=late,
+    )
+    export.add_argument("output", help="output folder of 'cai-ray synth' (local or s3://)")
+    export.add_argument("destination", help="a new or empty folder, or s3://bucket/prefix")
+    export.add_argument("--format", required=True, choices=["folder", "mvtec", "coco"])
+    export.add_argument("--category", help="mvtec: the category folder (default: the job's name)")
+    export.add_argument(
+        "--test-normals",
+        type=float,
+        help="mvtec: the share of normal samples put in test/good instead of train/good, "
+        "picked by a hash of the key (default 0)",
+    )
+    export.add_argument(
+        "--coco-instances",
+        choices=["sample", "region"],
+        help="coco: an annotation per anomalous sample (default) or per connected region",
+    )
+    export.add_argument(
+        "--shards", type=int, help="export only the first N committed shards (a quick look)"
+    )
+    export.set_defaults(handler=_export)
 
     verify = commands.add_parser(
         "verify", help="check a synthesis output; non-zero on problems", parents=late

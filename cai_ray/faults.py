@@ -28,8 +28,11 @@ MERGING_MANIFEST = "merging the manifest"
 """The merged manifest's temporary written, not yet in place of the old one."""
 VERIFYING = "verifying"
 """``verify`` has checked the first shard."""
+EXPORTING = "exporting"
+"""``export``: the first shard of the run's files written and its part's temporary too, not
+yet in place."""
 
-PHASES = (PLANNING, LISTING_OUTPUT, LAST_SHARD, MERGING_MANIFEST, VERIFYING)
+PHASES = (PLANNING, LISTING_OUTPUT, LAST_SHARD, MERGING_MANIFEST, VERIFYING, EXPORTING)
 
 if os.environ.get(KILL_AT_VARIABLE):
     os.environ.setdefault(GROUP_VARIABLE, str(os.getpgrp()))

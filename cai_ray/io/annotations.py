@@ -5,7 +5,8 @@ labelme JSON (one file per image) and COCO instance JSON (one file per split, po
 run-length masks). Parsing is strict: a malformed YOLO or labelme file raises
 :class:`DecodeError` with the line or shape at fault, which callers (the DAAD layouts, the
 detector's YOLO crops) count as a skip of its image with that reason; a COCO file, which holds a
-whole split, notes a bad annotation and keeps the rest.
+whole split, notes a bad annotation and keeps the rest. The other way,
+:func:`mask_rle` writes a mask as COCO run lengths (``cai-ray export --format coco``).
 """
 
 from __future__ import annotations
@@ -173,6 +174,40 @@ def rle_counts_from_string(text: str) -> list[int]:
             value += counts[-2]
         counts.append(value)
     return counts
+
+
+def rle_counts_to_string(counts: list[int]) -> str:
+    """The inverse of :func:`rle_counts_from_string`: COCO's compressed run lengths, as
+    pycocotools writes them (``counts`` as str)."""
+    chars = []
+    for number, count in enumerate(counts):
+        value = count - counts[number - 2] if number > 2 else count
+        more = True
+        while more:
+            char = value & 0x1F
+            value >>= 5  # arithmetic: a negative difference ends in its sign bits
+            more = value != -1 if char & 0x10 else value != 0
+            chars.append(chr((char | 0x20 if more else char) + 48))
+    return "".join(chars)
+
+
+def mask_rle(mask: np.ndarray) -> dict:
+    """An (H, W) bool mask as a COCO run-length segmentation, ``{"size": [h, w], "counts":
+    str}``: runs column by column, the first one background (zero long where the first pixel
+    is set), compressed as pycocotools' ``encode`` does."""
+    flat = np.asarray(mask, bool).T.reshape(-1)
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    if flat.size and flat[0]:
+        runs.insert(0, 0)
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle_counts_to_string(runs)}
+
+
+def mask_box(mask: np.ndarray) -> list[int]:
+    """COCO's ``bbox`` of a non-empty mask: ``[x, y, width, height]`` in whole pixels."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    x, y = int(columns[0]), int(rows[0])
+    return [x, y, int(columns[-1]) - x + 1, int(rows[-1]) - y + 1]
 
 
 def rle_mask(segmentation: dict, height: int, width: int) -> np.ndarray:

@@ -11,6 +11,8 @@ from pycocotools import mask as coco_mask
 
 from cai_ray.io.annotations import (
     Shape,
+    mask_box,
+    mask_rle,
     parse_coco,
     parse_labelme,
     read_yolo_shapes,
@@ -46,6 +48,39 @@ def _plain_counts(mask: np.ndarray) -> list[int]:
     bounds = np.concatenate([[0], edges, [flat.size]])
     runs = np.diff(bounds).tolist()
     return runs if flat[0] == 0 else [0, *runs]
+
+
+def _edge_masks() -> list[np.ndarray]:
+    """Masks where an encoder slips: empty, full, the first or last pixel set, one pixel, long
+    runs whose differences are negative, and random ones."""
+    rng = np.random.default_rng(0)
+    first, last, stripes = np.zeros((7, 5), bool), np.zeros((7, 5), bool), np.zeros((300, 90), bool)
+    first[0, 0] = last[-1, -1] = True
+    stripes[:, ::7] = True
+    stripes[120:, 40:] = True
+    randoms = [rng.random((int(h), int(w))) < rng.random() for h, w in rng.integers(1, 60, (40, 2))]
+    return [
+        np.zeros((3, 4), bool),
+        np.ones((4, 3), bool),
+        first,
+        last,
+        np.ones((1, 1), bool),
+        stripes,
+        *randoms,
+    ]
+
+
+@pytest.mark.parametrize(
+    "mask", [decode_mask(p.read_bytes()) for p in REAL_MASKS[::3]] + _edge_masks()
+)
+def test_masks_encode_as_pycocotools_encodes_them(mask):
+    """mask_rle writes pycocotools' bytes; mask_box its box; rle_mask reads them back."""
+    theirs = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    ours = mask_rle(mask)
+    assert ours == {"size": list(mask.shape), "counts": theirs["counts"].decode()}
+    assert np.array_equal(rle_mask(ours, *mask.shape), mask)
+    if mask.any():
+        assert mask_box(mask) == coco_mask.toBbox(theirs).tolist()
 
 
 def test_run_lengths_that_do_not_fit_the_image_are_errors():
