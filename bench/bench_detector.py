@@ -1,9 +1,11 @@
 """Detector training throughput in images/s, three ways: the network alone on random tensors
 (the ceiling the device sets), the shard loader alone (decode + shuffle, per decode-thread
 count), and ``train_detector`` end to end on real synthesis output (loader, steps, one
-checkpoint per epoch; the first epoch is left out as warm-up).
+checkpoint per epoch; the first epoch is left out as warm-up). ``--ingest stream ray_data``
+measures the loader and the end to end run of each ingest on the same data and network (Ray
+Data's loader over two epochs: its first starts Ray's workers).
 
-Needs no Ray, so it runs as is on a GPU machine with PyTorch:
+Needs no Ray but for ``--ingest ray_data``, so it runs as is on a GPU machine with PyTorch:
 
     python bench/bench_detector.py --data out/magnetic_tile --device cuda
 """
@@ -19,7 +21,13 @@ import torch
 from common import seconds_per_call
 
 from cai_ray.detector.model import DiscriminativeUNet, focal_loss
-from cai_ray.detector.train import DetectorConfig, epoch_batches, train_detector
+from cai_ray.detector.train import (
+    DetectorConfig,
+    dataset_batches,
+    epoch_batches,
+    train_detector,
+    training_dataset,
+)
 from cai_ray.io.stream import list_shards
 
 
@@ -48,6 +56,27 @@ def loader_rate(config: DetectorConfig) -> dict[str, float]:
     return {"images_per_s": images / (time.perf_counter() - start), "images": images}
 
 
+def ray_data_loader_rate(config: DetectorConfig) -> dict[str, float]:
+    """Two epochs of :func:`dataset_batches` over :func:`training_dataset`, nothing consuming
+    the batches: the first starts Ray Data's workers, the second is the rate."""
+    dataset = training_dataset(config)
+    rates = []
+    for epoch in range(2):
+        start = time.perf_counter()
+        images = sum(len(batch) for batch, _ in dataset_batches(dataset, config, epoch))
+        rates.append(images / (time.perf_counter() - start))
+    return {"images_per_s": rates[1], "first_epoch_images_per_s": rates[0], "images": images}
+
+
+def images_per_epoch(config: DetectorConfig) -> int:
+    """What one process trains on per epoch: whole batches of the stream, every sample of Ray
+    Data."""
+    shards = list_shards(config.data)
+    if config.ingest == "ray_data":
+        return sum(shard.samples for shard in shards)
+    return sum(len(batch) for batch, _ in epoch_batches(shards, config, 0))
+
+
 def end_to_end_rate(config: DetectorConfig, device: str) -> dict[str, float]:
     """``train_detector`` for ``config.epochs`` epochs; the rate over all but the first."""
     ends: list[float] = []
@@ -58,8 +87,7 @@ def end_to_end_rate(config: DetectorConfig, device: str) -> dict[str, float]:
             device,
             on_epoch=lambda _: ends.append(time.perf_counter()),
         )
-    shards = list_shards(config.data)
-    per_epoch = sum(len(batch) for batch, _ in epoch_batches(shards, config, 0))
+    per_epoch = images_per_epoch(config)
     timed = ends[-1] - ends[0]
     return {
         "images_per_s": per_epoch * (len(ends) - 1) / timed,
@@ -79,6 +107,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed steps of the network alone")
     parser.add_argument("--epochs", type=int, default=3, help="end to end; the first is warm-up")
     parser.add_argument("--decode-workers", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument(
+        "--ingest",
+        nargs="+",
+        choices=["stream", "ray_data"],
+        default=["stream"],
+        help="the detector's ingest settings to measure (ray_data starts a local Ray)",
+    )
     args = parser.parse_args()
 
     config = DetectorConfig(
@@ -97,14 +132,22 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k != "data"},
         "network_only": network_rate(config, args.device, args.steps),
     }
-    for workers in args.decode_workers:
-        figures[f"loader_{workers}_threads"] = loader_rate(
-            config.model_copy(update={"decode_workers": workers})
-        )
     best = max(args.decode_workers)
-    figures[f"end_to_end_{best}_threads"] = end_to_end_rate(
-        config.model_copy(update={"decode_workers": best}), args.device
-    )
+    if "stream" in args.ingest:
+        for workers in args.decode_workers:
+            figures[f"loader_{workers}_threads"] = loader_rate(
+                config.model_copy(update={"decode_workers": workers})
+            )
+        figures[f"end_to_end_{best}_threads"] = end_to_end_rate(
+            config.model_copy(update={"decode_workers": best}), args.device
+        )
+    if "ray_data" in args.ingest:
+        import ray
+
+        ray.init(include_dashboard=False, logging_level="WARNING")
+        ray_data = config.model_copy(update={"ingest": "ray_data"})
+        figures["loader_ray_data"] = ray_data_loader_rate(ray_data)
+        figures["end_to_end_ray_data"] = end_to_end_rate(ray_data, args.device)
     if args.device.startswith("cuda"):
         figures["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(figures, indent=2))

@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -229,9 +231,15 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _train(args: argparse.Namespace, loop: Callable[..., dict], config: BaseModel) -> dict:
-    """Run a training loop here (on the GPU if any) or, with --workers, on Ray Train; return
-    the final state (read back from the checkpoint after Ray Train)."""
+def _train(
+    args: argparse.Namespace,
+    loop: Callable[..., dict],
+    config: BaseModel,
+    dataset: Callable[[], Any] | None = None,
+) -> dict:
+    """Run a training loop here (on the GPU if any) or, with --workers, on Ray Train, handing
+    it ``dataset()`` where the loop reads a Ray Data dataset; return the final state (read back
+    from the checkpoint after Ray Train)."""
     import torch
 
     if args.workers:
@@ -243,6 +251,8 @@ def _train(args: argparse.Namespace, loop: Callable[..., dict], config: BaseMode
             num_workers=args.workers,
             use_gpu=args.gpu,
             storage_options={"endpoint_url": args.s3_endpoint_url},
+            dataset=dataset() if dataset else None,
+            cpus_per_worker=args.cpus_per_worker,
         )
         return {}
     epochs = config.model_dump()["epochs"]
@@ -260,10 +270,12 @@ def _detector_train(args: argparse.Namespace) -> int:
         checkpoint_url,
         read_checkpoint,
         train_detector,
+        training_dataset,
     )
 
     config = load_settings(args.config, DetectorConfig, "detector config")
-    state = _train(args, train_detector, config) or read_checkpoint(checkpoint_url(config))
+    dataset = partial(training_dataset, config) if config.ingest == "ray_data" else None
+    state = _train(args, train_detector, config, dataset) or read_checkpoint(checkpoint_url(config))
     print(f"trained {state['epoch']} epochs, final loss {state['losses'][-1]:.5f}")
     print(f"  checkpoint: {checkpoint_url(config)}")
     return 0
@@ -418,6 +430,12 @@ def _add_scaling_options(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, help="train with Ray Train on this many workers (default: here)"
     )
     parser.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        help="CPUs per Ray Train worker (default: 1, none with --gpu); leave some to the tasks "
+        "that read a Ray Data input (detector ingest: ray_data)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,16 @@ Resuming with more ``epochs`` extends the run: each epoch's rate is a function o
 the count asked for now (:func:`learning_rate_at`), so an extended run goes back to the full
 rate until 80% of the new count. Any other change of config is refused.
 
-Samples stream from the shards (local or s3://), never all in memory
-(:mod:`cai_ray.io.stream`): memory is the shuffle buffer plus two shards read ahead.
+Samples come from the shards (local or s3://), never all in memory, one of two ways
+(``ingest``): ``stream`` (the default) reads them here (:mod:`cai_ray.io.stream`; memory is the
+shuffle buffer plus two shards read ahead; batches a pure function of seed, epoch and rank);
+``ray_data`` reads and decodes them in Ray Data tasks (:mod:`cai_ray.train.data`), which Ray
+Train splits between its workers (``get_dataset_shard``). Each epoch of ``ray_data`` uses every
+sample once (but for fewer than one per worker, which Ray Train's equal split leaves out), the
+last batch possibly short. Its order is a function of seed and epoch in one process, and the
+tests find each of two workers on one machine given the same samples in the same order run
+after run; on several machines Ray Train prefers blocks already on a worker's node, so which
+worker gets which sample may follow Ray's scheduling.
 """
 
 from __future__ import annotations
@@ -16,17 +24,22 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Iterator
-from typing import Literal
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai_ray.detector.model import DiscriminativeUNet, focal_loss
 from cai_ray.io import samples, storage, stream
 from cai_ray.io.codecs import resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
+from cai_ray.train.data import shard_dataset
 from cai_ray.train.runner import resumable
+
+if TYPE_CHECKING:
+    import ray.data
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +60,16 @@ class DetectorConfig(BaseModel):
     shuffle_buffer: int = Field(1024, ge=1, description="Samples mixed across shards.")
     seed: int = Field(0, ge=0)
     decode_workers: int = Field(
-        4, ge=1, description="Threads decoding images; a GPU outruns one. No effect on results."
+        4,
+        ge=1,
+        description="Threads decoding images (ingest: stream); a GPU outruns one. "
+        "No effect on results.",
+    )
+    ingest: Literal["stream", "ray_data"] = Field(
+        "stream",
+        description="How samples reach the loop: 'stream' reads the shards here (batches a "
+        "pure function of seed, epoch and rank), 'ray_data' through Ray Data and, on "
+        "several workers, Ray Train's dataset shards.",
     )
 
 
@@ -86,6 +108,37 @@ def epoch_batches(
         yield torch.from_numpy(images), torch.from_numpy(masks)
 
 
+def training_dataset(config: DetectorConfig) -> ray.data.Dataset:
+    """``config.data``'s samples as a Ray Data dataset of ``image`` and ``mask`` columns,
+    decoded by :func:`network_sample` (the ``ray_data`` ingest)."""
+    decode = partial(network_sample, size=config.image_size, mode=config.color)
+    return shard_dataset(list_shards(config.data), decode, ("image", "mask"))
+
+
+def dataset_batches(
+    data: ray.data.Dataset | ray.data.DataIterator,
+    config: DetectorConfig,
+    epoch: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (images, masks) batches of ``batch_size // world_size`` (the last may be
+    shorter) from a dataset or a worker's shard of one, mixed by a shuffle buffer seeded by
+    (seed, epoch, rank)."""
+    local_batch = config.batch_size // world_size
+    if local_batch < 1:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than {world_size} workers")
+    seed = int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0])
+    for batch in data.iter_torch_batches(
+        batch_size=local_batch,
+        local_shuffle_buffer_size=config.shuffle_buffer,
+        local_shuffle_seed=seed,
+        device="cpu",
+    ):
+        yield batch["image"], batch["mask"]
+
+
 def learning_rate_at(epoch: int, config: DetectorConfig) -> float:
     """DRAEM's step schedule: ``learning_rate`` times 0.2 for each of 80% and 90% of
     ``epochs`` that ``epoch`` (from 0) has reached."""
@@ -107,6 +160,15 @@ def read_checkpoint(url: str) -> dict:
     return dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the settings added since it was written at their defaults
+    (one without ``ingest`` streamed), as a run of today would save it."""
+    try:
+        return DetectorConfig.model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        return saved  # a setting since removed or changed: never resumable
+
+
 def train_detector(
     config: DetectorConfig,
     device: str | torch.device = "cpu",
@@ -115,15 +177,25 @@ def train_detector(
     world_size: int = 1,
     prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda network: network,
     on_epoch: Callable[[dict], None] | None = None,
+    data: ray.data.Dataset | ray.data.DataIterator | None = None,
 ) -> dict:
     """Train (or resume) and return the checkpoint dict: weights, optimiser, epoch, losses.
 
     Data-parallel use (the Ray Train wrapper): every rank runs this with its ``rank`` and
     ``world_size`` and a ``prepare`` that wraps the network for gradient averaging (DDP); each
-    rank streams its own shards (:func:`epoch_batches`). Rank 0 writes the checkpoints; all
+    rank streams its own shards (:func:`epoch_batches`), or, with ``ingest: ray_data``, reads
+    ``data``, its Ray Train dataset shard (one process without ``data`` reads
+    :func:`training_dataset` itself). Rank 0 writes the checkpoints; all
     ranks read one to resume, so ``checkpoint_dir`` must be shared (s3://, or one machine's
     disk). Losses are rank 0's. ``on_epoch`` gets the checkpoint dict after every epoch.
     """
+    if config.ingest == "ray_data" and data is None:
+        if world_size > 1:
+            raise ValueError(
+                "ingest ray_data on several workers reads Ray Train's dataset shards: "
+                "train_on_ray(..., dataset=training_dataset(config))"
+            )
+        data = training_dataset(config)
     torch.manual_seed(config.seed)
     shards = list_shards(config.data)
     if sum(shard.samples for shard in shards) < config.batch_size:
@@ -135,7 +207,7 @@ def train_detector(
     url = checkpoint_url(config)
     if storage.exists(url):
         state = read_checkpoint(url)
-        if not resumable(state["config"], config.model_dump(mode="json")):
+        if not resumable(_with_defaults(state["config"]), config.model_dump(mode="json")):
             raise ValueError(f"{url} was trained with another config; use another checkpoint_dir")
         bare.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
@@ -147,7 +219,12 @@ def train_detector(
             group["lr"] = learning_rate_at(epoch, config)
         network.train()
         total, seen = 0.0, 0
-        for images, masks in epoch_batches(shards, config, epoch, rank=rank, world_size=world_size):
+        batches = (
+            epoch_batches(shards, config, epoch, rank=rank, world_size=world_size)
+            if data is None
+            else dataset_batches(data, config, epoch, rank=rank, world_size=world_size)
+        )
+        for images, masks in batches:
             loss = focal_loss(network(images.to(device)), masks.to(device))
             optimiser.zero_grad()
             loss.backward()

@@ -141,6 +141,12 @@ def configure(
     _filesystems.clear()  # credentials are read when a filesystem is made: re-read them too
 
 
+def current_settings() -> dict[str, Any]:
+    """What :func:`configure` was last given here: the keyword arguments that configure another
+    process (a Ray task) alike."""
+    return dict(_settings)
+
+
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 

@@ -1,16 +1,21 @@
 """Training on Ray Train: a plain training loop (the detector's ``train_detector``, the CDM's
 ``train_cdm``) run by a ``TorchTrainer`` on ``num_workers`` workers (DDP; GPUs when asked), one
 per process. Both loops take (config, device, rank, world_size, prepare, on_epoch) and write
-their own checkpoints, so resuming works the same with or without Ray."""
+their own checkpoints, so resuming works the same with or without Ray. A loop whose input is a
+Ray Data dataset (:mod:`cai_ray.train.data`) gets it through Ray Train: ``dataset`` goes to the
+trainer, and each worker's loop gets its shard of it as ``data``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from cai_ray.io import storage
+
+if TYPE_CHECKING:
+    import ray.data
 
 TrainingLoop = Callable[..., dict]
 
@@ -35,6 +40,7 @@ def _worker_loop(settings: dict[str, Any]) -> None:
     storage.configure(**settings["storage"])
     context = ray.train.get_context()
     loop: TrainingLoop = settings["loop"]
+    data = {"data": ray.train.get_dataset_shard("train")} if settings["with_dataset"] else {}
     loop(
         settings["config"],
         ray.train.torch.get_device(),
@@ -44,6 +50,7 @@ def _worker_loop(settings: dict[str, Any]) -> None:
         on_epoch=lambda state: ray.train.report(
             {"epoch": state["epoch"], "loss": state["losses"][-1]}
         ),
+        **data,
     )
 
 
@@ -54,15 +61,38 @@ def train_on_ray(
     num_workers: int,
     use_gpu: bool = False,
     storage_options: dict[str, Any] | None = None,
+    dataset: ray.data.Dataset | None = None,
+    cpus_per_worker: float | None = None,
 ) -> None:
-    """Run ``loop(config, ...)`` on every worker; raises if any worker failed."""
-    from ray.train import ScalingConfig
+    """Run ``loop(config, ...)`` on every worker; raises if any worker failed. With
+    ``dataset``, each worker's loop also gets ``data``: its part of every epoch (Ray Train's
+    ``get_dataset_shard``: as many rows each), read with ``dataset``'s own execution options
+    (its ``preserve_order``, not the driver's default). The tasks reading ``dataset`` need CPUs
+    besides the workers' (``cpus_per_worker``; default: Ray Train's, one CPU or one GPU)."""
+    from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    resources = None
+    if cpus_per_worker is not None:
+        resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"loop": loop, "config": config, "storage": storage_options or {}},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        train_loop_config={
+            "loop": loop,
+            "config": config,
+            "storage": storage_options or {},
+            "with_dataset": dataset is not None,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+        ),
+        datasets={"train": dataset} if dataset is not None else None,
+        # the dataset's own options (preserve_order) rather than the driver's defaults
+        dataset_config=DataConfig(
+            execution_options=dataset.context.execution_options if dataset else None
+        ),
     )
     result = trainer.fit()
     if result.error is not None:

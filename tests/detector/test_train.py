@@ -1,5 +1,10 @@
 """The training loop on real synthesis output (the bundled sample), tiny network, CPU."""
 
+import io
+import pickle
+from functools import partial
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -203,3 +208,161 @@ def test_ray_train_on_two_workers_averages_their_gradients(synth_output, tmp_pat
     # ends about 1e-3 away on nearly every weight: compare the distances over all weights.
     assert distance(state["model"]) < 0.1 * distance(single["model"])
     assert any(not torch.allclose(single["model"][k], v, atol=1e-3) for k, v in expected.items())
+
+
+def _batches_seen(batches) -> list[list[bytes]]:
+    return [[image.numpy().tobytes() for image in images] for images, _ in batches]
+
+
+def test_ray_data_ingest_reads_every_sample_once_per_epoch(synth_output, tmp_path):
+    """One process iterating the Ray Data dataset: each epoch every sample exactly once (the
+    stream path's samples, decoded alike), in full batches but for the last, the order a
+    function of (seed, epoch)."""
+    from cai_ray.detector.train import dataset_batches, training_dataset
+
+    config = _config(synth_output, tmp_path, 1).model_copy(
+        update={"batch_size": 3, "shuffle_buffer": 5, "ingest": "ray_data"}
+    )
+    every = set(_seen(list_shards([synth_output]), config.model_copy(update={"batch_size": 1}), 0))
+    dataset = training_dataset(config)
+    first = _batches_seen(dataset_batches(dataset, config, 0))
+    flat = [key for batch in first for key in batch]
+    assert sorted(flat) == sorted(every) and len(flat) == len(every)
+    assert [len(batch) for batch in first[:-1]] == [3] * (len(first) - 1)
+    assert 0 < len(first[-1]) <= 3
+    assert _batches_seen(dataset_batches(dataset, config, 0)) == first
+    second = [key for batch in _batches_seen(dataset_batches(dataset, config, 1)) for key in batch]
+    assert second != flat and sorted(second) == sorted(flat)
+
+
+def test_ray_data_ingest_names_a_shard_whose_entry_miscounts(synth_output):
+    from cai_ray.detector.train import network_sample
+    from cai_ray.io.stream import ShardRef
+    from cai_ray.train.data import shard_dataset
+
+    shard = list_shards([synth_output])[0]
+    wrong = ShardRef(shard.url, shard.samples + 1)
+    decode = partial(network_sample, size=8, mode="grey")
+    with pytest.raises(Exception, match=f"{shard.url} holds {shard.samples} usable samples"):
+        shard_dataset([wrong], decode, ("image", "mask")).take_all()
+
+
+def _record_keys(config, device, *, rank, world_size, data, prepare, on_epoch):
+    """A Ray Train loop that only writes down which samples its worker got, per epoch."""
+    from cai_ray.detector.train import dataset_batches
+
+    for epoch in range(config.epochs):
+        batches = dataset_batches(data, config, epoch, rank=rank, world_size=world_size)
+        keys = [key for batch in _batches_seen(batches) for key in batch]
+        out = Path(config.checkpoint_dir) / f"epoch{epoch}_rank{rank}.pkl"
+        out.write_bytes(pickle.dumps(keys))
+    return {}
+
+
+def test_ray_train_workers_split_every_epoch_between_them(synth_output, tmp_path):
+    """Two Ray Train workers reading their dataset shards: each epoch, every sample goes to one
+    worker only, both get as many, and none is left out but the odd one an equal split
+    drops. A second run gives each worker the same samples in the same order."""
+    from cai_ray.detector.train import training_dataset
+    from cai_ray.train.runner import train_on_ray
+
+    config = _config(synth_output, tmp_path, 2).model_copy(
+        update={"batch_size": 2, "shuffle_buffer": 5, "ingest": "ray_data"}
+    )
+    every = set(_seen(list_shards([synth_output]), config.model_copy(update={"batch_size": 1}), 0))
+    runs = []
+    for run in ("first", "second"):
+        out = tmp_path / run
+        out.mkdir()
+        train_on_ray(
+            _record_keys,
+            config.model_copy(update={"checkpoint_dir": str(out)}),
+            num_workers=2,
+            dataset=training_dataset(config),
+            cpus_per_worker=0.5,
+        )
+        runs.append(
+            [
+                [pickle.loads((out / f"epoch{epoch}_rank{r}.pkl").read_bytes()) for r in (0, 1)]
+                for epoch in range(2)
+            ]
+        )
+    for ranks in runs[0]:
+        assert len(ranks[0]) == len(ranks[1]) > 0
+        seen = ranks[0] + ranks[1]
+        assert len(set(seen)) == len(seen) and set(seen) <= every
+        assert len(every) - len(seen) == len(every) % 2
+    assert runs[0][0] != runs[0][1]  # another epoch, another order
+    assert runs[1] == runs[0]
+
+
+def test_ray_data_ingest_trains_here_and_on_ray_train(synth_output, tmp_path):
+    """The detector trains on the ray_data path in one process (no Ray Train) and on two Ray
+    Train workers; on several workers without the dataset it says what to pass."""
+    from cai_ray.detector.train import checkpoint_url, read_checkpoint, training_dataset
+    from cai_ray.train.runner import train_on_ray
+
+    here = _config(synth_output, tmp_path / "here", 3).model_copy(update={"ingest": "ray_data"})
+    state = train_detector(here)
+    assert state["config"]["ingest"] == "ray_data" and len(state["losses"]) == 3
+    assert state["losses"][-1] < state["losses"][0]
+
+    config = _config(synth_output, tmp_path / "ray", 1).model_copy(update={"ingest": "ray_data"})
+    with pytest.raises(ValueError, match="dataset shards"):
+        train_detector(config, rank=0, world_size=2)
+    train_on_ray(
+        train_detector,
+        config,
+        num_workers=2,
+        dataset=training_dataset(config),
+        cpus_per_worker=0.5,
+    )
+    assert read_checkpoint(checkpoint_url(config))["epoch"] == 1
+
+
+def test_a_checkpoint_from_before_the_ingest_setting_resumes(synth_output, tmp_path):
+    """A checkpoint whose config has no ``ingest`` (written before it existed) streamed: it
+    resumes with the default to the weights a checkpoint of today gives, and is refused for
+    ray_data."""
+    from cai_ray.detector.train import checkpoint_url, read_checkpoint
+
+    today = _config(synth_output, tmp_path / "today", 1)
+    train_detector(today)
+    straight = train_detector(today.model_copy(update={"epochs": 2}))
+    config = _config(synth_output, tmp_path / "old", 1)
+    train_detector(config)
+    state = read_checkpoint(checkpoint_url(config))
+    del state["config"]["ingest"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    Path(checkpoint_url(config)).write_bytes(buffer.getvalue())
+
+    with pytest.raises(ValueError, match="another config"):
+        train_detector(config.model_copy(update={"epochs": 2, "ingest": "ray_data"}))
+    resumed = train_detector(config.model_copy(update={"epochs": 2}))
+    assert resumed["losses"] == straight["losses"]
+    for name, weights in straight["model"].items():
+        assert torch.equal(resumed["model"][name], weights)
+
+
+def test_ray_data_ingest_reads_shards_on_s3(synth_output, s3_bucket, tmp_path):
+    """The Ray Data tasks read s3:// shards with the driver's storage settings: the samples of
+    the same output copied to the store."""
+    from cai_ray.detector.train import dataset_batches, training_dataset
+    from cai_ray.io import storage
+
+    for path in Path(synth_output).rglob("*"):
+        if path.is_file():
+            url = f"{s3_bucket}/out/{path.relative_to(synth_output)}"
+            storage.write_bytes_atomic(url, path.read_bytes())
+    local = _config(synth_output, tmp_path, 1).model_copy(update={"ingest": "ray_data"})
+    remote = local.model_copy(update={"data": [f"{s3_bucket}/out"]})
+
+    def keys(config):
+        return sorted(_batches_seen_flat(dataset_batches(training_dataset(config), config, 0)))
+
+    assert keys(remote) == keys(local) and len(keys(local)) > 12
+
+
+def _batches_seen_flat(batches) -> list[bytes]:
+    return [key for batch in _batches_seen(batches) for key in batch]
