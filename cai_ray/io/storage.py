@@ -49,6 +49,10 @@ _settings: dict[str, Any] = {
 In = TypeVar("In")
 Out = TypeVar("Out")
 _filesystems: dict[tuple[str, str | None, int, float], Any] = {}
+if hasattr(os, "register_at_fork"):
+    # fsspec's S3 filesystem refuses to work in a forked child (its event loop is the parent's):
+    # a child, such as a DataLoader worker, makes its own
+    os.register_at_fork(after_in_child=_filesystems.clear)
 
 
 class StorageError(OSError):

@@ -8,17 +8,21 @@ order, so the batches are a pure function of (seed, epoch, rank) whatever the th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from cai_ray.io import storage
 from cai_ray.io.layout import committed_shards, shard_name
-from cai_ray.io.tar import iter_tar
+from cai_ray.io.tar import Sample, iter_tar
 
 Decoded = tuple[np.ndarray, ...]
 """One sample as a loop takes it: a tuple of arrays, stacked field by field into a batch."""
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,39 @@ class StreamSettings:
     decode_workers: int
 
 
+def shard_order(shards: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which an epoch visits the shards, drawn from (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(shards)
+
+
+def read_samples(urls: Iterable[str]) -> Iterator[Sample]:
+    """The samples of the shards, in order, as their files; two shards read ahead."""
+    shard_bytes = storage.ordered_map(storage.read_bytes, urls, workers=2, depth=2)
+    return (sample for data in shard_bytes for sample in iter_tar(data))
+
+
+def decoded(items: Iterable[In], decode: Callable[[In], Out | None], workers: int) -> Iterator[Out]:
+    """``decode`` of each item, in order, by ``workers`` threads; the ``None`` results dropped."""
+    for item in storage.ordered_map(decode, items, workers=workers, depth=4 * workers):
+        if item is not None:
+            yield item
+
+
+def shuffled(items: Iterable[Out], buffer_size: int, rng: np.random.Generator) -> Iterator[Out]:
+    """The items mixed by a buffer of ``buffer_size`` (at least 1): each draw takes a random
+    slot and refills it, and the buffer empties in a random order at the end."""
+    buffer: list[Out] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        slot = int(rng.integers(len(buffer)))
+        yield buffer[slot]
+        buffer[slot] = item
+    for slot in rng.permutation(len(buffer)):
+        yield buffer[slot]
+
+
 def epoch_batches(
     shards: list[ShardRef],
     decode: Callable[[dict[str, bytes]], Decoded | None],
@@ -73,30 +110,16 @@ def epoch_batches(
     local_batch = settings.batch_size // world_size
     if local_batch < 1:
         raise ValueError(f"batch_size {settings.batch_size} is smaller than {world_size} workers")
-    order = np.random.default_rng([settings.seed, epoch]).permutation(len(shards))
+    order = shard_order(len(shards), settings.seed, epoch)
     shares = [sum(shards[i].samples for i in order[r::world_size]) for r in range(world_size)]
     steps = min(shares) // local_batch
     mine = [shards[i].url for i in order[rank::world_size]]
-    rng = np.random.default_rng([settings.seed, epoch, rank])
-
-    def shuffled() -> Iterator[Decoded]:
-        buffer: list[Decoded] = []
-        shard_bytes = storage.ordered_map(storage.read_bytes, mine, workers=2, depth=2)
-        encoded = (files for data in shard_bytes for _, files in iter_tar(data))
-        workers = settings.decode_workers
-        for sample in storage.ordered_map(decode, encoded, workers=workers, depth=4 * workers):
-            if sample is None:
-                continue
-            if len(buffer) < settings.shuffle_buffer:
-                buffer.append(sample)
-                continue
-            slot = int(rng.integers(len(buffer)))
-            yield buffer[slot]
-            buffer[slot] = sample
-        for slot in rng.permutation(len(buffer)):
-            yield buffer[slot]
-
-    samples = shuffled()
+    files = (files for _, files in read_samples(mine))
+    samples = shuffled(
+        decoded(files, decode, settings.decode_workers),
+        settings.shuffle_buffer,
+        np.random.default_rng([settings.seed, epoch, rank]),
+    )
     for _ in range(steps):
         batch = [next(samples) for _ in range(local_batch)]
         yield tuple(np.stack(field) for field in zip(*batch, strict=True))
