@@ -58,6 +58,7 @@ class CAIAnomalyGenerator(v2.Transform):
         self.failures: Counter[str] = Counter()
 
     def forward(self, image: torch.Tensor, keys: Keys = None) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_values(image)
         if image.ndim == 3:
             if keys is not None and not isinstance(keys, int | str):
                 raise ValueError(f"one image takes one key (an int or a str); got {keys!r}")
@@ -123,18 +124,23 @@ class CAIAnomalyGenerator(v2.Transform):
         return image, normal
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    """The image as uint8 numpy on the CPU (floats are [0, 1]: anything else is refused, since
-    anomalib's generators take unnormalised images)."""
+def _check_values(image: torch.Tensor) -> None:
+    """Floats are in [0, 1]: anomalib's generators take unnormalised images."""
     if image.dtype == torch.uint8:
-        return image.detach().cpu().numpy()
+        return
     if not image.is_floating_point():
         raise ValueError(f"images are float in [0, 1] or uint8; got {image.dtype}")
-    values = image.detach().float().cpu()
-    low, high = float(values.min()), float(values.max())
+    low, high = float(image.min()), float(image.max())
     if low < 0.0 or high > 1.0:
         raise ValueError(
             f"float images are in [0, 1] (normalise after the generator); "
             f"got [{low:.3g}, {high:.3g}]"
         )
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """The image (checked) as uint8 numpy on the CPU."""
+    if image.dtype == torch.uint8:
+        return image.detach().cpu().numpy()
+    values = image.detach().float().cpu()
     return (values * 255.0).round().to(torch.uint8).numpy()

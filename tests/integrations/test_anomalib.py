@@ -144,8 +144,12 @@ def test_the_device_is_kept(cutpaste):
 
 
 def test_bad_input_is_refused(cutpaste):
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        cutpaste(_image() * 2 - 1)  # an ImageNet-normalised image, say
+    never = CAIAnomalyGenerator("cutpaste", probability=0.0)
+    for generator in (cutpaste, never):  # refused whether or not it would make an anomaly
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            generator(_image() * 2 - 1)  # an ImageNet-normalised image, say
+    with pytest.raises(ValueError, match="float in"):
+        cutpaste(_image().to(torch.int32))
     with pytest.raises(ValueError, match="1 or 3 channels"):
         cutpaste(_image()[:2])
     with pytest.raises(ValueError, match="3 keys for a batch of 4"):
