@@ -25,7 +25,13 @@ from pydantic import TypeAdapter
 
 from cai_ray.config import SynthConfig, load_config
 from cai_ray.core.cai import CAIParams
-from cai_ray.core.synthesis import BatchSynthesizer, Donor, Failure, Synthesizer
+from cai_ray.core.synthesis import (
+    BatchSynthesizer,
+    Donor,
+    Failure,
+    PseudoAnomaly,
+    Synthesizer,
+)
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.daad.shards import prepare_daad
 from cai_ray.io.codecs import ColorMode
@@ -87,11 +93,17 @@ class OnTheFly:
         *,
         key: str,
         donors: Sequence[Donor] = (),
+        indices: Sequence[int] | None = None,
     ) -> list[Anomaly | Failure]:
         """``key`` seeds the samples (the job uses the image's path relative to its inputs);
         ``donors`` are other normal images with their foregrounds (NSA takes patches from
-        them)."""
+        them); ``indices`` picks samples by number (default: all ``anomalies_per_target``),
+        each the same as in the full set."""
         synthesizer = self._synthesizer(image)
+        count = self.anomalies_per_target
+        chosen = list(range(count)) if indices is None else [int(k) for k in indices]
+        if not all(0 <= k < count for k in chosen):
+            raise ValueError(f"sample indices {chosen} outside 0..{count - 1}")
         if foreground is None:
             foreground = np.ones(image.shape[:2], bool)
         if foreground.shape != image.shape[:2]:
@@ -100,13 +112,14 @@ class OnTheFly:
             )
         foreground = foreground.astype(bool)
         if isinstance(synthesizer, BatchSynthesizer):
-            [results] = synthesizer.synthesize_many([(image, foreground, key)], seed=self.seed)
+            [every] = synthesizer.synthesize_many([(image, foreground, key)], seed=self.seed)
+            results: Sequence[PseudoAnomaly | Failure] = [every[k] for k in chosen]
         else:
             results = synthesizer.synthesize(
-                image, foreground, seed=self.seed, target_key=key, donors=donors
+                image, foreground, seed=self.seed, target_key=key, donors=donors, indices=chosen
             )
         made: list[Anomaly | Failure] = []
-        for index, result in enumerate(results):
+        for index, result in zip(chosen, results, strict=True):
             if isinstance(result, Failure):
                 made.append(result)
                 continue

@@ -93,3 +93,16 @@ def test_keyword_settings_are_validated_like_a_config():
     results = synth(np.zeros((64, 64), np.uint8), key="k")
     assert len(results) == 3  # a flat image: CutPaste changes nothing visible, but masks it
     assert all(not isinstance(r, Failure) for r in results)
+
+
+def test_indices_pick_samples_of_the_full_set(tile_targets):
+    """A sample asked for by number is the one the full set has at that number."""
+    synth = api.synthesizer("cutpaste", anomalies_per_target=4, seed=2)
+    every = synth(tile_targets[0], key="tile")
+    picked = synth(tile_targets[0], key="tile", indices=[3, 1])
+    for anomaly, number in zip(picked, [3, 1], strict=True):
+        assert np.array_equal(anomaly.image, every[number].image)
+        assert anomaly.provenance == every[number].provenance
+    assert picked[0].provenance["sample_index"] == 3
+    with pytest.raises(ValueError, match="outside"):
+        synth(tile_targets[0], key="tile", indices=[4])

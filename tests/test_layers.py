@@ -26,7 +26,12 @@ LAYERS: list[list[str]] = [
     ["cai_ray.pipeline"],
     ["cai_ray.benchmark"],
     ["cai_ray.api", "cai_ray.cli"],
+    ["cai_ray.integrations"],
 ]
+
+# Libraries only an extra's adapter in cai_ray.integrations may import: the rest of cai_ray
+# (and its base install and tests) runs without them.
+ADAPTER_ONLY = {"torchvision", "anomalib"}
 
 # What core may import besides the standard library and itself: numpy, OpenCV, SciPy; and, for
 # the rembg foreground only, rembg and its PIL image type.
@@ -115,3 +120,11 @@ def test_core_is_numpy_only(module):
         if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != "cai_ray"
     }
     assert third_party <= CORE_THIRD_PARTY, f"{module} imports {third_party - CORE_THIRD_PARTY}"
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if not m.startswith("cai_ray.integrations"))
+)
+def test_only_adapters_import_their_extras(module):
+    imported = {m.split(".")[0] for m in _imports(MODULES[module])}
+    assert not imported & ADAPTER_ONLY, f"{module} imports {imported & ADAPTER_ONLY}"
