@@ -189,6 +189,8 @@ def train_detector(
     ranks read one to resume, so ``checkpoint_dir`` must be shared (s3://, or one machine's
     disk). Losses are rank 0's. ``on_epoch`` gets the checkpoint dict after every epoch.
     """
+    if data is not None and config.ingest != "ray_data":
+        raise ValueError(f"a Ray Data shard was given, but ingest is {config.ingest!r}")
     if config.ingest == "ray_data" and data is None:
         if world_size > 1:
             raise ValueError(

@@ -63,7 +63,8 @@ def _decoded_shard(
     storage_options: dict[str, Any],
 ) -> Iterator[dict[str, np.ndarray]]:
     """One shard's usable samples, decoded, in blocks of :data:`ROWS_PER_BLOCK`."""
-    storage.configure(**storage_options)
+    if storage.current_settings() != storage_options:  # keep the cached S3 connections
+        storage.configure(**storage_options)
     url, expected = str(row["url"][0]), int(row["samples"][0])
     rows: list[Decoded] = []
     found = 0

@@ -138,7 +138,7 @@ def test_a_shard_changed_after_its_commit_is_named(undisturbed, tmp_path):
 
 def _recipes() -> list[str]:
     readme = (REPO / "README.md").read_text()
-    start = readme.index("#### Reading the shards from your training code")
+    start = readme.index("### Reading the shards from your training code")
     section = readme[start : readme.index("\n### ", start)]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
