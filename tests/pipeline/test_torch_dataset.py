@@ -24,6 +24,17 @@ from cai_ray.io.torch_dataset import ShardDataset, ShardStream, collate
 from tests.conftest import REPO
 
 
+@pytest.fixture(autouse=True)
+def _no_ray_driver_across_a_fork(undisturbed):
+    """DataLoader workers fork this process; a fork of a live Ray driver breaks the parent's gRPC
+    channels to its GCS, and the next test that asks Ray anything waits forever. The outputs are
+    made first (the session's ``undisturbed``), then Ray is stopped; later tests start it."""
+    import ray
+
+    ray.shutdown()
+    yield
+
+
 def _output(undisturbed) -> str:
     return str(undisturbed.output.path)
 
