@@ -146,9 +146,11 @@ def _synth(args: argparse.Namespace) -> int:
     if args.local:
         config.resources.executor = "local"
     if args.dry_run:
-        _print_dry_run(args.config, config.output.path, dry_run(config))
+        _print_dry_run(args.config, config.output.path, dry_run(config, relist=args.relist))
         return 0
-    manifest = run_synth(config, show_progress=not args.no_progress, verbose=args.verbose)
+    manifest = run_synth(
+        config, show_progress=not args.no_progress, verbose=args.verbose, relist=args.relist
+    )
     out = config.output.path
     shards = len(manifest["shards"])
     if manifest["samples"] == 0 and manifest["complete"]:
@@ -493,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the plan (targets, shards, samples and bytes expected, what a resume would "
         "skip) without running it or writing anything",
+    )
+    synth.add_argument(
+        "--relist",
+        action="store_true",
+        help="list the inputs again on a resume (by default a resume reads the input list the "
+        "output keeps); inputs added, removed or changed since then make it refuse",
     )
     synth.set_defaults(handler=_synth)
 

@@ -312,6 +312,12 @@ def put_file_atomic(source: str, url: str) -> None:
     _replace_local(local_path(url), copy, os.path.getsize(source))
 
 
+def get_file(url: str, dest: str) -> None:
+    """Copy ``url`` (local or object store) to the local file ``dest``, streamed."""
+    with located("read", url) as (fs, path):
+        fs.get_file(path, dest)
+
+
 TEMPORARY_SUFFIX = ".tmp"
 """A local atomic write fills ``.<name>.<8 random characters>.tmp`` beside ``<name>``."""
 

@@ -81,6 +81,8 @@ class JobPlan:
     counted, the first :data:`~cai_ray.io.inputs.LEFT_OUT_NAMED` named."""
     duplicates: int = 0
     """Inputs named more than once by the sources (each kept once)."""
+    list_kept: bool = False
+    """The list is the one the output keeps (read back, not listed again)."""
 
     @property
     def fingerprint(self) -> str:
@@ -171,13 +173,49 @@ def list_inputs(config: SynthConfig, folder: str) -> tuple[str, inputs.Listing]:
     return url, listing
 
 
-def plan_job(config: SynthConfig, folder: str) -> JobPlan:
-    """List the inputs into ``folder`` and plan from that list in one streaming pass: a
-    target's index is its row, its key (which seeds its samples) its path relative to the
+def reuse_output_list(config: SynthConfig, folder: str) -> tuple[str, inputs.Listing] | None:
+    """The input list the output keeps, copied into the local ``folder``, when the job that
+    started the output named the same sources (``inputs.paths`` and ``inputs.limit``): a
+    resume reads that list back instead of listing millions of objects again. ``None`` when
+    there is no such output or its job named other sources (then the inputs are listed)."""
+    out = config.output.path
+    job_url = storage.join(out, layout.JOB_FILE)
+    list_url = storage.join(out, layout.INPUT_LIST_FILE)
+    if not (storage.exists(job_url) and storage.exists(list_url)):
+        return None
+    previous = layout.read_json(job_url)
+    started = previous.get("config", {}).get("inputs", {})
+    if (started.get("paths"), started.get("limit")) != (config.inputs.paths, config.inputs.limit):
+        return None
+    url = os.path.join(folder, layout.INPUT_LIST_FILE)
+    storage.get_file(list_url, url)
+    unlisted = LeftOut()
+    for skip in previous.get("unlisted_inputs", []):
+        unlisted.append(skip)
+    unlisted.total = int(previous.get("left_out_inputs", unlisted.total))
+    listing = inputs.Listing(
+        count=int(previous["targets"]),
+        unlisted=unlisted,
+        duplicates=int(previous.get("duplicate_inputs", 0)),
+    )
+    log.info(
+        "resuming over the input list %s keeps (%d inputs); inputs added or changed since "
+        "are seen only with --relist",
+        list_url,
+        listing.count,
+    )
+    return url, listing
+
+
+def plan_job(config: SynthConfig, folder: str, *, relist: bool = True) -> JobPlan:
+    """List the inputs into ``folder`` (or, unless ``relist``, reuse the list an output of
+    this job keeps: :func:`reuse_output_list`) and plan from that list in one streaming pass:
+    a target's index is its row, its key (which seeds its samples) its path relative to the
     inputs' common folder (so moving the dataset elsewhere does not change the samples), and
     the job's identity digests the list as it streams by. The driver's memory does not grow
     with the number of targets (only a short digest per shard)."""
-    url, listing = list_inputs(config, folder)
+    reused = None if relist else reuse_output_list(config, folder)
+    url, listing = reused or list_inputs(config, folder)
     faults.fault_point(faults.PLANNING)
     count = listing.count
     first, last = inputs.location_bounds(url, count)
@@ -189,7 +227,15 @@ def plan_job(config: SynthConfig, folder: str) -> JobPlan:
     mode = _resolve_mode(config, probes)
     root = inputs.root_url(common, probes[0])
     return JobPlan(
-        url, count, mode, identity, per_shard, root, listing.unlisted, listing.duplicates
+        url,
+        count,
+        mode,
+        identity,
+        per_shard,
+        root,
+        listing.unlisted,
+        listing.duplicates,
+        list_kept=reused is not None,
     )
 
 
@@ -313,7 +359,8 @@ def _claim_output(config: SynthConfig, plan: JobPlan) -> tuple[dict, set[int]]:
         )
         if removed:
             log.info("removed %d partial file(s) an interrupted run left in %s", removed, out)
-        storage.put_file_atomic(plan.inputs, list_url)
+        if not plan.list_kept:
+            storage.put_file_atomic(plan.inputs, list_url)
         faults.fault_point(faults.LISTING_OUTPUT)
         return previous, layout.committed_indices(out)
     storage.makedirs(out)
@@ -771,11 +818,12 @@ def _probe(config: SynthConfig, plan: JobPlan, count: int) -> dict:
     return {"inputs": probed, **figures}
 
 
-def dry_run(config: SynthConfig, probes: int = 2) -> dict:
+def dry_run(config: SynthConfig, probes: int = 2, *, relist: bool = False) -> dict:
     """The job's plan without running it, for a look before paying for it: targets, shards,
     samples expected and bytes (from ``probes`` inputs made in this process, nothing written),
     and what a run over the output would do: start it, resume it (how many shards it would
-    skip, from one listing of the output) or refuse it (why). No Ray is started."""
+    skip, from one listing of the output) or refuse it (why). No Ray is started. ``relist``:
+    as :func:`run_synth`'s."""
     storage.configure(**config.storage.model_dump())
     out = config.output.path
     if config.daad is not None and not storage.exists(storage.join(config.daad.path, INDEX_NAME)):
@@ -784,7 +832,7 @@ def dry_run(config: SynthConfig, probes: int = 2) -> dict:
             "it: build it first ('cai-ray daad build'), then look again"
         )
     with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
-        plan = plan_job(config, folder)
+        plan = plan_job(config, folder, relist=relist)
         report: dict = {
             "targets": plan.count,
             "shards": plan.num_shards,
@@ -811,7 +859,9 @@ def dry_run(config: SynthConfig, probes: int = 2) -> dict:
     return report
 
 
-def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool = False) -> dict:
+def run_synth(
+    config: SynthConfig, *, show_progress: bool = True, verbose: bool = False, relist: bool = False
+) -> dict:
     """Run (or resume) the job; return its manifest plus ``shards_made``, how many shards this
     call made (0 when the output was already complete), and ``storage_retries_made``, the
     object-store requests it retried in every process (the manifest's ``storage_retries``
@@ -821,14 +871,17 @@ def run_synth(config: SynthConfig, *, show_progress: bool = True, verbose: bool 
     this one; a run whose checks fail before writes nothing. A full disk, met by the driver or
     a worker, stops the job with one :class:`~cai_ray.io.storage.OutOfSpaceError` that names
     the file and says how to go on: the shards committed so far are kept, and a rerun
-    resumes."""
+    resumes. A resume over an output started from the same sources reads the input list the
+    output keeps (no second listing of millions of objects, and inputs touched since do not
+    stop it); ``relist`` lists the sources again, and a resume then refuses inputs added,
+    removed or changed since (their samples would not be those of the job that started)."""
     try:
-        return _run_synth(config, show_progress, verbose)
+        return _run_synth(config, show_progress, verbose, relist)
     except storage.OutOfSpaceError as exc:
         raise storage.OutOfSpaceError(f"{exc}; {RESUME_HINT}") from exc
 
 
-def _run_synth(config: SynthConfig, show_progress: bool, verbose: bool) -> dict:
+def _run_synth(config: SynthConfig, show_progress: bool, verbose: bool, relist: bool) -> dict:
     from cai_ray.pipeline.preview import write_preview
 
     storage.configure(**config.storage.model_dump())
@@ -837,7 +890,7 @@ def _run_synth(config: SynthConfig, show_progress: bool, verbose: bool) -> dict:
         prepare_daad(config.daad)
     with ExitStack() as held:
         with tempfile.TemporaryDirectory(prefix="cai-ray-inputs-") as folder:
-            plan = plan_job(config, folder)
+            plan = plan_job(config, folder, relist=relist)
             _check_sources(config, plan.mode)
             lease = config.output.lease
             held.enter_context(

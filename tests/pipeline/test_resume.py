@@ -78,7 +78,39 @@ def test_an_input_with_new_pixels_is_refused_by_name(sources, tmp_path):
     first, second = sorted(inputs.glob("*.jpg"))[:2]
     first.write_bytes(second.read_bytes())  # same name, other pixels
     with pytest.raises(OutputMismatchError, match=f"1 input changed.*{first.name}"):
-        run_synth(config, show_progress=False)
+        run_synth(config, show_progress=False, relist=True)
+
+
+def test_a_resume_reads_the_list_the_output_keeps(sources, tmp_path):
+    """Without --relist a resume lists nothing: an input added to the folder since is not
+    taken, and an input touched since (a re-copied dataset's new times) does not stop it."""
+    inputs, daad = sources
+    config = _config(inputs, daad, tmp_path / "out")
+    _interrupted(config)
+    first, second = sorted(inputs.glob("*.jpg"))[:2]
+    shutil.copy(first, inputs / "zz-added.jpg")
+    os.utime(second, ns=(0, second.stat().st_mtime_ns + 10**9))
+    manifest = run_synth(config, show_progress=False)
+    assert manifest["complete"] and manifest["shards_made"] == 1
+    assert manifest["targets"] == 4
+    with pytest.raises(OutputMismatchError, match="the input list differs"):
+        run_synth(config, show_progress=False, relist=True)
+
+
+def test_a_resume_from_other_sources_lists_them(sources, tmp_path):
+    """The kept list is reused only for the sources that made it: a job naming another folder
+    of the same images lists that folder (and resumes, the keys being the same)."""
+    inputs, daad = sources
+    config = _config(inputs, daad, tmp_path / "out")
+    _interrupted(config)
+    moved = tmp_path / "moved"
+    shutil.copytree(inputs, moved)
+    (moved / sorted(inputs.glob("*.jpg"))[0].name).unlink()
+    other = config.model_copy(
+        update={"inputs": config.inputs.model_copy(update={"paths": [str(moved)]})}
+    )
+    with pytest.raises(OutputMismatchError, match="the input list differs"):
+        run_synth(other, show_progress=False)
 
 
 def test_a_changed_texture_of_the_synthesizer_is_refused(sources, tmp_path):
