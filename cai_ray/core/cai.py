@@ -113,6 +113,9 @@ class CAIParams:
     ``low contrast``; :func:`~cai_ray.core.labels.visibility`); 0 turns either check off. The
     defaults cut the faintest few per cent measured on the shipped targets (docs/BENCHMARKS.md,
     "The visibility gate").
+
+    >>> CAIParams().label_rule, CAIParams(match_scale=False).quotas.total
+    ('pattern', 10)
     """
 
     __pydantic_config__ = _STRICT_WITH_PAPER_NAMES
@@ -505,6 +508,27 @@ class CAIInjector:
     params : CAIParams
     weights : per-pattern sampling weights (> 0), e.g. from :func:`class_weights`; None: every
         pattern alike.
+
+    Examples
+    --------
+    A dark line for a crack, injected into a flat grey target; the large slot falls to the
+    scale the short pattern can make:
+
+    >>> import numpy as np
+    >>> source = np.full((64, 64), 200, np.uint8)
+    >>> source[20:44, 30:34] = 40
+    >>> crack = SourcePattern.from_full_image(
+    ...     source, source < 100, anomaly_class="crack", domain="synthetic", record_id="c0"
+    ... )
+    >>> target = np.random.default_rng(0).normal(128, 4, (128, 128)).astype(np.uint8)
+    >>> injector = CAIInjector([crack], CAIParams(quotas=Quotas(large=1, medium=1, small=1)))
+    >>> first, *others = injector.synthesize(
+    ...     target, np.ones(target.shape, bool), seed=0, target_key="tile-17"
+    ... )
+    >>> first.method, first.details()["requested_scale"], first.scale
+    ('cai-normal', 'large', 'small')
+    >>> first.image.shape, sorted(np.unique(first.mask).tolist()), len(others)
+    ((128, 128), [0, 255], 2)
     """
 
     def __init__(
