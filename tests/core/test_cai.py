@@ -280,7 +280,7 @@ def test_unusable_sources_and_targets_are_reported(crack_patterns, tile_targets)
 
 
 def test_an_invisible_injection_is_redrawn_and_counted_by_its_cause():
-    """Issue 33: a pattern whose blend changes only a dot of its 40x40 mask is refused by the
+    """A pattern whose blend changes only a dot of its 40x40 mask is refused by the
     visibility gate (cause ``invisible``); with the gate off (0) it is kept."""
     image = np.full((60, 60), 100, np.uint8)
     image[28:32, 28:32] = 0  # a dark dot on a flat body
