@@ -3,7 +3,7 @@
 Reads every usable pattern of the shared DAAD once (a fresh bank, so each is a cache miss) in
 ``--mode`` and reports milliseconds per read and the bytes read, per domain: from the DAAD as
 built (a record's crop where it keeps one) and from a format-3 view of the same shards (whole
-records only: the records table without the crop ranges, as before issue 24). Both must give
+records only: the records table without the crop ranges, as before DAAD format 4). Both must give
 the same patterns; the script checks it.
 
 --shares times the decoding alone, for one record in three, by the share of the image's pixels

@@ -53,7 +53,19 @@ class OnTheFly:
     """A synthesizer for numpy images. Call it on an image (and optionally its foreground, a
     bool mask; default: the whole image) with a key that names the image; it returns the
     method's pseudo-anomalies for that image, a :class:`Failure` where one could not be made.
-    Sources are opened on the first call for each colour mode and image size."""
+    Sources are opened on the first call for each colour mode and image size.
+
+    A sample depends only on the settings, the seed, the key and its index, so one picked by
+    ``indices`` is the same as in the full set:
+
+    >>> import numpy as np
+    >>> synth = synthesizer("cutpaste", seed=0)
+    >>> image = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    >>> every = synth(image, key="tile-17")
+    >>> [third] = synth(image, key="tile-17", indices=[2])
+    >>> np.array_equal(third.image, every[2].image), third.provenance["sample_index"]
+    (True, 2)
+    """
 
     def __init__(
         self, settings: MethodSettings, cai: CAIParams, daad: DaadConfig | None, seed: int
@@ -147,13 +159,29 @@ def synthesizer(
     exclude_tags: Sequence[str] = (),
     **settings: Any,
 ) -> OnTheFly:
-    """A synthesizer from keyword arguments: ``method`` is a registered name (``cai``,
-    ``cutpaste``, ``nsa``, ``draem``, ``cdm``, ``fpi``, ``glass``, ``mixture``), ``daad`` a DAAD
-    folder or URL (CAI and the CDM, and a mixture with either, need one; ``exclude_domains``,
-    ``exclude_tags``, ``draw`` and ``class_weights`` as in the ``daad:`` section), ``cai`` the
-    ``cai:`` section as a dict (quotas, blend, ...), ``settings`` the method's own (e.g.
-    ``variant="scar"``, or a mixture's ``components=[{"method": "cai", "weight": 0.7},
-    {"method": "fpi", "weight": 0.3}]``). Validated like a job config."""
+    """A synthesizer from keyword arguments: ``method`` is a registered name (the registry's,
+    below), ``daad`` a DAAD folder or URL (CAI and the CDM, and a mixture with either, need one;
+    ``exclude_domains``, ``exclude_tags``, ``draw`` and ``class_weights`` as in the ``daad:``
+    section), ``cai`` the ``cai:`` section as a dict (quotas, blend, ...), ``settings`` the
+    method's own (e.g. ``variant="scar"``, or a mixture's ``components=[{"method": "cai",
+    "weight": 0.7}, {"method": "fpi", "weight": 0.3}]``). Validated like a job config.
+
+    >>> sorted(METHODS)
+    ['cai', 'cdm', 'cutpaste', 'draem', 'fpi', 'glass', 'mixture', 'nsa']
+
+    A method that needs no DAAD, on a synthetic RGB image (``cai`` needs ``daad=``):
+
+    >>> import numpy as np
+    >>> synth = synthesizer("cutpaste", seed=0, variant="scar", anomalies_per_target=4)
+    >>> synth.anomalies_per_target
+    4
+    >>> image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    >>> first = synth(image, key="tile-17")[0]
+    >>> first.image.shape, first.mask.dtype, first.provenance["method"]
+    ((64, 64, 3), dtype('uint8'), 'cutpaste-scar')
+    >>> bool(first.mask.any()), bool((first.image != image).any())
+    (True, True)
+    """
     if method not in METHODS:
         raise ValueError(f"unknown synthesizer {method!r}; registered: {', '.join(METHODS)}")
     chosen = TypeAdapter(METHODS[method]).validate_python({"method": method, **settings})

@@ -232,10 +232,10 @@ SHAPES_SAMPLES = frozenset(
         "synthesizer.beta_bounds",
         # a mixture's components: each a method's settings (as above) with its weight and name
         "synthesizer.components",
-        "cai.blend", "cai.quotas.large", "cai.quotas.medium", "cai.quotas.small", "cai.stm",
-        "cai.ils", "cai.label_rule", "cai.label_regions", "cai.diff_threshold", "cai.median_size",
-        "cai.pattern_dilation", "cai.min_mask_pixels", "cai.min_changed_share",
-        "cai.min_contrast", "cai.max_draws", "cai.mask_kernel",
+        "cai.blend", "cai.quotas.large", "cai.quotas.medium", "cai.quotas.small",
+        "cai.match_scale", "cai.within_foreground", "cai.label_rule", "cai.label_regions",
+        "cai.diff_threshold", "cai.median_size", "cai.pattern_dilation", "cai.min_mask_pixels",
+        "cai.min_changed_share", "cai.min_contrast", "cai.max_draws", "cai.mask_kernel",
         "cai.blend_margin",
     }
 )  # fmt: skip
@@ -272,13 +272,19 @@ that writes the bytes of a cai-ray without them: at that value they are left out
 identity, so an output begun before they existed resumes (its identity did not name them)."""
 
 
+IDENTITY_NAMES = {"cai.match_scale": "stm", "cai.within_foreground": "ils"}
+"""Settings renamed after outputs that may still be resumed, with the name a job's identity
+keeps for them (the one they had), so such an output resumes."""
+
+
 def sample_shaping(dumped: dict, prefix: str = "") -> dict:
     """A dumped config (``model_dump(mode="json")``) without the settings that leave samples
-    alone, nor those of :data:`LATER_SETTINGS` at their old behaviour's value: what a job's
-    identity fingerprints."""
+    alone, nor those of :data:`LATER_SETTINGS` at their old behaviour's value, and renamed
+    settings under their :data:`IDENTITY_NAMES`: what a job's identity fingerprints."""
     kept = {}
     for key, value in dumped.items():
         path = f"{prefix}{key}"
+        key = IDENTITY_NAMES.get(path, key)
         if path in LEAVES_SAMPLES_ALONE:
             continue
         if path in LATER_SETTINGS and value == LATER_SETTINGS[path]:

@@ -294,7 +294,7 @@ def test_a_benchmark_cut_by_a_geometry_scores_the_test_images_at_their_own_size(
 
 
 def test_the_report_headlines_the_last_epoch_and_puts_the_best_beside_it():
-    """Issue 33: the best epoch is chosen on the test set, so the table's metrics are the last
+    """The best epoch is chosen on the test set, so the table's metrics are the last
     epoch's (mean ± std over seeds); the best epoch's pixel AP is a second column."""
     from cai_ray.benchmark.report import markdown_table, summarize_runs
 

@@ -1,10 +1,13 @@
 """The package's layering: a module imports only from its own layer or the layers below it, and
 no two modules import each other (directly or round a longer circle). Lazy imports inside
-functions count too."""
+functions count too. The package's ``__init__`` is its public face, above every layer: it
+re-exports the API, and no module imports it (``from cai_ray import faults`` imports
+``cai_ray.faults``; a package's ``__init__`` runs before any module under it, whoever asks)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ PACKAGE = REPO / "cai_ray"
 
 # Lowest first. A module's layer is the longest prefix listed here.
 LAYERS: list[list[str]] = [
-    ["cai_ray", "cai_ray.extras"],
+    ["cai_ray.version", "cai_ray.extras", "cai_ray.faults"],
     ["cai_ray.core"],
     ["cai_ray.io"],
     ["cai_ray.daad"],
@@ -28,6 +31,8 @@ LAYERS: list[list[str]] = [
     ["cai_ray.api", "cai_ray.cli"],
     ["cai_ray.integrations"],
 ]
+PUBLIC_FACE = "cai_ray"
+"""The package's ``__init__``: above every layer."""
 
 # Libraries only an extra's adapter in cai_ray.integrations may import: the rest of cai_ray
 # (and its base install and tests) runs without them.
@@ -44,6 +49,8 @@ def _module_name(path: Path) -> str:
 
 
 def _layer(module: str) -> int:
+    if module == PUBLIC_FACE:
+        return len(LAYERS)
     best, depth = -1, -1
     for index, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
@@ -68,12 +75,15 @@ def _imports(path: Path) -> set[str]:
             if node.level:
                 anchor = (package or _module_name(path)).split(".")
                 base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            # "from cai_ray.io import storage" imports the module cai_ray.io.storage
+            # "from cai_ray.io import storage" imports the module cai_ray.io.storage, and
+            # names from cai_ray.io's __init__ only where some name is no module
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
-                if (PACKAGE.parent / (candidate.replace(".", "/") + ".py")).exists():
+                file = PACKAGE.parent / candidate.replace(".", "/")
+                if file.with_suffix(".py").exists() or (file / "__init__.py").exists():
                     found.add(candidate)
+                else:
+                    found.add(base)
     return found
 
 
@@ -96,8 +106,8 @@ def test_no_import_cycles():
     def visit(module: str, path: list[str]) -> None:
         seen[module] = 1
         for imported in sorted(OWN_IMPORTS[module] - {module}):
-            if MODULES[imported].name == "__init__.py":
-                continue  # a package's __init__ holds only its docstring
+            if MODULES[imported].name == "__init__.py" and imported != PUBLIC_FACE:
+                continue  # a package's __init__ below the face holds only its docstring
             if seen.get(imported) == 1:
                 circle = path[path.index(imported) :] + [imported]
                 raise AssertionError("import cycle: " + " -> ".join(circle))
@@ -128,3 +138,12 @@ def test_core_is_numpy_only(module):
 def test_only_adapters_import_their_extras(module):
     imported = {m.split(".")[0] for m in _imports(MODULES[module])}
     assert not imported & ADAPTER_ONLY, f"{module} imports {imported & ADAPTER_ONLY}"
+
+
+def test_developers_md_gives_the_same_order():
+    """DEVELOPERS.md's list of layers is this file's, in this order (one order, everywhere)."""
+    text = " ".join((REPO / "DEVELOPERS.md").read_text().split())
+    listed = text.split("Layers, lowest first: ", 1)[1].split(" -> the package's `__init__`")[0]
+    written = [re.findall(r"`([a-z_]+)`", layer) for layer in listed.split(" -> ")]
+    expected = [[name.removeprefix("cai_ray.") for name in layer] for layer in LAYERS]
+    assert [sorted(layer) for layer in written] == [sorted(layer) for layer in expected]

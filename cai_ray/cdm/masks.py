@@ -163,10 +163,14 @@ class MaskGenerator:
         shape = warp_mask(pattern.mask[y0:y1, x0:x1], self.affine, rng)
         box: BBox = (0, 0, *shape.shape)
         factor = (
-            synthesis_factor(scale, fg_longest, bbox_longest_side(box), rng) if params.stm else 1.0
+            synthesis_factor(scale, fg_longest, bbox_longest_side(box), rng)
+            if params.match_scale
+            else 1.0
         )
-        allowed = foreground if params.ils else np.ones_like(foreground)
-        placement = place_pattern(shape, box, factor, allowed, rng, shrink_to_fit=params.stm)
+        allowed = foreground if params.within_foreground else np.ones_like(foreground)
+        placement = place_pattern(
+            shape, box, factor, allowed, rng, shrink_to_fit=params.match_scale
+        )
         if isinstance(placement, str):
             return placement
         full = np.zeros(foreground.shape, np.uint8)
@@ -178,7 +182,7 @@ class MaskGenerator:
         py1, px1 = min(img_h, oy + height), min(img_w, ox + width)
         full[py0:py1, px0:px1] = placement.mask[py0 - oy : py1 - oy, px0 - ox : px1 - ox]
         grown = cv2.dilate(cv2.morphologyEx(full, cv2.MORPH_CLOSE, self._kernel), self._kernel)
-        region = (grown > 127) & foreground if params.ils else grown > 127
+        region = (grown > 127) & foreground if params.within_foreground else grown > 127
         if int(np.count_nonzero(region)) < params.min_mask_pixels:
             return "mask below min_mask_pixels"
         actual = max(by1 - by0, bx1 - bx0) / fg_longest

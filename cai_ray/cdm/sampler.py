@@ -213,7 +213,11 @@ class CDMSynthesizer:
             mask = region.mask.astype(np.uint8) * 255
         else:
             changed = label_mask(
-                image, normal, threshold=self.diff_threshold, median_size=self.median_size
+                image,
+                normal,
+                rule="published",
+                threshold=self.diff_threshold,
+                median_size=self.median_size,
             )
             mask = np.where(region.mask, changed, 0).astype(np.uint8)
         if int(np.count_nonzero(mask)) < self.min_mask_pixels:

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai_ray import __version__
 from cai_ray.cdm.checkpoint import EXPORTED_FILES, INFO_NAME, STATE_NAME
 from cai_ray.cdm.classes import class_id
 from cai_ray.cdm.model import CDMModelConfig, build_unet, network_input
@@ -40,6 +39,7 @@ from cai_ray.io import samples, storage, stream
 from cai_ray.io.codecs import resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
 from cai_ray.train.runner import resumable
+from cai_ray.version import __version__
 
 log = logging.getLogger(__name__)
 

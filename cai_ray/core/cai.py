@@ -41,6 +41,16 @@ METHOD_NAMES: dict[str, str] = {"normal": "cai-normal", "mixed": "cai-mixed", "p
 # them with pydantic from YAML: field types and these checks, unknown keys refused.
 _STRICT = {"extra": "forbid"}
 
+PAPER_NAMES = {"match_scale": "stm", "within_foreground": "ils"}
+"""Settings the paper names by acronym (source-target matching, injection location selection):
+a settings file may use either name."""
+_STRICT_WITH_PAPER_NAMES = {
+    **_STRICT,
+    "alias_generator": lambda name: PAPER_NAMES.get(name, name),
+    "validate_by_name": True,
+    "validate_by_alias": True,
+}
+
 
 def _at_least(owner: object, minimum: int, *names: str) -> None:
     for name in names:
@@ -81,11 +91,14 @@ class Quotas:
 class CAIParams:
     """Settings of the injector; the defaults are the published ones, except the label rule.
 
-    ``blend``: Poisson guidance 'normal', 'mixed', or 'paste' (no Poisson). ``stm``: source-target
-    matching (off: every pattern at its own size, one larger than the target redrawn, no scale
-    fallback). ``ils``: injection location selection (off: any location, the blend and label
-    not clipped to the foreground). ``min_mask_pixels``: smaller label masks are redrawn; after
-    ``max_draws`` failed draws at a scale the slot falls to the next smaller one (with STM).
+    ``blend``: Poisson guidance 'normal', 'mixed', or 'paste' (no Poisson). ``match_scale``
+    (the paper's source-target matching, ``stm``): each pattern resized to a scale drawn for its
+    slot (off: every pattern at its own size, one larger than the target redrawn, no scale
+    fallback). ``within_foreground`` (the paper's injection location selection, ``ils``): the
+    pattern placed on the foreground, the blend and label clipped to it (off: any location,
+    nothing clipped). A settings file may use either name (:data:`PAPER_NAMES`).
+    ``min_mask_pixels``: smaller label masks are redrawn; after ``max_draws`` failed draws at a
+    scale the slot falls to the next smaller one (with ``match_scale``).
     ``mask_kernel``: close then dilate the pattern mask (8x8).
     ``blend_margin``: pixels of target around the Poisson region.
     ``label_rule``: ``pattern`` (the visible change on and next to the injected pattern) by
@@ -100,13 +113,16 @@ class CAIParams:
     ``low contrast``; :func:`~cai_ray.core.labels.visibility`); 0 turns either check off. The
     defaults cut the faintest few per cent measured on the shipped targets (docs/BENCHMARKS.md,
     "The visibility gate").
+
+    >>> CAIParams().label_rule, CAIParams(match_scale=False).quotas.total
+    ('pattern', 10)
     """
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = _STRICT_WITH_PAPER_NAMES
     blend: BlendMethod = "normal"
     quotas: Quotas = field(default_factory=Quotas)
-    stm: bool = True
-    ils: bool = True
+    match_scale: bool = True
+    within_foreground: bool = True
     label_rule: LabelRule = "pattern"
     label_regions: bool = True
     diff_threshold: int = 7
@@ -208,7 +224,7 @@ class Injection:
     scale: str
     """The class of the size injected: of ``synthesis_scale``, the placed pattern's longest
     side over the foreground's (a thin crack loses its faint ends when shrunk, a pattern may be
-    shrunk to fit the image, and without STM a pattern keeps its own size)."""
+    shrunk to fit the image, and without ``match_scale`` a pattern keeps its own size)."""
     requested_scale: str
     """The quota slot's class; smaller ``scale`` means the slot fell back."""
     source_target_ratio: float
@@ -278,8 +294,8 @@ def place_pattern(
 ) -> Placement | str:
     """Resize a pattern's crop mask by ``factor`` and choose where its box goes: inside the
     image, its centre on an ``allowed`` pixel; a string says why it could not be placed. A
-    pattern larger than the image is shrunk to fit (``shrink_to_fit``, STM's sizes) or refused
-    (STM off: a pattern keeps its own size)."""
+    pattern larger than the image is shrunk to fit (``shrink_to_fit``, ``match_scale``'s
+    sizes) or refused (``match_scale`` off: a pattern keeps its own size)."""
     img_h, img_w = allowed.shape
     y0, x0, y1, x1 = box
     fitting = min(img_h / (y1 - y0), img_w / (x1 - x0))
@@ -308,16 +324,16 @@ def draw_by_quota(
     indices: Sequence[int],
 ) -> list[dict | Failure]:
     """One draw per sample ``indices[i]``, from ``rngs[i]``, at that index's quota scale
-    (:meth:`Quotas.scale_at`: large first). With STM, the slot's
+    (:meth:`Quotas.scale_at`: large first). With ``match_scale``, the slot's
     scale falls to a smaller one where no pattern of ``classes`` can make it, and again when
     ``params.max_draws`` attempts at a scale all fail (e.g. no large pattern fits the
-    foreground); without STM patterns keep their size and there is nothing to fall to.
+    foreground); without ``match_scale`` patterns keep their size and there is nothing to fall to.
     ``attempt(scale, eligible, rng)`` returns a dict (given ``attempts`` and the slot's
     ``requested_scale``) or a string reason."""
     results: list[dict | Failure] = []
     for index, rng in zip(indices, rngs, strict=True):
         requested = params.quotas.scale_at(index)
-        scale = fallback_scale(requested, classes) if params.stm else requested
+        scale = fallback_scale(requested, classes) if params.match_scale else requested
         if scale is None:
             reason = "no source pattern is at least 'small' for this target"
             results.append(Failure(reason, 0, reason))
@@ -325,7 +341,7 @@ def draw_by_quota(
         draws, tried, reason = 0, [], "unknown"
         made: dict | None = None
         while made is None:
-            eligible = np.flatnonzero(classes >= scale) if params.stm else None
+            eligible = np.flatnonzero(classes >= scale) if params.match_scale else None
             tried.append(scale.label)
             for _ in range(params.max_draws):
                 draws += 1
@@ -335,7 +351,7 @@ def draw_by_quota(
                     continue
                 made = {**outcome, "attempts": draws, "requested_scale": requested.label}
                 break
-            if made is None and (not params.stm or scale == Scale.SMALL):
+            if made is None and (not params.match_scale or scale == Scale.SMALL):
                 break
             scale = Scale(scale - 1)
         if made is not None:
@@ -492,6 +508,27 @@ class CAIInjector:
     params : CAIParams
     weights : per-pattern sampling weights (> 0), e.g. from :func:`class_weights`; None: every
         pattern alike.
+
+    Examples
+    --------
+    A dark line for a crack, injected into a flat grey target; the large slot falls to the
+    scale the short pattern can make:
+
+    >>> import numpy as np
+    >>> source = np.full((64, 64), 200, np.uint8)
+    >>> source[20:44, 30:34] = 40
+    >>> crack = SourcePattern.from_full_image(
+    ...     source, source < 100, anomaly_class="crack", domain="synthetic", record_id="c0"
+    ... )
+    >>> target = np.random.default_rng(0).normal(128, 4, (128, 128)).astype(np.uint8)
+    >>> injector = CAIInjector([crack], CAIParams(quotas=Quotas(large=1, medium=1, small=1)))
+    >>> first, *others = injector.synthesize(
+    ...     target, np.ones(target.shape, bool), seed=0, target_key="tile-17"
+    ... )
+    >>> first.method, first.details()["requested_scale"], first.scale
+    ('cai-normal', 'large', 'small')
+    >>> first.image.shape, sorted(np.unique(first.mask).tolist()), len(others)
+    ((128, 128), [0, 255], 2)
     """
 
     def __init__(
@@ -556,11 +593,11 @@ class CAIInjector:
         if isinstance(pattern, str):
             return pattern
         factor = 1.0
-        if params.stm:
+        if params.match_scale:
             factor = synthesis_factor(scale, fg_longest, pattern.longest_side, rng)
-        allowed = foreground if params.ils else np.ones_like(foreground)
+        allowed = foreground if params.within_foreground else np.ones_like(foreground)
         placement = place_pattern(
-            pattern.mask, pattern.box, factor, allowed, rng, shrink_to_fit=params.stm
+            pattern.mask, pattern.box, factor, allowed, rng, shrink_to_fit=params.match_scale
         )
         if isinstance(placement, str):
             return placement
@@ -605,7 +642,7 @@ class CAIInjector:
             blended = np.clip(np.rint(solved), 0, 255).astype(np.uint8)
 
         result = target.copy()
-        if params.ils:  # the blend stays on the foreground; without ILS nothing is clipped
+        if params.within_foreground:  # the blend stays on the foreground; else nothing is clipped
             fg_rect = foreground[rect]
             keep = fg_rect[..., None] if target.ndim == 3 else fg_rect
             result[rect] = np.where(keep, blended, target_rect)
@@ -614,21 +651,21 @@ class CAIInjector:
 
         # The placed pattern, and for the gate its footprint: everywhere the source mask lands
         # (a thin crack shrunk below half a pixel's width keeps its footprint, though not its
-        # label); under ILS only on the foreground the blend could change, so a solid label
-        # never closes over background the pattern spans.
+        # label); with within_foreground, only on the foreground the blend could change, so a
+        # solid label never closes over background the pattern spans.
         pattern_mask = np.zeros((img_h, img_w), bool)
         pattern_mask[placed] = core_mask
         footprint = np.zeros((img_h, img_w), bool)
         footprint[placed] = mask[crop] > 0
-        if params.ils:
+        if params.within_foreground:
             pattern_mask &= foreground
             footprint &= foreground
         label = self._label(result, target, pattern_mask, (ry0, rx0, ry1, rx1))
-        if params.ils:
+        if params.within_foreground:
             label[~foreground] = 0
         if int(np.count_nonzero(label)) < params.min_mask_pixels:
             return "label mask below min_mask_pixels"
-        surface = foreground if params.ils else None
+        surface = foreground if params.within_foreground else None
         invisible = self._invisible(result, target, footprint, label, surface, (ry0, rx0, ry1, rx1))
         if invisible is not None:
             return invisible

@@ -1,6 +1,7 @@
 """Label masks: where a pseudo-anomalous image differs visibly from its normal target.
 
-Two rules:
+Three rules (the job's default, :class:`~cai_ray.core.cai.CAIParams`'s ``label_rule``, is
+``pattern``):
 
 * ``published`` (the paper's): grey-level absolute difference > 7, then a 7x7 median filter. Poisson
   blending spreads a smooth intensity shift around the pattern, and this rule marks all of it, so
@@ -15,9 +16,9 @@ Two rules:
   Poisson halo the pattern caused counts, however far it reaches, a change elsewhere does not.
   Closed and hole-filled the same way, except in the pattern's own holes.
 
-Under both, a label has no holes that the (dilated) pattern does not have. ``regions=False``
-gives both rules' raw pixels instead (no closing, no hole filling): the labels before regions,
-kept to measure what regions are worth.
+Under ``pattern`` and ``connected``, a label has no holes that the (dilated) pattern does not
+have. ``regions=False`` gives these two rules' raw pixels instead (no closing, no hole
+filling): the labels before regions, kept to measure what regions are worth.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def grey_difference(result: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def binary_median(mask: np.ndarray, size: int) -> np.ndarray:
     """``cv2.medianBlur(mask, size)`` of a {0, 255} uint8 mask, pixel for pixel (replicated
-    border included), 3-5 times faster: on two values the median is 255 exactly where more
-    than half of the ``size x size`` window is 255, so a box count replaces the sort."""
+    border included), faster (docs/BENCHMARKS.md, "The injection hot path"): on two values the
+    median is 255 exactly where more than half of the ``size x size`` window is 255, so a box
+    count replaces the sort."""
     if size <= 1:
         return mask
     ones = (mask > 0).astype(np.uint8)
@@ -58,7 +60,7 @@ def label_mask(
     result: np.ndarray,
     target: np.ndarray,
     *,
-    rule: LabelRule = "published",
+    rule: LabelRule,
     pattern_mask: np.ndarray | None = None,
     threshold: int = 7,
     median_size: int = 7,
@@ -71,6 +73,7 @@ def label_mask(
     ----------
     result, target : (M, N[, 3]) uint8 ndarray
     rule : {"published", "pattern", "connected"}
+        No default here: the settings hold the one default (``CAIParams.label_rule``).
     pattern_mask : (M, N) bool ndarray
         The injected pattern's own mask in target coordinates; required by the ``pattern`` and
         ``connected`` rules.

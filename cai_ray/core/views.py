@@ -41,6 +41,12 @@ class Geometry:
     detector trained on crops scores its test images by such tiles, with this ``overlap``.)
     In ``crop`` and ``tile`` a side shorter than ``size`` is taken whole and padded: an image is
     never enlarged.
+
+    >>> tiles = plan_views(300, 500, 256, Geometry(mode="tile", overlap=32))
+    >>> [view.box for view in tiles][:3]
+    [(0, 0, 256, 256), (0, 122, 256, 378), (0, 244, 256, 500)]
+    >>> [view.placed for view in plan_views(300, 500, 256, Geometry(mode="letterbox"))]
+    [(51, 0, 205, 256)]
     """
 
     __pydantic_config__ = {"extra": "forbid"}

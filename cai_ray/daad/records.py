@@ -30,7 +30,7 @@ PATTERN_CROP_MAX_SHARE = 0.6
 """A record keeps its pattern crop (mask box plus context, lossless PNG) when the crop has at
 most this share of the source image's pixels: there the crop decodes in at most half the time
 of the record's image and mask; above it the gain shrinks while the crop's bytes grow to three
-times a JPEG source's (docs/BENCHMARKS.md, issue 24)."""
+times a JPEG source's (docs/BENCHMARKS.md, "A first read made cheap")."""
 
 MAX_KEY_LENGTH = 80
 """Tar member names (key, a region suffix ``-r<n>``, ".", a member name of at most 13

@@ -281,7 +281,7 @@ def prepare_daad(daad: DaadConfig) -> None:
         log.warning(
             "DAAD %s is format %d: each pattern's first draw decodes its whole source image. "
             "Rebuilt by this cai-ray ('cai-ray daad build'), it keeps pattern crops: the same "
-            "samples, first draws 1.4-4.5x faster (a job resumes only with the DAAD it began with)",
+            "samples, faster first draws (a job resumes only with the DAAD it began with)",
             daad.path,
             version,
         )

@@ -2,10 +2,11 @@
 reader for them.
 
 Why not Pillow's or OpenCV's: encoding is the largest cost of a CAI sample, and deflate by
-ISA-L is 3-10 times faster than zlib's level 1 (docs/BENCHMARKS.md, issue 24); at level 0, the
-only one of ISA-L's levels that is deterministic, the same pixels give the same bytes in every
-process, as outputs must. Reading back the crops it wrote (one layout: 8-bit grey or RGB, every
-row filtered "Up") needs no general decoder: about twice OpenCV's speed on the crops of a DAAD.
+ISA-L is several times faster than zlib's level 1 (figures in docs/BENCHMARKS.md, "The injection
+hot path"); at level 0, the only one of ISA-L's levels that is deterministic, the same pixels
+give the same bytes in every process, as outputs must. Reading back the crops it wrote (one
+layout: 8-bit grey or RGB, every row filtered "Up") needs no general decoder, and is faster
+than OpenCV's on the crops of a DAAD (docs/BENCHMARKS.md, "A first read made cheap").
 
 Any other PNG (another encoder's filters, bit depths, palettes, interlacing) is for a general
 decoder: :func:`decode_own_png` says so by returning ``None``, after the checks that make a
@@ -39,11 +40,12 @@ def encode_png(image: np.ndarray) -> bytes:
     """Lossless 8-bit PNG of an (M, N) grey or (M, N, 3) RGB uint8 image.
 
     Written directly (PNG filter "Up", then deflate by ISA-L at level 0): encoding is the
-    largest cost of a CAI sample, and ISA-L's deflate is 3-10 times faster than zlib's level 1
-    (docs/BENCHMARKS.md, issue 24). Level 0, not 1: ISA-L's levels 1-3 are not deterministic
-    (the same pixels compressed in two processes can give two streams), level 0 resets all its
-    state on every call; its files are 17-47% larger than level 1's. The pixels
-    are the same whichever deflate wrote them, the file bytes are not.
+    largest cost of a CAI sample, and ISA-L's deflate is several times faster than zlib's
+    level 1. Level 0, not 1: ISA-L's levels 1-3 are not deterministic (the same pixels
+    compressed in two processes can give two streams), level 0 resets all its state on every
+    call; its files are somewhat larger than level 1's (figures in docs/BENCHMARKS.md, "ISA-L's
+    level 1 is not deterministic"). The pixels are the same whichever deflate wrote them, the
+    file bytes are not.
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(

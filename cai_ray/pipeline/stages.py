@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cai_ray import SAMPLES_VERSION, faults
+from cai_ray import faults
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import (
     ForegroundMethod,
@@ -48,6 +48,7 @@ from cai_ray.io.tar import Sample, build_tar
 from cai_ray.pipeline.deaths import WORKER_DIED, TargetGuard
 from cai_ray.synthesizers.base import BuildContext
 from cai_ray.synthesizers.registry import SynthesizerConfig
+from cai_ray.version import SAMPLES_VERSION
 
 Batch = dict[str, np.ndarray]
 

@@ -28,7 +28,7 @@ from json.encoder import encode_basestring_ascii
 
 import numpy as np
 
-from cai_ray import SAMPLES_VERSION, __version__, faults
+from cai_ray import faults
 from cai_ray.config import SynthConfig, sample_shaping
 from cai_ray.core.foreground import make_foreground_extractor
 from cai_ray.daad.shards import content_digest, prepare_daad
@@ -51,6 +51,7 @@ from cai_ray.pipeline.progress import Progress
 from cai_ray.pipeline.resources import StagePlan, actor_options, plan_stages, restart_bound
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 from cai_ray.synthesizers.base import BuildContext
+from cai_ray.version import SAMPLES_VERSION, __version__
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from cai_ray.synthesizers.cai import daad_patterns
 
 class CDMMethod(BaseModel, MethodSettings):
     """``synthesizer: {method: cdm, checkpoint: ...}``. Its masks follow CAI's rules, set in the
-    ``cai`` section (quotas, stm, ils, mask_kernel), from the DAAD's masks."""
+    ``cai`` section (quotas, match_scale, within_foreground, mask_kernel), from the DAAD's masks."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["cdm"] = "cdm"

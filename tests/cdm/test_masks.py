@@ -70,7 +70,7 @@ def test_masks_follow_the_daads_class_weights(demo_daad, tile_targets):
 
     bank = PatternBank(demo_daad, mode="grey", include_classes=["crack", "hole"])
     weights = class_weights(bank.classes, {"crack": 3, "hole": 1})
-    params = CAIParams(stm=False, quotas=Quotas(large=10, medium=0, small=0))
+    params = CAIParams(match_scale=False, quotas=Quotas(large=10, medium=0, small=0))
     generator = MaskGenerator(bank, params, weights=weights)
     foreground = np.ones(tile_targets[0].shape, bool)
     drawn = [

@@ -110,7 +110,7 @@ def test_without_ils_the_foreground_is_ignored(crack_patterns, tile_targets):
     foreground = np.zeros((256, 256), bool)
     foreground[:, :96] = True
     target = tile_targets[0]
-    injector = CAIInjector(crack_patterns, CAIParams(ils=False, label_rule="pattern"))
+    injector = CAIInjector(crack_patterns, CAIParams(within_foreground=False, label_rule="pattern"))
     made = [
         r
         for key in ("a", "b", "c")
@@ -147,7 +147,7 @@ def test_without_stm_patterns_keep_their_size_or_are_skipped(crack_patterns, til
     is redrawn (never shrunk to fit); the recorded scale is that of the size injected."""
     fits = [_resized(p, 60, f"fits{i}") for i, p in enumerate(crack_patterns[:3])]
     too_big = [_resized(p, 300, f"big{i}") for i, p in enumerate(crack_patterns[:2])]
-    injector = CAIInjector(fits + too_big, CAIParams(stm=False, max_draws=20))
+    injector = CAIInjector(fits + too_big, CAIParams(match_scale=False, max_draws=20))
     made = [
         r
         for key in ("a", "b")
@@ -159,7 +159,7 @@ def test_without_stm_patterns_keep_their_size_or_are_skipped(crack_patterns, til
         assert result.source_record_id.startswith("fits")
         assert abs(result.synthesis_scale * 256 - 60) <= 2
         assert result.scale == "small"  # 60/256 = 0.23: the class of the size injected
-    only_big = CAIInjector(too_big, CAIParams(stm=False, max_draws=3))
+    only_big = CAIInjector(too_big, CAIParams(match_scale=False, max_draws=3))
     for failure in only_big.synthesize(tile_targets[0], FULL, seed=0, target_key="t"):
         assert isinstance(failure, Failure) and "larger than the target" in failure.reason
 
@@ -280,7 +280,7 @@ def test_unusable_sources_and_targets_are_reported(crack_patterns, tile_targets)
 
 
 def test_an_invisible_injection_is_redrawn_and_counted_by_its_cause():
-    """Issue 33: a pattern whose blend changes only a dot of its 40x40 mask is refused by the
+    """A pattern whose blend changes only a dot of its 40x40 mask is refused by the
     visibility gate (cause ``invisible``); with the gate off (0) it is kept."""
     image = np.full((60, 60), 100, np.uint8)
     image[28:32, 28:32] = 0  # a dark dot on a flat body
@@ -291,12 +291,12 @@ def test_an_invisible_injection_is_redrawn_and_counted_by_its_cause():
     )
     target = np.full((256, 256), 100, np.uint8)
     one = Quotas(large=0, medium=0, small=1)
-    [refused] = CAIInjector([faint], CAIParams(stm=False, quotas=one)).synthesize(
+    [refused] = CAIInjector([faint], CAIParams(match_scale=False, quotas=one)).synthesize(
         target, FULL, seed=0, target_key="t"
     )
     assert isinstance(refused, Failure) and refused.cause == "invisible", refused
     assert "min_changed_share 0.2" in refused.reason and refused.attempts == 10
-    off = CAIParams(stm=False, quotas=one, min_changed_share=0, min_contrast=0)
+    off = CAIParams(match_scale=False, quotas=one, min_changed_share=0, min_contrast=0)
     [kept] = CAIInjector([faint], off).synthesize(target, FULL, seed=0, target_key="t")
     assert isinstance(kept, Injection)
     with pytest.raises(ValueError, match="min_changed_share"):

@@ -62,7 +62,7 @@ def test_grey_difference_of_rgb_uses_luminance():
 
 @pytest.mark.parametrize("size", [1, 3, 5, 7, 9])
 def test_binary_median_is_cv2s_median_pixel_for_pixel(size):
-    """Issue 24: the box-count median of a {0, 255} mask equals cv2.medianBlur everywhere,
+    """The box-count median of a {0, 255} mask equals cv2.medianBlur everywhere,
     borders included, for sparse, dense and tiny masks."""
     rng = np.random.default_rng(size)
     for height, width, share in [(64, 80, 0.3), (1, 40, 0.5), (9, 2, 0.7), (33, 33, 0.05)]:
@@ -77,7 +77,7 @@ def _holes(mask: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("rule", ["pattern", "connected"])
 def test_a_stain_whose_change_is_scattered_gets_a_solid_label(rule):
-    """Issue 33: a large stain whose blended change falls under the threshold in scattered
+    """A large stain whose blended change falls under the threshold in scattered
     pixels (its edge included) is labelled as one region, not a spray with holes."""
     rng = np.random.default_rng(0)
     target = np.full((80, 80), 100, np.uint8)
@@ -149,7 +149,7 @@ def test_visibility_measures_the_changed_share_and_the_contrast():
 
 def test_the_contrast_ring_lies_on_the_surface_not_the_padding():
     """A change next to a letterbox bar: the bar's black in the ring would make a flat tile look
-    textured and the change faint; with the surface given the ring skips it (review, issue 33)."""
+    textured and the change faint; with the surface given the ring skips it."""
     target = np.full((64, 64), 120, np.uint8)
     target[:, :20] = 0  # the padding
     target[:, 20:] += (np.arange(44) % 2).astype(np.uint8)  # a flat surface, one grey level

@@ -141,7 +141,7 @@ def test_agrees_with_cv2_seamless_clone_on_real_images(tile_targets):
 
 
 def full_rectangle_blend(source, target, omega, mode):
-    """The solver as it was before issue 24: edge terms formed over the whole rectangle and
+    """The solver as it was before it was optimised: edge terms formed over the whole rectangle and
     the eigenvalues computed afresh, to pin the optimised one to."""
     tgt, src = target.astype(np.float32), source.astype(np.float32)
     dh = _edge_terms(src, tgt, omega[:, :-1], axis=1, mode=mode)
@@ -165,7 +165,7 @@ def full_rectangle_blend(source, target, omega, mode):
 @pytest.mark.parametrize("mode", ["normal", "mixed"])
 @pytest.mark.parametrize("shape", [(30, 41), (64, 25, 3), (5, 5)])
 def test_edge_terms_on_omegas_box_give_the_same_floats(mode, shape):
-    """Issue 24: forming the right-hand side on Omega's box only is exact, bit for bit, for
+    """Forming the right-hand side on Omega's box only is exact, bit for bit, for
     small and large, grey and colour, empty and edge-touching Omegas."""
     rng = np.random.default_rng(7)
     for trial in range(6):

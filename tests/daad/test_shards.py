@@ -204,7 +204,7 @@ def _opencv_png(data: bytes) -> bytes:
 @pytest.mark.parametrize("writer", [_pillow_png, _opencv_png], ids=["pillow", "opencv"])
 @pytest.mark.parametrize("mode", ["grey", "rgb"])
 def test_crops_another_encoder_wrote_give_the_same_patterns(demo_daad, tmp_path, writer, mode):
-    """Issue 32: crops re-optimised or written by another PNG encoder are intact records, read
+    """Crops re-optimised or written by another PNG encoder are intact records, read
     to the same patterns, none counted damaged (so no slot redraws and samples stay put)."""
     daad = _rewrite_crops(demo_daad, tmp_path / "daad", lambda key, ext, data: writer(data))
     ours, theirs = PatternBank(demo_daad, mode=mode), PatternBank(str(daad), mode=mode)
@@ -240,7 +240,7 @@ def _flip_idat_crc(data: bytes) -> bytes:
 )
 @pytest.mark.parametrize("member", ["crop.png", "crop.mask.png"])
 def test_a_short_or_corrupt_crop_is_a_counted_damaged_record(demo_daad, tmp_path, damage, member):
-    """Issue 32: one short, truncated or CRC-corrupt crop is a damaged record, counted and
+    """One short, truncated or CRC-corrupt crop is a damaged record, counted and
     named, whose draw fails as an unreadable pattern; it never ends the reader, and the other
     records read as before."""
     victim = next(

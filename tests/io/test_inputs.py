@@ -117,7 +117,7 @@ def test_keys_are_the_paths_relative_to_the_common_folder_even_unusual_ones():
 
 
 def test_a_txt_list_of_relative_paths_names_the_files_absolutely(tricky, tmp_path, monkeypatch):
-    """Review of issue 34: a .txt list's relative lines were stored as written, so a worker
+    """A .txt list's relative lines were stored as written, so a worker
     elsewhere (another node, another working directory) would open other files."""
     monkeypatch.chdir(tricky)
     listed = tmp_path / "relative.txt"
@@ -129,7 +129,7 @@ def test_a_txt_list_of_relative_paths_names_the_files_absolutely(tricky, tmp_pat
 
 
 def test_keys_of_mixed_local_and_object_inputs_are_relative_to_their_common_folder(tmp_path):
-    """Review of issue 34: the common folder came from the smallest and largest path strings,
+    """The common folder came from the smallest and largest path strings,
     wrong once local and s3:// paths mix, and keys were cut from it blindly."""
     table = pa.table(
         {
@@ -187,7 +187,7 @@ def test_a_list_written_as_a_folder_of_parts_is_read_whole(tmp_path):
 
 
 def test_files_left_out_are_all_counted_and_the_first_named(tmp_path, monkeypatch):
-    """Review of issue 34: every file a folder held that is not an image was kept in the
+    """Every file a folder held that is not an image was kept in the
     driver and job.json; a label file beside each of ten million images is ten million
     records. Now all are counted and the first LEFT_OUT_NAMED named."""
     monkeypatch.setattr(inputs, "LEFT_OUT_NAMED", 2)

@@ -1,6 +1,6 @@
 """Our own PNG codec (cai_ray/io/png.py) and the crop decoder on it: our own PNGs read by hand,
 any other PNG by the general decoder (the same pixels), and every short, truncated or corrupt
-file a DecodeError (issue 32)."""
+file a DecodeError."""
 
 import io
 import struct
@@ -167,7 +167,7 @@ def test_not_a_png_is_a_decode_error():
 
 
 def test_png_deflate_keeps_pixels_and_stays_near_zlib_level_1_on_real_images():
-    """Issue 24: ISA-L's deflate changes the file bytes, never the pixels, and on a grey
+    """ISA-L's deflate changes the file bytes, never the pixels, and on a grey
     texture and a mask its files (level 0, its deterministic one: fixed Huffman codes) are
     within 60% of zlib's level 1."""
     import zlib

@@ -70,7 +70,7 @@ def test_change_stamps_are_size_and_modification_time(tmp_path):
 
 
 def test_a_shard_past_the_millionth_is_found_committed(tmp_path):
-    """Review of issue 34: shard names widen past shard 999,999 (shard-1000000.tar), and the
+    """Shard names widen past shard 999,999 (shard-1000000.tar), and the
     pattern that finds committed shards took six digits only, so such a shard was never seen
     committed and a resume made it again."""
     from cai_ray.io import layout

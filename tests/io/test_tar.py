@@ -28,7 +28,8 @@ def test_keys_with_dots_or_slashes_are_refused(key):
 
 
 def _tarfile_reference(samples):
-    """What build_tar wrote before issue 24: the standard library's tarfile, member by member."""
+    """What build_tar wrote before its own headers: the standard library's tarfile, member by
+    member."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
         for key, files in samples:
@@ -42,7 +43,7 @@ def _tarfile_reference(samples):
 
 
 def test_build_tar_writes_tarfiles_bytes():
-    """Issue 24: the hand-written ustar headers are tarfile's, byte for byte (sizes on and
+    """The hand-written ustar headers are tarfile's, byte for byte (sizes on and
     off block boundaries, empty members, long keys, an empty shard)."""
     rng = np.random.default_rng(0)
     for count in [0, 1, 5, 40]:

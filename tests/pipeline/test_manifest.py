@@ -229,7 +229,7 @@ def _summed(out: Path) -> dict:
 def test_inputs_moved_between_out_of_order_commits_and_the_resume_keep_shard_order(
     tmp_path, monkeypatch
 ):
-    """Review of issue 34 (3): skips were merged by path, which is shard order only while all
+    """Skips were merged by path, which is shard order only while all
     lie under one folder: inputs moved (a resume accepts it) after shards committed out of
     order (as under Ray) gave a manifest in another order than its entries'."""
     before = tmp_path / "aa_inputs"
@@ -261,7 +261,7 @@ def test_inputs_moved_between_out_of_order_commits_and_the_resume_keep_shard_ord
 def test_a_manifest_that_cannot_be_merged_is_replaced_before_any_shard_is_made(
     inputs, tmp_path, monkeypatch
 ):
-    """Review of issue 34 (3): a rejected manifest left in place was trusted again by a later
+    """A rejected manifest left in place was trusted again by a later
     resume once the shards it named were remade, whatever they held by then."""
     out = tmp_path / "out"
     config = _config(inputs, out)
@@ -277,7 +277,7 @@ def test_a_manifest_that_cannot_be_merged_is_replaced_before_any_shard_is_made(
 
 
 def test_a_manifest_with_fields_of_the_wrong_kind_is_summed_again(inputs, tmp_path):
-    """Review of issue 34 (3): a manifest that parsed but held a string for a count stopped
+    """A manifest that parsed but held a string for a count stopped
     every resume with a TypeError; it is now summed from the entries like a damaged one."""
     whole = tmp_path / "whole"
     run_synth(_config(inputs, whole), show_progress=False)

@@ -164,7 +164,7 @@ def test_an_even_median_size_is_a_config_error(sources, tmp_path):
 
 
 def test_changed_inputs_are_counted_in_one_pass_and_the_first_named(tmp_path):
-    """Review of issue 34: the refusal reread the recorded stamps once per shard (quadratic on
+    """The refusal reread the recorded stamps once per shard (quadratic on
     a large job) and held every changed key; now one pass, a count and the first five keys."""
     import pyarrow as pa
     import pyarrow.parquet as pq

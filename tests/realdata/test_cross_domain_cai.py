@@ -15,7 +15,7 @@ def test_deepcrack_sources_fill_the_quotas(deepcrack_patterns, tile_targets):
 def test_deepcrack_labels_are_the_cracks_where_they_changed_the_tile(
     deepcrack_patterns, tile_targets
 ):
-    """The pattern rule (issue 33): a label covers every visible change on the placed crack,
+    """The pattern rule: a label covers every visible change on the placed crack,
     lies within the crack's mask as the rule dilates it (never the Poisson halo beyond), and is
     a solid region of it (closed, hole-filled), so it may hold unchanged pixels between."""
     params = CAIParams(label_rule="pattern")

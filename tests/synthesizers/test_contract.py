@@ -195,7 +195,7 @@ def test_samples_keep_the_contract(case, mode, request, demo_daad):
 @pytest.mark.parametrize("case", ["cai-normal", "cai-mixed", "cai-connected", "paste"])
 @pytest.mark.parametrize("mode", ["grey", "rgb"])
 def test_labels_have_no_holes_the_pattern_lacks(case, mode, demo_daad):
-    """Issue 33: a label is the pattern's regions, never a pixel spray: every hole of a label
+    """A label is the pattern's regions, never a pixel spray: every hole of a label
     (background enclosed by it) is a hole of the placed pattern's mask as the rule dilates it."""
     _, _, cai = CASES[case]
     params = CAIParams(**{**cai, "quotas": Quotas(large=2, medium=2, small=2)})
@@ -232,9 +232,9 @@ def test_samples_that_cannot_be_made_are_reported(case, request, demo_daad):
 
 @pytest.mark.parametrize("case", ["cai-normal", "cai-connected"])
 def test_labels_stay_on_a_foreground_with_gaps(case, demo_daad):
-    """Under ILS a solid label never closes over background the pattern spans: a foreground
-    striped by 3-pixel gaps and holed by 4x4 ones keeps every label on it (review, issue 33:
-    106 labelled, unchanged background pixels before)."""
+    """Within the foreground a solid label never closes over background the pattern spans: a
+    foreground striped by 3-pixel gaps and holed by 4x4 ones keeps every label on it (106
+    labelled, unchanged background pixels before a review caught it)."""
     _, _, cai = CASES[case]
     params = CAIParams(**{**cai, "quotas": Quotas(large=3, medium=2, small=1)})
     injector = CAIInjector(PatternBank(demo_daad, mode="grey"), params)

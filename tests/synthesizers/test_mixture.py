@@ -204,7 +204,7 @@ def test_the_job_hooks_ask_every_component():
 
 def test_a_components_failures_are_counted_by_its_stable_cause():
     """A failure names its component and keeps the component's cause, so the manifest counts
-    failures by a handful of causes, not one per reason with its numbers (review, issue 33)."""
+    failures by a handful of causes, not one per reason with its numbers."""
     impossible = {"min_mask_pixels": 10**6, "max_draws": 2}
     mixture = _mixture(
         [
