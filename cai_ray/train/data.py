@@ -37,7 +37,8 @@ def shard_dataset(
 ) -> ray.data.Dataset:
     """The shards' samples as rows of ``columns``, one per field ``decode`` returns (``None``:
     a sample the loop does not use; each shard must hold exactly ``ShardRef.samples`` usable
-    ones, or its task fails naming it, after the shard's earlier blocks were yielded). ``decode`` runs in Ray tasks, so it must pickle."""
+    ones, or its task fails naming it, after the shard's earlier blocks were yielded).
+    ``decode`` runs in Ray tasks, so it must pickle."""
     import ray.data
 
     items = [{"url": shard.url, "samples": shard.samples} for shard in shards]
