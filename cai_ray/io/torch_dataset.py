@@ -10,9 +10,9 @@ Two flavours over the committed shards of one or more outputs:
   A random order reads a shard for most samples: for shuffled training over many shards,
   prefer the stream.
 * :class:`ShardStream`, iterable: each epoch visits the shards in an order drawn from (seed,
-  epoch), split across data-parallel ranks and DataLoader workers, so every sample comes once
-  an epoch; a shuffle buffer mixes samples across shards (:mod:`cai_ray.io.stream`, the
-  detector's loader).
+  epoch), split across data-parallel ranks and DataLoader workers, so every sample comes at
+  most once an epoch (once, unless data-parallel ranks are held to equal steps); a shuffle
+  buffer mixes samples across shards (:mod:`cai_ray.io.stream`, the detector's loader).
 
 A sample is a dict: ``key``, ``image`` (C x H x W: float32 in [0, 1], or uint8 as stored),
 ``mask`` (1 x H x W: float32 {0, 1}, or uint8 {0, 255}), ``label`` (0 normal, 1 anomalous)
@@ -217,11 +217,8 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
-        readers, reader, epoch = (
-            self.world_size * workers,
-            self.rank * workers + worker_id,
-            self.epoch,
-        )
+        readers, reader = self.world_size * workers, self.rank * workers + worker_id
+        epoch = self.epoch
         order = stream.shard_order(len(self.shards), self.seed, epoch)
         if len(self.shards) < readers:
             message = (
