@@ -71,7 +71,9 @@ def train_on_ray(
     (its ``preserve_order``, not the driver's default). The tasks reading ``dataset`` need CPUs
     besides the workers' (``cpus_per_worker``; default: Ray Train's, one CPU or one GPU).
     A ``dataset`` for a loop that takes no ``data`` is refused here, before any worker starts."""
-    if dataset is not None and "data" not in inspect.signature(loop).parameters:
+    parameters = inspect.signature(loop).parameters.values()
+    takes_data = any(p.name == "data" or p.kind is p.VAR_KEYWORD for p in parameters)
+    if dataset is not None and not takes_data:
         raise ValueError(
             f"{getattr(loop, '__name__', loop)} takes no data: it reads its own input, so "
             "give it no dataset"
