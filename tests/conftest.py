@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +185,22 @@ def demo_tiles(folder: Path, count: int) -> list[Path]:
     for image in sorted((DEMO / "normal").glob("*.jpg"))[:count]:
         copies.append(Path(shutil.copy(image, folder / image.name)))
     return copies
+
+
+def run_readme_python(heading: str, folder: Path, timeout: int) -> str:
+    """The README's first python block after ``heading``, run by a fresh interpreter from
+    ``folder``, which gets the repository's data and configs as at its root; its stdout."""
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme[readme.index(heading) :], re.S)
+    assert code, f"no python block after {heading!r} in the README"
+    for name in ("data", "configs"):
+        (folder / name).symlink_to(REPO / name)
+    done = subprocess.run(
+        [sys.executable, "-c", code.group(1)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -1,9 +1,6 @@
 """The Python API: the README's example runs as written, and the API makes the job's samples."""
 
 import json
-import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,28 +12,11 @@ from cai_ray.core.synthesis import Failure
 from cai_ray.io.codecs import decode_image, decode_mask, load_image
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.synth import run_synth
-from tests.conftest import DEMO, REPO
-
-
-def _readme_example() -> str:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### 10. The Python API") :]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+from tests.conftest import DEMO, run_readme_python
 
 
 def test_the_readme_example_runs(tmp_path):
-    """From a fresh folder that has the repository's data and configs, as at its root."""
-    (tmp_path / "data").symlink_to(REPO / "data")
-    (tmp_path / "configs").symlink_to(REPO / "configs")
-    done = subprocess.run(
-        [sys.executable, "-c", _readme_example()],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    lines = run_readme_python("### 10. The Python API", tmp_path, timeout=300).splitlines()
     assert len(lines) == 10 and all(line.endswith(" pixels") for line in lines)
     assert (tmp_path / "out" / "demo-daad" / "daad.json").is_file()
 

@@ -1,14 +1,15 @@
 """A synthesis output in the layouts other tools read: anomalib's Folder, MVTec AD and COCO
 instances (``cai-ray export``).
 
-The output is streamed shard by shard (one read ahead), never held whole. Each shard becomes
-files whose names come from its sample keys, each written atomically, then a part
-(``export-parts/shard-NNNNNN.json``: its counts and, for COCO, its images and annotations)
-whose presence commits the shard, as a shard's entry commits a synthesis shard. A crashed
-export run again skips the committed shards and rewrites the others (the same bytes); the state
-file (``export.json``) names the source, the format and its settings, so an export of another
-output or with other settings into the same folder is refused, and holds the counts at the end.
-COCO's one annotation file is assembled from the parts at the end of every run.
+The output is streamed shard by shard (at most two reads in flight ahead of the shard being
+written), never held whole. Each shard becomes files whose names come from its sample keys,
+each written atomically, then a part (``export-parts/shard-NNNNNN.json``: its counts and, for
+COCO, its images and annotations) whose presence commits the shard, as a shard's entry commits
+a synthesis shard. A crashed export run again skips the committed shards and rewrites the
+others (the same bytes); the state file (``export.json``) names the source (its fingerprint),
+the format and its settings, so an export of another output or with other settings into the
+same folder is refused, and holds the counts at the end. COCO's one annotation file is
+assembled from the parts at the end of every run.
 
 Layouts (``<key>``: the sample key; normal samples are those of ``output.include_normal``;
 an anomaly's class is its ``anomaly_class``, or its ``method`` for a synthesizer without one):
@@ -19,10 +20,11 @@ an anomaly's class is its ``anomaly_class``, or its ``method`` for a synthesizer
 - ``mvtec``: ``<category>/train/good/<key>.png`` (normals; ``test_normals`` of them, picked by
   a hash of the key, to ``test/good`` instead), ``<category>/test/<class>/<key>.png`` and
   ``<category>/ground_truth/<class>/<key>_mask.png`` (every anomaly).
-- ``coco``: ``images/<key>.png`` and ``annotations.json`` (ids numbered in key order, categories
-  the classes found, sorted); an annotation per anomalous sample (its whole mask: one injected
-  defect, even where its mask falls into pieces) or, with ``coco_instances: region``, per
-  8-connected region of it; normals are images without annotations.
+- ``coco``: ``images/<key>.png`` and ``annotations.json`` (ids numbered in shard order, that
+  is key order; categories the classes found, sorted); an annotation per anomalous sample (its
+  whole mask: one injected defect, even where its mask falls into pieces) or, with
+  ``coco_instances: region``, per 8-connected region of it; normals are images without
+  annotations.
 
 Images are PNG (a JPEG sample's pixels re-encoded losslessly), masks uint8 {0, 255}.
 """
@@ -144,7 +146,8 @@ def _coco_annotations(mask: np.ndarray, label: str, instances: str) -> list[dict
 
 def export_shard(data: bytes, settings: ExportSettings) -> ShardExport:
     """The files and part of one shard's tar (no I/O). A sample without one image, its mask
-    and metadata raises :class:`SampleError` naming its key."""
+    and metadata with its label, or (mvtec) with a class that cannot name a folder, raises
+    :class:`SampleError` naming its key."""
     files: list[tuple[str, bytes]] = []
     images: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
@@ -156,10 +159,12 @@ def export_shard(data: bytes, settings: ExportSettings) -> ShardExport:
         try:
             image, meta = _png(members), read_meta(members)
             mask = members[MASK_MEMBER]
+            normal = meta["label"] == 0
+            label = None if normal else anomaly_class(meta)
         except (SampleError, KeyError) as exc:
             raise SampleError(f"sample {key}: {exc}") from exc
-        normal = meta.get("label") == 0
-        label = None if normal else anomaly_class(meta)
+        if settings.format == "mvtec" and label is not None and not re.match(SAFE_NAME, label):
+            raise SampleError(f"sample {key}: its anomaly class {label!r} cannot name a folder")
         counts["normal" if normal else "anomalous"] += 1
         if label is not None:
             classes[label] += 1
@@ -323,6 +328,11 @@ def export_output(
             "'cai-ray synth' writes"
         )
     job = read_json(job_url)
+    if not job.get("fingerprint"):
+        raise ExportError(
+            f"{job_url} holds no fingerprint, which tells an export's source from another: "
+            "export an output that 'cai-ray synth' wrote"
+        )
     committed = sorted(committed_indices(source))
     if not committed:
         raise ExportError(f"no committed shards in {source}: run 'cai-ray synth' first")

@@ -63,6 +63,18 @@ def shard_order(shards: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(shards)
 
 
+def dealt(order: np.ndarray, readers: int) -> list[np.ndarray]:
+    """An epoch's shard order dealt out to ``readers``: reader ``r`` takes every
+    ``readers``-th shard from the ``r``-th."""
+    return [order[reader::readers] for reader in range(readers)]
+
+
+def common_share(shards: list[ShardRef], order: np.ndarray, readers: int) -> int:
+    """How many samples every one of ``readers`` can give in the epoch of ``order``: the
+    smallest reader's share, so that data-parallel readers stop together."""
+    return min(sum(shards[i].samples for i in mine) for mine in dealt(order, readers))
+
+
 def read_samples(urls: Iterable[str]) -> Iterator[Sample]:
     """The samples of the shards, in order, as their files; two shards read ahead."""
     shard_bytes = storage.ordered_map(storage.read_bytes, urls, workers=2, depth=2)
@@ -111,9 +123,8 @@ def epoch_batches(
     if local_batch < 1:
         raise ValueError(f"batch_size {settings.batch_size} is smaller than {world_size} workers")
     order = shard_order(len(shards), settings.seed, epoch)
-    shares = [sum(shards[i].samples for i in order[r::world_size]) for r in range(world_size)]
-    steps = min(shares) // local_batch
-    mine = [shards[i].url for i in order[rank::world_size]]
+    steps = common_share(shards, order, world_size) // local_batch
+    mine = [shards[i].url for i in dealt(order, world_size)[rank]]
     files = (files for _, files in read_samples(mine))
     samples = shuffled(
         decoded(files, decode, settings.decode_workers),

@@ -10,9 +10,9 @@ Two flavours over the committed shards of one or more outputs:
   A random order reads a shard for most samples: for shuffled training over many shards,
   prefer the stream.
 * :class:`ShardStream`, iterable: each epoch visits the shards in an order drawn from (seed,
-  epoch), split across data-parallel ranks and DataLoader workers, so every sample comes once
-  an epoch; a shuffle buffer mixes samples across shards (:mod:`cai_ray.io.stream`, the
-  detector's loader).
+  epoch), split across data-parallel ranks and DataLoader workers, so every sample comes at
+  most once an epoch (once, unless data-parallel ranks are held to equal steps); a shuffle
+  buffer mixes samples across shards (:mod:`cai_ray.io.stream`, the detector's loader).
 
 A sample is a dict: ``key``, ``image`` (C x H x W: float32 in [0, 1], or uint8 as stored),
 ``mask`` (1 x H x W: float32 {0, 1}, or uint8 {0, 255}), ``label`` (0 normal, 1 anomalous)
@@ -24,9 +24,12 @@ DataLoader ``collate_fn=collate``.
 from __future__ import annotations
 
 import bisect
+import multiprocessing
+import multiprocessing.context
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import Any, Literal
 
 import numpy as np
@@ -138,16 +141,24 @@ class ShardDataset(Dataset):
 
 
 class ShardStream(IterableDataset):
-    """The samples of synthesis outputs, every one once an epoch across all ranks and
+    """The samples of synthesis outputs, every one at most once an epoch across all ranks and
     DataLoader workers: the epoch's shard order (:func:`cai_ray.io.stream.shard_order`) dealt
     out, shard by shard, to ``world_size`` x workers readers. Call :meth:`set_epoch` before
-    each epoch (as with a ``DistributedSampler``); with ``persistent_workers`` the workers keep
-    the epoch they started with. ``rank`` and ``world_size`` default to torch.distributed's
-    where it is initialised. Ranks may get different numbers of samples (shards differ): a
-    data-parallel loop that needs equal steps stops at the smallest.
+    each epoch (as with a ``DistributedSampler``); it reaches persistent workers too (the epoch
+    lives in shared memory). ``rank`` and ``world_size`` default to torch.distributed's where
+    it is initialised.
+
+    Shards differ in size, so readers' shares do too. ``equal_steps`` (default: where
+    ``world_size`` > 1) stops every reader at the smallest reader's share, computed from the
+    shard entries, so every rank gets the same batches and a data-parallel loop never waits
+    on a rank that has run out (the rest of the epoch's samples come in other epochs' orders);
+    then a reader without a shard is an error, as it would make every epoch empty. Without
+    ``equal_steps`` every sample comes once an epoch, and a reader without a shard warns.
 
     ``shuffle_buffer`` (0: none) mixes each reader's samples across its shards, seeded by
-    (seed, epoch, reader); ``decode_workers`` threads decode each reader's images.
+    (seed, epoch, reader); ``decode_workers`` threads decode each reader's images, and
+    ``transform`` runs in the thread that iterates, in the stream's order, so a random
+    augmentation seeded there repeats whatever the thread count.
     """
 
     def __init__(
@@ -158,6 +169,7 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        equal_steps: bool | None = None,
         pixels: Pixels = "float",
         color: ColorMode | None = None,
         transform: Transform | None = None,
@@ -176,26 +188,57 @@ class ShardStream(IterableDataset):
         )
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not one of {self.world_size}")
+        self.equal_steps = self.world_size > 1 if equal_steps is None else equal_steps
         self.shards = _committed(output_or_outputs)
         self.seed, self.shuffle_buffer, self.decode_workers = seed, shuffle_buffer, decode_workers
         self.pixels, self.color, self.transform = pixels, color, transform
-        self.epoch = 0
+        self._epoch = multiprocessing.RawValue("q", 0)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.value = epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The epoch stays shared with the DataLoader workers this dataset is sent to (spawn,
+        forkserver); any other pickle (a copy, a Ray task's argument) takes its value."""
+        state = self.__dict__.copy()
+        if multiprocessing.context.get_spawning_popen() is None:
+            state["_epoch"] = self.epoch
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["_epoch"], int):
+            state["_epoch"] = multiprocessing.RawValue("q", state["_epoch"])
+        self.__dict__.update(state)
 
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
-        reader = self.rank * workers + worker_id
-        order = stream.shard_order(len(self.shards), self.seed, self.epoch)
-        mine = [self.shards[i].url for i in order[reader :: self.world_size * workers]]
-        items = stream.decoded(stream.read_samples(mine), self._item, self.decode_workers)
+        readers, reader = self.world_size * workers, self.rank * workers + worker_id
+        epoch = self.epoch
+        order = stream.shard_order(len(self.shards), self.seed, epoch)
+        if len(self.shards) < readers:
+            message = (
+                f"{len(self.shards)} shards for {readers} readers ({self.world_size} ranks x "
+                f"{workers} DataLoader workers): "
+            )
+            if self.equal_steps:
+                raise ValueError(
+                    message + "with equal_steps every epoch would be empty; use fewer "
+                    "DataLoader workers, or write more, smaller shards"
+                )
+            warnings.warn(message + "some read nothing", stacklevel=2)
+        mine = [self.shards[i].url for i in stream.dealt(order, readers)[reader]]
+        items = stream.decoded(stream.read_samples(mine), self._decoded, self.decode_workers)
         if self.shuffle_buffer:
-            rng = np.random.default_rng([self.seed, self.epoch, reader])
+            rng = np.random.default_rng([self.seed, epoch, reader])
             items = stream.shuffled(items, self.shuffle_buffer, rng)
-        return items
+        if self.equal_steps:
+            items = islice(items, stream.common_share(self.shards, order, readers))
+        return map(self.transform, items) if self.transform else items
 
-    def _item(self, sample: Sample) -> Any:
-        item = sample_item(sample, self.pixels, self.color)
-        return self.transform(item) if self.transform else item
+    def _decoded(self, sample: Sample) -> dict[str, Any]:
+        return sample_item(sample, self.pixels, self.color)

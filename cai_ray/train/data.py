@@ -37,7 +37,8 @@ def shard_dataset(
 ) -> ray.data.Dataset:
     """The shards' samples as rows of ``columns``, one per field ``decode`` returns (``None``:
     a sample the loop does not use; each shard must hold exactly ``ShardRef.samples`` usable
-    ones, or its task fails naming it). ``decode`` runs in Ray tasks, so it must pickle."""
+    ones, or its task fails naming it, after the shard's earlier blocks were yielded).
+    ``decode`` runs in Ray tasks, so it must pickle."""
     import ray.data
 
     items = [{"url": shard.url, "samples": shard.samples} for shard in shards]
@@ -62,7 +63,10 @@ def _decoded_shard(
     columns: tuple[str, ...],
     storage_options: dict[str, Any],
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One shard's usable samples, decoded, in blocks of :data:`ROWS_PER_BLOCK`."""
+    """One shard's usable samples, decoded, in blocks of :data:`ROWS_PER_BLOCK`. The count is
+    checked against the entry at the shard's end, after its earlier blocks went out (holding a
+    decoded shard back would cost its memory): a short shard fails the task, and with it the
+    training run, but a consumer may have taken some of its samples by then."""
     if storage.current_settings() != storage_options:  # keep the cached S3 connections
         storage.configure(**storage_options)
     url, expected = str(row["url"][0]), int(row["samples"][0])

@@ -7,6 +7,7 @@ trainer, and each worker's loop gets its shard of it as ``data``."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,15 @@ def train_on_ray(
     ``dataset``, each worker's loop also gets ``data``: its part of every epoch (Ray Train's
     ``get_dataset_shard``: as many rows each), read with ``dataset``'s own execution options
     (its ``preserve_order``, not the driver's default). The tasks reading ``dataset`` need CPUs
-    besides the workers' (``cpus_per_worker``; default: Ray Train's, one CPU or one GPU)."""
+    besides the workers' (``cpus_per_worker``; default: Ray Train's, one CPU or one GPU).
+    A ``dataset`` for a loop that takes no ``data`` is refused here, before any worker starts."""
+    parameters = inspect.signature(loop).parameters.values()
+    takes_data = any(p.name == "data" or p.kind is p.VAR_KEYWORD for p in parameters)
+    if dataset is not None and not takes_data:
+        raise ValueError(
+            f"{getattr(loop, '__name__', loop)} takes no data: it reads its own input, so "
+            "give it no dataset"
+        )
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -88,6 +88,16 @@ def test_ray_train_runs_the_cdm_loop_on_two_workers(cai_output, tmp_path):
     assert info["epoch"] == 2
 
 
+def test_a_dataset_for_a_loop_without_data_is_refused_before_ray_starts(tmp_path):
+    """train_cdm streams its own shards: a dataset given with it would reach its workers as an
+    argument it does not take."""
+    from cai_ray.train.runner import train_on_ray
+
+    config = tiny_config(str(tmp_path / "out"), tmp_path / "ray", 1)
+    with pytest.raises(ValueError, match="train_cdm takes no data: .* give it no dataset"):
+        train_on_ray(train_cdm, config, num_workers=1, dataset=[{"image": 0}])
+
+
 def test_checkpoints_live_in_s3_and_resume_from_there(cai_output, s3_bucket):
     url = f"{s3_bucket}/cdm/model"
     first = train_cdm(tiny_config(cai_output, url, 1))

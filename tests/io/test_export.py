@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,16 @@ from cai_ray import faults
 from cai_ray.cli import main
 from cai_ray.io import layout, storage
 from cai_ray.io.codecs import decode_image
-from cai_ray.io.export import COCO_FILE, PARTS_FOLDER, STATE_FILE
-from cai_ray.io.samples import decode_sample, read_meta
-from cai_ray.io.tar import iter_tar
+from cai_ray.io.export import (
+    COCO_FILE,
+    FORMATS,
+    PARTS_FOLDER,
+    STATE_FILE,
+    ExportSettings,
+    export_shard,
+)
+from cai_ray.io.samples import META_MEMBER, SampleError, decode_sample, read_meta
+from cai_ray.io.tar import build_tar, iter_tar
 from cai_ray.pipeline.synth import run_synth
 from tests.conftest import DEMO, REPO
 from tests.pipeline.conftest import job_config
@@ -295,6 +303,49 @@ def test_bad_sources_and_destinations_are_clear_errors(output, demo_daad, tmp_pa
     assert "other settings (test_normals 0.0 there, 0.2 now)" in capsys.readouterr().err
     assert main(["export", output, str(done), "--format", "coco"]) == 2
     assert "other settings (format mvtec there, coco now" in capsys.readouterr().err
+
+
+def _one_shard_with(output: str, change) -> tuple[str, bytes]:
+    """The output's first shard, its first anomalous sample's metadata changed by ``change``."""
+    shard = list(iter_tar(storage.read_bytes(storage.join(output, layout.shard_name(0)))))
+    key, files = next((k, f) for k, f in shard if read_meta(f)["label"] == 1)
+    meta = read_meta(files)
+    change(meta)
+    changed = [
+        (k, {**f, META_MEMBER: json.dumps(meta).encode()} if k == key else f) for k, f in shard
+    ]
+    return key, build_tar(changed)
+
+
+def test_a_sample_without_a_label_or_a_safe_class_is_named(output):
+    key, unlabelled = _one_shard_with(output, lambda meta: meta.pop("label"))
+    for format in FORMATS:
+        with pytest.raises(SampleError, match=f"sample {key}: 'label'"):
+            export_shard(
+                unlabelled,
+                ExportSettings(format=format, category="tiles" if format == "mvtec" else None),
+            )
+    key, escaping = _one_shard_with(output, lambda meta: meta.update(anomaly_class="../../up"))
+    mvtec = ExportSettings(format="mvtec", category="tiles")
+    with pytest.raises(
+        SampleError, match=rf"sample {key}: its anomaly class '../../up' cannot name a folder"
+    ):
+        export_shard(escaping, mvtec)
+    coco = export_shard(escaping, ExportSettings(format="coco"))  # a category name, not a path
+    assert "../../up" in coco.part["classes"]
+
+
+def test_a_source_without_a_fingerprint_is_refused(output, tmp_path, capsys):
+    """The fingerprint tells one export's source from another's: without it, two outputs could
+    share a destination."""
+    source = tmp_path / "source"
+    shutil.copytree(output, source)
+    job = json.loads((source / layout.JOB_FILE).read_text())
+    del job["fingerprint"]
+    (source / layout.JOB_FILE).write_text(json.dumps(job))
+    assert main(["export", str(source), str(tmp_path / "dest"), "--format", "folder"]) == 2
+    assert "job.json holds no fingerprint" in capsys.readouterr().err
+    assert not (tmp_path / "dest").exists()
 
 
 def _readme_commands() -> list[str]:

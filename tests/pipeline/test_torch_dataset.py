@@ -4,10 +4,12 @@ decodes; and the README's three recipes for reading shards, run as written. Here
 pipeline tests, to share their session's output."""
 
 import os
+import pickle
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -104,8 +106,91 @@ def test_a_dataloader_with_two_workers_gives_each_sample_once(undisturbed):
     second = loaded(stream)
     assert sorted(second) == sorted(keys) and second != first
 
-    ranks = [loaded(ShardStream(out, rank=r, world_size=2, seed=1)) for r in range(2)]
-    assert all(ranks) and sorted(ranks[0] + ranks[1]) == sorted(keys)
+
+def _loaded_keys(dataset, workers: int = 2, **options) -> list[str]:
+    loader = DataLoader(dataset, batch_size=4, num_workers=workers, collate_fn=collate, **options)
+    return [key for batch in loader for key in batch["key"]]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 5 worker processes")
+def test_data_parallel_ranks_get_equal_steps_from_the_shard_entries(undisturbed):
+    """Two ranks of five DataLoader workers each: 12 shards dealt to 10 readers, two of which
+    get two. By default (world_size > 1) every reader stops at the smallest reader's share, so
+    both ranks take the same steps; with ``equal_steps=False`` every sample comes once, in
+    unequal shares."""
+    out = _output(undisturbed)
+    keys = list(_webdataset_samples(out))
+    shards = ShardStream(out).shards
+    sizes = [shard.samples for shard in shards]
+    order = np.random.default_rng([1, 0]).permutation(len(shards))  # seed 1, epoch 0
+    shares = [sum(sizes[i] for i in order[reader::10]) for reader in range(10)]
+    ranks = [sum(shares[:5]), sum(shares[5:])]
+    assert ranks[0] != ranks[1]  # unequal shares: the case to handle
+
+    def stream(rank: int, **options) -> ShardStream:
+        return ShardStream(out, rank=rank, world_size=2, seed=1, **options)
+
+    unequal = [_loaded_keys(stream(rank, equal_steps=False), workers=5) for rank in range(2)]
+    assert sorted(unequal[0] + unequal[1]) == sorted(keys)
+    assert [len(rank) for rank in unequal] == ranks
+
+    equal = [_loaded_keys(stream(rank, shuffle_buffer=8), workers=5) for rank in range(2)]
+    assert [len(rank) for rank in equal] == [5 * min(shares)] * 2
+    assert len(set(equal[0] + equal[1])) == 10 * min(shares) and set(equal[0]) <= set(keys)
+
+
+def test_a_reader_without_a_shard_is_named(undisturbed):
+    out = _output(undisturbed)
+    shards = len(ShardStream(out).shards)
+    readers = (
+        rf"{shards} shards for {shards + 1} readers \({shards + 1} ranks x 1 DataLoader workers\)"
+    )
+    with pytest.raises(ValueError, match=f"{readers}: with equal_steps every epoch would be empty"):
+        list(ShardStream(out, rank=0, world_size=shards + 1))
+    with pytest.warns(UserWarning, match=f"{readers}: some read nothing"):
+        assert list(ShardStream(out, rank=shards, world_size=shards + 1, equal_steps=False)) == []
+
+
+def test_the_transform_runs_in_the_iterating_thread_so_augmentations_repeat(undisturbed):
+    out = _output(undisturbed)
+    threads = set()
+
+    def augment(item):
+        threads.add(threading.get_ident())
+        return item["key"], float(torch.rand(1))
+
+    def drawn() -> list:
+        torch.manual_seed(0)
+        return list(ShardStream(out, shuffle_buffer=4, transform=augment, decode_workers=4))
+
+    first = drawn()
+    assert threads == {threading.get_ident()}
+    assert drawn() == first and len({draw for _, draw in first}) == len(first)
+
+
+def test_set_epoch_reaches_persistent_spawned_workers(undisturbed):
+    """Workers kept across epochs, started by spawn as a process holding a Ray driver must:
+    each epoch is the order a fresh loader gives it."""
+    out = _output(undisturbed)
+    fresh = ShardStream(out, shuffle_buffer=8, seed=1)
+    expected = []
+    for epoch in range(2):
+        fresh.set_epoch(epoch)
+        expected.append(_loaded_keys(fresh))
+    assert expected[0] != expected[1]
+    stream = ShardStream(out, shuffle_buffer=8, seed=1)
+    loader = DataLoader(
+        stream,
+        batch_size=4,
+        num_workers=2,
+        collate_fn=collate,
+        persistent_workers=True,
+        multiprocessing_context="spawn",
+    )
+    for epoch in range(2):
+        stream.set_epoch(epoch)
+        assert [key for batch in loader for key in batch["key"]] == expected[epoch]
+    assert pickle.loads(pickle.dumps(stream)).epoch == 1  # a plain pickle takes the value
 
 
 def test_an_output_on_s3_reads_as_the_local_one(undisturbed, s3_bucket):
