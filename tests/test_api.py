@@ -1,7 +1,6 @@
-"""The Python API: the README's example runs as written, and the API makes the job's samples."""
+"""The Python API: docs/API.md's example runs as written, and the API makes the job's samples."""
 
 import json
-import re
 import subprocess
 import sys
 
@@ -16,20 +15,19 @@ from cai_ray.io.codecs import decode_image, decode_mask, load_image
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.synth import run_synth
 from tests.conftest import DEMO, REPO
+from tests.docs import code_blocks, doc_section
 
 
-def _readme_example() -> str:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### 10. The Python API") :]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def _docs_example() -> str:
+    return code_blocks(doc_section("docs/API.md", "The Python API"), "python")[0]
 
 
-def test_the_readme_example_runs(tmp_path):
+def test_the_docs_example_runs(tmp_path):
     """From a fresh folder that has the repository's data and configs, as at its root."""
     (tmp_path / "data").symlink_to(REPO / "data")
     (tmp_path / "configs").symlink_to(REPO / "configs")
     done = subprocess.run(
-        [sys.executable, "-c", _readme_example()],
+        [sys.executable, "-c", _docs_example()],
         cwd=tmp_path,
         capture_output=True,
         text=True,

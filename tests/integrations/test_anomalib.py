@@ -2,7 +2,6 @@
 returns, deterministic by key, fresh without, and trains a real anomalib DRAEM in its place.
 Runs only where the anomalib extra is installed (CI's second venv: pytest -m anomalib)."""
 
-import re
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator  # noqa
 
 from cai_ray.integrations.anomalib import CAIAnomalyGenerator  # noqa: E402
 from tests.conftest import DEMO, REPO, demo_tiles  # noqa: E402
+from tests.docs import code_blocks, doc_section  # noqa: E402
 
 SIZE = 128
 
@@ -224,19 +224,17 @@ def test_one_real_draem_training_step(tmp_path, demo_daad):
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def _readme_recipe() -> str:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("#### anomalib") :]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def _docs_recipe() -> str:
+    return code_blocks(doc_section("docs/API.md", "anomalib:"), "python")[0]
 
 
 @pytest.mark.slow
-def test_the_readme_recipe_runs(tmp_path):
+def test_the_docs_recipe_runs(tmp_path):
     """From a fresh folder that has the repository's data and configs, as at its root."""
     for name in ("data", "configs"):
         (tmp_path / name).symlink_to(REPO / name)
     done = subprocess.run(
-        [sys.executable, "-c", _readme_recipe()],
+        [sys.executable, "-c", _docs_recipe()],
         cwd=tmp_path,
         capture_output=True,
         text=True,
