@@ -6,8 +6,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +148,6 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3_bucket(s3_server, request):
     """A fresh bucket on the test server, with cai-ray's storage pointed at the server."""
-    import re
 
     from cai_ray.io import storage
 
@@ -185,22 +182,3 @@ def demo_tiles(folder: Path, count: int) -> list[Path]:
     for image in sorted((DEMO / "normal").glob("*.jpg"))[:count]:
         copies.append(Path(shutil.copy(image, folder / image.name)))
     return copies
-
-
-def run_readme_python(heading: str, folder: Path, timeout: int) -> str:
-    """The README's first python block after ``heading``, run by a fresh interpreter from
-    ``folder``, which gets the repository's data and configs as at its root; its stdout."""
-    readme = (REPO / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", readme[readme.index(heading) :], re.S)
-    assert code, f"no python block after {heading!r} in the README"
-    for name in ("data", "configs"):
-        (folder / name).symlink_to(REPO / name)
-    done = subprocess.run(
-        [sys.executable, "-c", code.group(1)],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout

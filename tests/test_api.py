@@ -1,4 +1,4 @@
-"""The Python API: the README's example runs as written, and the API makes the job's samples."""
+"""The Python API: docs/API.md's example runs as written, and the API makes the job's samples."""
 
 import json
 
@@ -12,11 +12,13 @@ from cai_ray.core.synthesis import Failure
 from cai_ray.io.codecs import decode_image, decode_mask, load_image
 from cai_ray.io.tar import iter_tar
 from cai_ray.pipeline.synth import run_synth
-from tests.conftest import DEMO, run_readme_python
+from tests.conftest import DEMO
+from tests.docs import code_blocks, doc_section, run_python
 
 
-def test_the_readme_example_runs(tmp_path):
-    lines = run_readme_python("### 10. The Python API", tmp_path, timeout=300).splitlines()
+def test_the_docs_example_runs(tmp_path):
+    example = code_blocks(doc_section("docs/API.md", "The Python API"), "python")[0]
+    lines = run_python(example, tmp_path, timeout=300).splitlines()
     assert len(lines) == 10 and all(line.endswith(" pixels") for line in lines)
     assert (tmp_path / "out" / "demo-daad" / "daad.json").is_file()
 

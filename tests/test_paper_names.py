@@ -54,7 +54,8 @@ def test_a_jobs_identity_keeps_the_paper_names(tmp_path):
 
 def test_no_shipped_config_or_doc_uses_the_acronyms_as_keys():
     """Configs and docs show the new names (the acronyms are for old files)."""
-    for path in [*sorted((REPO / "configs").rglob("*.yaml")), REPO / "README.md"]:
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for path in [*sorted((REPO / "configs").rglob("*.yaml")), *docs]:
         text = path.read_text()
         for acronym in PAPER_NAMES.values():
             assert f"{acronym}:" not in text, (path, acronym)

@@ -131,7 +131,7 @@ def test_losing_a_worker_node_mid_job_loses_nothing(
 
 
 def test_ray_job_submit_writes_to_s3_and_verifies(local_cluster, s3_server):
-    """The README's cluster walkthrough against this cluster: upload the demo normals with
+    """docs/SCALE.md's cluster walkthrough against this cluster: upload the demo normals with
     ``cai-ray copy``, submit with the repository as working dir, verify the output."""
 
     local_s3(s3_server.endpoint).mkdir("cai-ray")

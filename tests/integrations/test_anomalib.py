@@ -14,7 +14,8 @@ pytest.importorskip("anomalib")
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator  # noqa: E402
 
 from cai_ray.integrations.anomalib import CAIAnomalyGenerator  # noqa: E402
-from tests.conftest import DEMO, demo_tiles, run_readme_python  # noqa: E402
+from tests.conftest import DEMO, demo_tiles  # noqa: E402
+from tests.docs import code_blocks, doc_section, run_python  # noqa: E402
 
 SIZE = 128
 
@@ -221,5 +222,6 @@ def test_one_real_draem_training_step(tmp_path, demo_daad):
 
 
 @pytest.mark.slow
-def test_the_readme_recipe_runs(tmp_path):
-    assert "CAIAnomalyGenerator" in run_readme_python("#### anomalib", tmp_path, timeout=600)
+def test_the_docs_recipe_runs(tmp_path):
+    recipe = code_blocks(doc_section("docs/API.md", "anomalib:"), "python")[0]
+    assert "CAIAnomalyGenerator" in run_python(recipe, tmp_path, timeout=600)

@@ -3,7 +3,6 @@ read back with the format's own reader and compared sample by sample with the sh
 
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -31,6 +30,7 @@ from cai_ray.io.samples import META_MEMBER, SampleError, decode_sample, read_met
 from cai_ray.io.tar import build_tar, iter_tar
 from cai_ray.pipeline.synth import run_synth
 from tests.conftest import DEMO, REPO
+from tests.docs import code_blocks, doc_section
 from tests.pipeline.conftest import job_config
 from tests.s3server import local_s3
 
@@ -348,19 +348,17 @@ def test_a_source_without_a_fingerprint_is_refused(output, tmp_path, capsys):
     assert not (tmp_path / "dest").exists()
 
 
-def _readme_commands() -> list[str]:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Export: anomalib, MVTec AD, COCO") :]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+def _docs_commands() -> list[str]:
+    block = code_blocks(doc_section("docs/API.md", "Export: anomalib, MVTec AD, COCO"), "bash")[0]
     return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
 
 
-def test_the_readme_export_commands_run_as_written(output, tmp_path, monkeypatch, capsys):
+def test_the_docs_export_commands_run_as_written(output, tmp_path, monkeypatch, capsys):
     """From a folder whose out/demo is a synthesis output, as after the README's first command."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "demo").symlink_to(output)
     monkeypatch.chdir(tmp_path)
-    commands = _readme_commands()
+    commands = _docs_commands()
     assert len(commands) >= 2
     for command in commands:
         words = shlex.split(command)

@@ -117,7 +117,7 @@ def test_a_filesystem_out_of_inodes_says_so(small_disk):
 
 def test_the_retry_budget_has_a_floor_the_docs_state():
     """Half of each wait is fixed: the default attempts outlast any outage under 55.5 s (the
-    figure README and the settings give), a store that stays down fails within 111 s."""
+    figure docs/SCALE.md and the settings give), a store that stays down fails within 111 s."""
     assert storage.retry_budget_s(storage.DEFAULT_REQUEST_ATTEMPTS) == (55.5, 111.0)
     assert storage.retry_budget_s(1) == (0, 0)
     assert [storage.backoff_s(n, 0.0) for n in (1, 2, 5, 6, 9)] == [0.5, 1, 8, 10, 10]

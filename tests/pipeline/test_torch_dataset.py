@@ -1,11 +1,10 @@
 """The PyTorch datasets over a real synthesis output (the pipeline tests' undisturbed job, 13
 shards, one holding no sample), checked against the shard entries and against what webdataset
-decodes; and the README's three recipes for reading shards, run as written. Here, beside the
+decodes; and the three recipes for reading shards in docs/API.md, run as written. Here, beside the
 pipeline tests, to share their session's output."""
 
 import os
 import pickle
-import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from cai_ray.io.layout import committed_shards, shard_name
 from cai_ray.io.tar import build_tar, iter_tar
 from cai_ray.io.torch_dataset import ShardDataset, ShardStream, collate
 from tests.conftest import REPO
+from tests.docs import code_blocks, doc_section
 
 
 @pytest.fixture(autouse=True)
@@ -233,13 +233,11 @@ def test_a_shard_changed_after_its_commit_is_named(undisturbed, tmp_path):
 
 
 def _recipes() -> list[str]:
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("### Reading the shards from your training code")
-    section = readme[start : readme.index("\n### ", start)]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    section = doc_section("docs/API.md", "Reading the shards from your training code")
+    return code_blocks(section, "python")
 
 
-def test_the_readme_has_three_recipes():
+def test_the_docs_have_three_recipes():
     recipes = _recipes()
     assert len(recipes) == 3
     assert "torch_dataset" in recipes[0] and "webdataset" in recipes[1] and "datasets" in recipes[2]
