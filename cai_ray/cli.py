@@ -296,37 +296,12 @@ def _cdm_train(args: argparse.Namespace) -> int:
 
 def _detector_eval(args: argparse.Namespace) -> int:
     require("train", ("torch",), "the detector")
-    import torch
-
-    from cai_ray.detector.evaluate import (
-        evaluate_by_defect,
-        evaluate_network,
-        network_from_checkpoint,
-    )
+    from cai_ray.detector.evaluate import evaluate_checkpoint
     from cai_ray.detector.target_specs import load_target_spec
     from cai_ray.detector.target_splits import load_target_split
-    from cai_ray.detector.targets import load_test_set, scoring_geometry, training_cut
-    from cai_ray.detector.train import read_checkpoint
 
-    state = read_checkpoint(args.checkpoint)
-    trained = state["config"]
     split = load_target_split(load_target_spec(args.test), args.data_root)
-    geometry, data_size = training_cut(trained["data"])
-    test = load_test_set(
-        split, trained["image_size"], trained["color"], geometry, data_size=data_size
-    )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics, maps = evaluate_network(network_from_checkpoint(state, device), test, device=device)
-    by_defect = evaluate_by_defect(maps, test.masks, [item.defect for item in test.items])
-    report = {
-        "epoch": state["epoch"],
-        "test_images": len(test.items),
-        "geometry": scoring_geometry(geometry).mode,
-        "view_size": test.view_size,
-        **metrics,
-        "by_defect": by_defect,
-    }
-    print(json.dumps(report, indent=2))
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, split), indent=2))
     if split.skipped:
         print(f"  skipped {len(split.skipped)} test image(s): first {split.skipped[0]}")
     return 0

@@ -182,7 +182,7 @@ def test_a_crash_before_an_epoch_is_scored_is_made_good_on_resume(tmp_path, demo
     }
     raw["synth"]["daad"] = {"path": demo_daad}
     config = BenchmarkConfig.model_validate(raw)
-    real = module.evaluate_network
+    real = module.score_checkpoint
     calls = []
 
     def killed_at_the_second_scoring(*args, **kwargs):
@@ -191,7 +191,7 @@ def test_a_crash_before_an_epoch_is_scored_is_made_good_on_resume(tmp_path, demo
             raise KeyboardInterrupt("killed after checkpoint 2, before scoring it")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(module, "evaluate_network", killed_at_the_second_scoring)
+    monkeypatch.setattr(module, "score_checkpoint", killed_at_the_second_scoring)
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(config)
     run = tmp_path / "runs" / "cutpaste-s3"

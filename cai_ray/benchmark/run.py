@@ -18,17 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import ValidationError
 
 from cai_ray.benchmark.config import BenchmarkConfig, SynthesizerEntry
 from cai_ray.benchmark.report import read_synth_images, write_report
 from cai_ray.config import SynthConfig
-from cai_ray.detector.evaluate import (
-    evaluate_by_defect,
-    evaluate_network,
-    network_from_checkpoint,
-)
+from cai_ray.detector.evaluate import default_device, score_checkpoint
 from cai_ray.detector.target_specs import load_target_spec
 from cai_ray.detector.target_splits import TargetSplit, load_target_split
 from cai_ray.detector.targets import (
@@ -203,14 +198,14 @@ def run_one(
     epochs_file = run_dir / "epochs.json"
     scored: list[dict] = json.loads(epochs_file.read_text()) if epochs_file.is_file() else []
     best_maps_file = run_dir / "examples.npy"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
 
     def score(state: dict) -> None:
         epoch = state["epoch"]
         if epoch % config.detector.eval_every and epoch != config.detector.epochs:
             return
-        network = network_from_checkpoint(state, device)
-        metrics, maps = evaluate_network(network, test, device=device)
+        scores = score_checkpoint(state, test, device=device)
+        metrics, maps = scores.metrics, scores.maps
         nonlocal scored
         scored = [s for s in scored if s["epoch"] < epoch]
         if all(metrics["pixel_ap"] > s["pixel_ap"] for s in scored):
@@ -247,7 +242,6 @@ def _by_defect(
     entry: SynthesizerEntry,
     result: dict,
     tests: RunTestSets,
-    defects: list[str],
 ) -> dict | None:
     """The metrics per defect type (each type's images plus every normal test image) of a
     finished run's last checkpoint, computed once and kept beside its result; None when the
@@ -260,12 +254,10 @@ def _by_defect(
     checkpoint = checkpoint_url(_detector_config(config, "unused", run_dir, result["seed"]))
     if not Path(checkpoint).is_file():
         return None
-    state = read_checkpoint(checkpoint)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    network = network_from_checkpoint(state, device)
-    test = tests.of(entry, result["seed"])
-    _, maps = evaluate_network(network, test, device=device)
-    by_defect = {"epoch": state["epoch"], "defects": evaluate_by_defect(maps, test.masks, defects)}
+    scores = score_checkpoint(
+        read_checkpoint(checkpoint), tests.of(entry, result["seed"]), by_defect=True
+    )
+    by_defect = {"epoch": scores.epoch, "defects": scores.by_defect}
     storage.write_bytes_atomic(str(kept), json.dumps(by_defect, indent=1).encode())
     return by_defect
 
@@ -318,7 +310,7 @@ def run_benchmark(
             if result is None:
                 missing.append(run_name(entry, seed))
             else:
-                by_defect = _by_defect(config, entry, result, tests, defects)
+                by_defect = _by_defect(config, entry, result, tests)
                 results.append({**result, "by_defect": by_defect})
     if not results:
         raise ValueError(f"no finished run in {config.out} yet")

@@ -18,7 +18,6 @@ A checkpoint folder (local or s3://) in diffusers' format:
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tempfile
@@ -35,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai_ray.cdm.checkpoint import EXPORTED_FILES, INFO_NAME, STATE_NAME
 from cai_ray.cdm.classes import class_id
 from cai_ray.cdm.model import CDMModelConfig, build_unet, network_input
-from cai_ray.io import samples, storage, stream
+from cai_ray.io import checkpoints, samples, storage, stream
 from cai_ray.io.codecs import resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
 from cai_ray.train.runner import resumable
@@ -136,9 +135,7 @@ def _export(
                 storage.write_bytes_atomic(storage.join(config.checkpoint_dir, name), data)
     finally:
         ema.restore(unet.parameters())
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    storage.write_bytes_atomic(storage.join(config.checkpoint_dir, STATE_NAME), buffer.getvalue())
+    checkpoints.write_checkpoint(storage.join(config.checkpoint_dir, STATE_NAME), state)
 
 
 def load_cdm(checkpoint_dir: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -174,7 +171,7 @@ def read_state(checkpoint_dir: str) -> dict | None:
     url = storage.join(checkpoint_dir, STATE_NAME)
     if not storage.exists(url):
         return None
-    return dict(torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu"))
+    return checkpoints.read_checkpoint(url)
 
 
 def train_cdm(

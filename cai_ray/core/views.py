@@ -63,13 +63,44 @@ class Geometry:
         if self.position == "centre" and self.crops > 1:
             raise ValueError("position 'centre' makes one crop per image; set crops: 1")
 
+    # What each mode means to the rest of the package is asked of these members, never of
+    # ``mode`` itself: a new mode is this class and :func:`plan_views`.
+
     @property
     def one_view_per_image(self) -> bool:
+        """Whether an image makes one target (the whole of it) rather than several windows,
+        each of which is then seeded, counted and skipped on its own."""
         return self.mode in WHOLE_IMAGE_MODES
+
+    @property
+    def draws_views(self) -> bool:
+        """Whether :func:`plan_views` places the views at random (it needs a generator)."""
+        return self.mode == "crop" and self.position == "random"
+
+    @property
+    def records_view(self) -> bool:
+        """Whether a sample records its view (:meth:`View.details`): all but ``resize``, whose
+        one view is the whole image, as before views existed."""
+        return self.mode != "resize"
+
+    @property
+    def scored_on_target(self) -> bool:
+        """Whether a detector's maps are scored on the ``size x size`` target itself, the
+        ground truth resized to it (``resize``, the paper's protocol), rather than stitched
+        back onto the image at its own shape."""
+        return self.mode == "resize"
+
+    def scoring(self) -> Geometry:
+        """How test images are cut for a detector trained on data made with these settings:
+        whole images as in training; crops become tiles (with the same overlap), so that every
+        pixel of a test image is scored."""
+        if self.mode == "crop":
+            return Geometry(mode="tile", overlap=self.overlap)
+        return self
 
     def check_size(self, size: int) -> None:
         """Raise ValueError where the settings cannot work at this target size."""
-        if self.mode in ("crop", "tile") and self.overlap >= size:
+        if not self.one_view_per_image and self.overlap >= size:
             raise ValueError(f"tile overlap {self.overlap} must be smaller than the tile {size}")
 
 

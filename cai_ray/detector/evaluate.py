@@ -1,16 +1,27 @@
 """Scoring a trained detector on a target's test set: anomaly maps from a checkpoint, then the
-metrics of :mod:`cai_ray.detector.metrics`."""
+metrics of :mod:`cai_ray.detector.metrics`. ``cai-ray detector eval``
+(:func:`evaluate_checkpoint`) and the benchmark (:func:`score_checkpoint` on its own test sets)
+score alike through here."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from cai_ray.detector.metrics import evaluate
 from cai_ray.detector.model import DiscriminativeUNet, anomaly_map
-from cai_ray.detector.targets import TestSet
+from cai_ray.detector.target_splits import TargetSplit
+from cai_ray.detector.targets import TestSet, load_test_set, training_cut
+from cai_ray.detector.train import read_checkpoint
+
+
+def default_device() -> str:
+    """Where scoring runs: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def network_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> DiscriminativeUNet:
@@ -65,3 +76,53 @@ def evaluate_by_defect(
         chosen = [i for i, defect in enumerate(defects) if defect in (kind, normal)]
         by_kind[kind] = evaluate([maps[i] for i in chosen], [masks[i] for i in chosen])
     return by_kind
+
+
+@dataclass(frozen=True)
+class CheckpointScores:
+    """A checkpoint's scores on one test set: the metrics, the per-image maps they were
+    computed from, and, when asked for, the metrics per defect type."""
+
+    epoch: int
+    metrics: dict[str, float]
+    maps: list[np.ndarray]
+    by_defect: dict[str, dict[str, float]] | None = None
+
+
+def score_checkpoint(
+    state: dict,
+    test: TestSet,
+    *,
+    device: str | torch.device | None = None,
+    by_defect: bool = False,
+) -> CheckpointScores:
+    """The scores of the detector in ``state`` (a checkpoint dict) on ``test``."""
+    device = device or default_device()
+    metrics, maps = evaluate_network(network_from_checkpoint(state, device), test, device=device)
+    defects = [item.defect for item in test.items]
+    per_defect = evaluate_by_defect(maps, test.masks, defects) if by_defect else None
+    return CheckpointScores(int(state["epoch"]), metrics, maps, per_defect)
+
+
+def evaluate_checkpoint(
+    url: str, split: TargetSplit, *, device: str | torch.device | None = None
+) -> dict[str, Any]:
+    """The report of ``cai-ray detector eval``: the checkpoint at ``url`` scored on the test
+    images of ``split``, cut as its training data was (read from the synthesis jobs it was
+    trained on), overall and per defect type. Unusable test images are added to
+    ``split.skipped``."""
+    state = read_checkpoint(url)
+    trained = state["config"]
+    geometry, data_size = training_cut(trained["data"])
+    test = load_test_set(
+        split, trained["image_size"], trained["color"], geometry, data_size=data_size
+    )
+    scores = score_checkpoint(state, test, device=device, by_defect=True)
+    return {
+        "epoch": scores.epoch,
+        "test_images": len(test.items),
+        "geometry": geometry.scoring().mode,
+        "view_size": test.view_size,
+        **scores.metrics,
+        "by_defect": scores.by_defect,
+    }

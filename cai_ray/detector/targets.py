@@ -70,15 +70,6 @@ class TestSet:
         return np.stack(shown)
 
 
-def scoring_geometry(geometry: Geometry) -> Geometry:
-    """How test images are cut for a detector trained on data made with ``geometry``: whole
-    images resized or letterboxed as in training; crops become tiles (with the same overlap)
-    so that every pixel of a test image is scored."""
-    if geometry.mode == "crop":
-        return Geometry(mode="tile", overlap=geometry.overlap)
-    return geometry
-
-
 def scoring_size(geometry: Geometry, data_size: int, network_size: int) -> int:
     """The side of the targets test images are cut into, for a network taking
     ``network_size`` squares trained on data that ``geometry`` cut into ``data_size`` squares.
@@ -131,7 +122,7 @@ def load_test_set(
     unusable images are added to ``split.skipped`` with the reason. Each image is decoded and
     cut by :func:`~cai_ray.io.codecs.load_views`, as synthesis reads its inputs (a large JPEG
     that ``resize`` or ``letterbox`` shrinks decodes at reduced scale in both)."""
-    geometry = scoring_geometry(geometry or Geometry())
+    geometry = (geometry or Geometry()).scoring()
     cut = scoring_size(geometry, data_size or size, size)
     targets, target_masks, views, masks, kept = [], [], [], [], []
     for item in split.test:
@@ -152,7 +143,7 @@ def load_test_set(
             split.skipped.append({"path": str(item.path), "reason": "mask is empty"})
             continue
         image_views = [view for view, _, _ in shown]
-        if geometry.mode == "resize":  # scored at size x size (the cut): nothing to stitch
+        if geometry.scored_on_target:  # at size x size (the cut): nothing to stitch
             mask = resize_mask(mask, size)
             if item.mask is not None and not mask.any():
                 reason = f"defect smaller than a pixel at {size}x{size}"

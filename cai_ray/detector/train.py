@@ -21,7 +21,6 @@ worker gets which sample may follow Ray's scheduling.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -32,7 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai_ray.detector.model import DiscriminativeUNet, focal_loss
-from cai_ray.io import samples, storage, stream
+from cai_ray.io import checkpoints, samples, storage, stream
 from cai_ray.io.codecs import resize, resize_mask
 from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
 from cai_ray.train.data import shard_dataset
@@ -156,8 +155,7 @@ def read_checkpoint(url: str) -> dict:
         raise FileNotFoundError(
             f"checkpoint not found: {url} (train with 'cai-ray detector train')"
         )
-    data = storage.read_bytes(url)
-    return dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
+    return checkpoints.read_checkpoint(url)
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -242,9 +240,7 @@ def train_detector(
             "torch_rng": torch.get_rng_state(),
         }
         if rank == 0:
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            storage.write_bytes_atomic(url, buffer.getvalue())
+            checkpoints.write_checkpoint(url, state)
             log.info("epoch %d/%d: loss %.5f", epoch + 1, config.epochs, state["losses"][-1])
         if on_epoch is not None:
             on_epoch(state)

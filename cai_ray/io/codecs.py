@@ -256,7 +256,7 @@ def load_views(
     height, width = _oriented_size(header)
     if min(height, width) < MIN_TARGET_SIDE:
         raise DecodeError(f"{width}x{height} is smaller than {MIN_TARGET_SIDE} pixels a side")
-    rng = crop_rng(seed, key) if geometry.mode == "crop" else None
+    rng = crop_rng(seed, key) if geometry.draws_views else None
     views = plan_views(height, width, size, geometry, rng)
     at_least = None
     if geometry.one_view_per_image:

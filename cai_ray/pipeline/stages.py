@@ -31,7 +31,7 @@ from cai_ray.core.foreground import (
     make_foreground_extractor,
 )
 from cai_ray.core.synthesis import BatchSynthesizer, Failure, PseudoAnomaly
-from cai_ray.core.views import WHOLE_IMAGE_MODES, Geometry
+from cai_ray.core.views import Geometry
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io import storage
 from cai_ray.io.codecs import (
@@ -65,7 +65,7 @@ def seed_key(target: dict) -> str:
     """The key that seeds a target's samples: the input's key, with the view's index where
     the geometry cuts several targets from one image."""
     view = target.get("view")
-    if view is None or view["mode"] in WHOLE_IMAGE_MODES:
+    if view is None or Geometry(mode=view["mode"]).one_view_per_image:
         return str(target["key"])
     return f"{target['key']}#{view['index']}"
 
@@ -167,8 +167,8 @@ class ForegroundStage:
                     reason = f"foreground below {self.min_fraction:.0%} of the image"
                     skipped.append({"path": target["path"], **where, "reason": reason})
                     continue
-                details = None if geometry.mode == "resize" else view.details(geometry.mode)
-                kept.append({**target, "view": details} if details else target)
+                recorded = {"view": view.details(geometry.mode)} if geometry.records_view else {}
+                kept.append({**target, **recorded})
                 images.append(image)
                 foregrounds.append(foreground)
         self.guard.start([])

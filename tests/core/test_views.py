@@ -116,3 +116,42 @@ def test_bad_geometry_settings_are_refused():
         Geometry(mode="crop", overlap=64).check_size(64)
     with pytest.raises(ValueError, match="random generator"):
         plan_views(500, 500, 64, Geometry(mode="crop"))
+
+
+EVERY_MODE = [
+    Geometry(),
+    Geometry(mode="letterbox"),
+    Geometry(mode="crop", crops=3, overlap=16),
+    Geometry(mode="crop", position="centre"),
+    Geometry(mode="tile", overlap=16),
+]
+
+
+@pytest.mark.parametrize("geometry", EVERY_MODE, ids=lambda g: f"{g.mode}-{g.position}")
+def test_what_a_mode_needs_is_what_plan_views_does(geometry):
+    """``draws_views`` says whether views need a generator; ``one_view_per_image`` how many
+    views an image makes."""
+    if geometry.draws_views:
+        with pytest.raises(ValueError, match="random generator"):
+            plan_views(460, 1130, 256, geometry)
+        views = plan_views(460, 1130, 256, geometry, crop_rng(0, "k"))
+        assert views != plan_views(460, 1130, 256, geometry, crop_rng(1, "k"))
+    else:  # no generator needed, and one would change nothing
+        views = plan_views(460, 1130, 256, geometry)
+        assert views == plan_views(460, 1130, 256, geometry, crop_rng(0, "k"))
+    assert (len(views) == 1 and views[0].box == (0, 0, 460, 1130)) == geometry.one_view_per_image
+
+
+@pytest.mark.parametrize("geometry", EVERY_MODE, ids=lambda g: f"{g.mode}-{g.position}")
+def test_a_mode_is_scored_whole_or_by_tiles_covering_every_pixel(geometry):
+    scoring = geometry.scoring()
+    assert not scoring.draws_views  # a test image is scored the same on every run
+    assert scoring.one_view_per_image == geometry.one_view_per_image
+    covered = np.zeros((460, 1130), bool)
+    for view in plan_views(460, 1130, 256, scoring):
+        y0, x0, y1, x1 = view.box
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    assert scoring.overlap == geometry.overlap or scoring.one_view_per_image
+    # only resize scores on the squashed target; the other modes stitch back to the image
+    assert geometry.scored_on_target == (geometry.mode == "resize") == (not geometry.records_view)
