@@ -163,7 +163,7 @@ def export_shard(data: bytes, settings: ExportSettings) -> ShardExport:
             label = None if normal else anomaly_class(meta)
         except (SampleError, KeyError) as exc:
             raise SampleError(f"sample {key}: {exc}") from exc
-        if settings.format == "mvtec" and label is not None and not re.match(SAFE_NAME, label):
+        if settings.format == "mvtec" and label is not None and not re.fullmatch(SAFE_NAME, label):
             raise SampleError(f"sample {key}: its anomaly class {label!r} cannot name a folder")
         counts["normal" if normal else "anomalous"] += 1
         if label is not None:
@@ -303,7 +303,7 @@ class ShardDone:
 def job_category(job: dict[str, Any]) -> str:
     """MVTec's category by default: the synthesis job's name, if a folder may take it."""
     name = str(job.get("config", {}).get("name", ""))
-    if not re.match(SAFE_NAME, name):
+    if not re.fullmatch(SAFE_NAME, name):
         raise ExportError(f"the job's name {name!r} cannot name a folder: give a category")
     return name
 

@@ -29,7 +29,7 @@ from json.encoder import encode_basestring_ascii
 import numpy as np
 
 from cai_ray import faults
-from cai_ray.config import SynthConfig, sample_shaping
+from cai_ray.config import IDENTITY_NAMES, SynthConfig, sample_shaping
 from cai_ray.core.foreground import make_foreground_extractor
 from cai_ray.daad.shards import content_digest, prepare_daad
 from cai_ray.daad.writer import INDEX_NAME
@@ -190,12 +190,16 @@ def reuse_output_list(config: SynthConfig, folder: str) -> tuple[str, inputs.Lis
         return None
     url = os.path.join(folder, layout.INPUT_LIST_FILE)
     storage.get_file(list_url, url)
+    count = int(previous["targets"])
+    if inputs.count_rows(url) != count or _inputs_root(url, count) != previous.get("inputs_root"):
+        log.info("the input list %s kept is not the one the job started with: listing", list_url)
+        return None  # a resume from moved inputs rewrote it
     unlisted = LeftOut()
     for skip in previous.get("unlisted_inputs", []):
         unlisted.append(skip)
     unlisted.total = int(previous.get("left_out_inputs", unlisted.total))
     listing = inputs.Listing(
-        count=int(previous["targets"]),
+        count=count,
         unlisted=unlisted,
         duplicates=int(previous.get("duplicate_inputs", 0)),
     )
@@ -208,7 +212,19 @@ def reuse_output_list(config: SynthConfig, folder: str) -> tuple[str, inputs.Lis
     return url, listing
 
 
-def plan_job(config: SynthConfig, folder: str, *, relist: bool = True) -> JobPlan:
+def _inputs_common(url: str, count: int) -> str:
+    """The common folder (a location) of a sorted list's inputs: that of its first and last."""
+    first, last = inputs.location_bounds(url, count)
+    return posixpath.commonpath([first, last]) if count > 1 else posixpath.dirname(first)
+
+
+def _inputs_root(url: str, count: int) -> str:
+    """The inputs' common folder as a local path or object URL, as ``job.json`` records it."""
+    first = next(iter(inputs.ListReader(url).rows(0, 1)))[0]
+    return inputs.root_url(_inputs_common(url, count), first)
+
+
+def plan_job(config: SynthConfig, folder: str, *, relist: bool = False) -> JobPlan:
     """List the inputs into ``folder`` (or, unless ``relist``, reuse the list an output of
     this job keeps: :func:`reuse_output_list`) and plan from that list in one streaming pass:
     a target's index is its row, its key (which seeds its samples) its path relative to the
@@ -219,8 +235,7 @@ def plan_job(config: SynthConfig, folder: str, *, relist: bool = True) -> JobPla
     url, listing = reused or list_inputs(config, folder)
     faults.fault_point(faults.PLANNING)
     count = listing.count
-    first, last = inputs.location_bounds(url, count)
-    common = posixpath.commonpath([first, last]) if count > 1 else posixpath.dirname(first)
+    common = _inputs_common(url, count)
     per_shard = config.output.targets_per_shard
     keys, stamps = _input_digests(url, count, common, per_shard)
     identity = job_identity(config, keys, stamps)
@@ -258,7 +273,8 @@ def _what_changed(config: SynthConfig, plan: JobPlan, previous: dict) -> str:
         )
     if before.get("config") != now["config"]:
         keys = _differing_keys(sample_shaping(previous.get("config", {})), _identity_config(config))
-        changes.append(f"config differs: {', '.join(keys) or 'settings'}")
+        named = [_SETTING_NAMES.get(key, key) for key in keys]
+        changes.append(f"config differs: {', '.join(named) or 'settings'}")
     if before.get("inputs") != now["inputs"]:
         changes.append("the input list differs (images added, removed or renamed)")
     elif before.get("input_stamps") != now["input_stamps"]:
@@ -282,6 +298,10 @@ def _what_changed(config: SynthConfig, plan: JobPlan, previous: dict) -> str:
     if before.get("files") != now["files"]:
         changes.append("the synthesizer's files changed (its model or textures)")
     return "; ".join(changes) or "its fingerprint differs"
+
+
+_SETTING_NAMES = {f"{path.rpartition('.')[0]}.{old}": path for path, old in IDENTITY_NAMES.items()}
+"""A renamed setting's name today, from the name a job's identity keeps for it."""
 
 
 def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -340,9 +360,10 @@ def _changed_inputs(
 
 
 def _claim_output(config: SynthConfig, plan: JobPlan) -> tuple[dict, set[int]]:
-    """Write the job file and the input list, or check an existing job file matches (then the
-    list is written afresh: the same inputs, maybe moved); return the job file's contents and
-    the indices of the shards already committed (one listing, no entry read)."""
+    """Write the job file and the input list, or check an existing job file matches (then a
+    list made afresh replaces the kept one: the same inputs, maybe moved); return the job
+    file's contents and the indices of the shards already committed (one listing, no entry
+    read)."""
     out = config.output.path
     job_url = storage.join(out, layout.JOB_FILE)
     list_url = storage.join(out, layout.INPUT_LIST_FILE)

@@ -3,6 +3,7 @@ read back with the format's own reader and compared sample by sample with the sh
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -331,6 +332,9 @@ def test_a_sample_without_a_label_or_a_safe_class_is_named(output):
         SampleError, match=rf"sample {key}: its anomaly class '../../up' cannot name a folder"
     ):
         export_shard(escaping, mvtec)
+    key, trailing = _one_shard_with(output, lambda meta: meta.update(anomaly_class="crack\n"))
+    with pytest.raises(SampleError, match=re.escape(f"sample {key}: its anomaly class 'crack\\n'")):
+        export_shard(trailing, mvtec)
     coco = export_shard(escaping, ExportSettings(format="coco"))  # a category name, not a path
     assert "../../up" in coco.part["classes"]
 

@@ -2,6 +2,7 @@
 the DAAD rebuilt in place, an input image's pixels replaced, a synthesizer's files replaced.
 Run in-process (executor: local): the check is the driver's, before any stage."""
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -99,10 +100,23 @@ def test_a_resume_reads_the_list_the_output_keeps(sources, tmp_path):
 
 def test_a_resume_from_other_sources_lists_them(sources, tmp_path):
     """The kept list is reused only for the sources that made it: a job naming another folder
-    of the same images lists that folder (and resumes, the keys being the same)."""
+    of the same images lists that folder and resumes (the keys are the same), and the list it
+    leaves is not taken for the first folder's; a folder with an image less is refused."""
     inputs, daad = sources
     config = _config(inputs, daad, tmp_path / "out")
     _interrupted(config)
+    same = tmp_path / "same"
+    shutil.copytree(inputs, same)
+    at_same = config.model_copy(
+        update={"inputs": config.inputs.model_copy(update={"paths": [str(same)]})}
+    )
+    assert run_synth(at_same, show_progress=False)["shards_made"] == 1
+    kept = (tmp_path / "out" / "inputs.parquet").read_bytes()
+    assert str(same).encode() in kept
+    (tmp_path / "out" / "shard-000001.json").unlink()
+    manifest = run_synth(config, show_progress=False)  # lists the first folder again
+    assert manifest["complete"] and manifest["shards_made"] == 1
+    assert str(same).encode() not in (tmp_path / "out" / "inputs.parquet").read_bytes()
     moved = tmp_path / "moved"
     shutil.copytree(inputs, moved)
     (moved / sorted(inputs.glob("*.jpg"))[0].name).unlink()
@@ -133,6 +147,10 @@ def test_a_changed_config_names_the_settings(sources, tmp_path):
     other = config.model_copy(update={"seed": 8})
     with pytest.raises(OutputMismatchError, match="config differs: seed"):
         run_synth(other, show_progress=False)
+    flipped = dataclasses.replace(config.cai, match_scale=not config.cai.match_scale)
+    renamed = config.model_copy(update={"cai": flipped})  # the identity keeps it as stm
+    with pytest.raises(OutputMismatchError, match=r"config differs: cai\.match_scale\)"):
+        run_synth(renamed, show_progress=False)
 
 
 def test_more_than_99_samples_per_target_verify(sources, tmp_path):
