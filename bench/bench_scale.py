@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import REPO, report
+from common import REPO, peak_rss_mb, report
 
 if TYPE_CHECKING:
     from cai_ray.config import SynthConfig
@@ -101,7 +100,7 @@ def measure(list_path: Path, what: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as out:
         config.output.path = out
         prepare_daad(config.daad)
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_before = peak_rss_mb()
         start = time.perf_counter()
         if what == "plan":
             with tempfile.TemporaryDirectory(prefix="bench-scale-list-") as folder:
@@ -115,7 +114,7 @@ def measure(list_path: Path, what: str) -> dict:
         "targets": targets,
         "shards": shards,
         "wall_s": wall,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "rss_before_mb": rss_before,
     }
 
@@ -192,7 +191,7 @@ def measure_output(folder: Path, count: int, what: str, workers: int, endpoint: 
         "shards": shards,
         "entries_read": len(reads),
         "wall_s": time.perf_counter() - start,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

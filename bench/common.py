@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 
 from cai_ray.daad.builders import DaadSpec, build_daad
@@ -23,8 +22,9 @@ def shared_daad() -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far: ``VmHWM``, not getrusage's ``ru_maxrss``,
+    which a process started by another keeps from its parent across exec."""
+    return status_kib(Path("/proc/self"), "VmHWM") / 1024
 
 
 def report(figures: dict[str, float | int | str]) -> None:
