@@ -6,19 +6,20 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from cai_ray.core.cai import CAIInjector, CAIParams
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.daad.shards import PatternBank, pattern_weights
+from cai_ray.io.settings import Settings
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
 
 
-class CAIMethod(BaseModel, MethodSettings):
+class CAIMethod(Settings, MethodSettings):
     """``synthesizer: {method: cai}`` (the default), tuned by the ``cai`` section."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     method: Literal["cai"] = "cai"
     needs_daad: ClassVar[bool] = True
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from cai_ray.cdm.checkpoint import EXPORTED_FILES, read_info
 from cai_ray.cdm.classes import generated_classes
@@ -18,15 +18,16 @@ from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.shards import PatternBank
 from cai_ray.extras import require
 from cai_ray.io import storage
+from cai_ray.io.settings import Settings
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
 from cai_ray.synthesizers.cai import daad_patterns
 
 
-class CDMMethod(BaseModel, MethodSettings):
+class CDMMethod(Settings, MethodSettings):
     """``synthesizer: {method: cdm, checkpoint: ...}``. Its masks follow CAI's rules, set in the
     ``cai`` section (quotas, match_scale, within_foreground, mask_kernel), from the DAAD's masks."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     method: Literal["cdm"] = "cdm"
     needs_daad: ClassVar[bool] = True
     checkpoint: str = Field(description="A folder written by 'cai-ray cdm train' (or s3://).")

@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import ConfigDict, Field, model_serializer, model_validator
 
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Donor, Failure, Patched, PseudoAnomaly, Synthesizer, sample_rng
+from cai_ray.io.settings import Settings
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
 
 if TYPE_CHECKING:  # mypy checks against the base; pydantic validates against the registry's
@@ -35,11 +36,11 @@ if TYPE_CHECKING:  # mypy checks against the base; pydantic validates against th
 _OWN_KEYS = ("weight", "name")
 
 
-class MixtureComponent(BaseModel):
+class MixtureComponent(Settings):
     """One component, written flat: a registered method's settings plus ``weight`` (and an
     optional ``name``, by default the method's)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     weight: float = Field(gt=0, description="Relative share of the samples (any positive scale).")
     name: str | None = Field(
         None,
@@ -69,12 +70,12 @@ class MixtureComponent(BaseModel):
         return self.name or self.settings.method
 
 
-class MixtureMethod(BaseModel, MethodSettings):
+class MixtureMethod(Settings, MethodSettings):
     """``synthesizer: {method: mixture, components: [...]}``: the registry completes these
     models with its methods but the mixture (:func:`bind_components`), so a component is any
     of them and never a mixture."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     method: Literal["mixture"] = "mixture"
     components: list[MixtureComponent] = Field(min_length=1)
     anomalies_per_target: int = Field(

@@ -8,17 +8,18 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from cai_ray.core.cai import CAIParams
 from cai_ray.core.geometry import choose_location
 from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
+from cai_ray.io.settings import Settings
 
 
-class SampleBudget(BaseModel):
+class SampleBudget(Settings):
     """How many samples a baseline makes per target, and how hard it tries for each."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     anomalies_per_target: int = Field(10, ge=1)
     min_mask_pixels: int = Field(10, ge=1, description="Smaller label masks are redrawn.")
     max_draws: int = Field(10, ge=1, description="Draws per sample before it is given up.")
