@@ -12,18 +12,16 @@ from pydantic import ConfigDict, Field
 from cai_ray.cdm.checkpoint import EXPORTED_FILES, read_info
 from cai_ray.cdm.classes import generated_classes
 from cai_ray.cdm.masks import AffineParams
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Synthesizer
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.shards import PatternBank
 from cai_ray.extras import require
 from cai_ray.io import storage
-from cai_ray.io.settings import Settings
-from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.cai import daad_patterns
+from cai_ray.synthesizers.base import BuildContext
+from cai_ray.synthesizers.cai import TunedByCAI, daad_patterns
 
 
-class CDMMethod(Settings, MethodSettings):
+class CDMMethod(TunedByCAI):
     """``synthesizer: {method: cdm, checkpoint: ...}``. Its masks follow CAI's rules, set in the
     ``cai`` section (quotas, match_scale, within_foreground, mask_kernel), from the DAAD's masks."""
 
@@ -47,9 +45,6 @@ class CDMMethod(Settings, MethodSettings):
         "(grey difference > cai.diff_threshold, median filtered).",
     )
     affine: AffineParams = AffineParams()
-
-    def anomaly_count(self, cai: CAIParams) -> int:
-        return cai.quotas.total
 
     def check(self, context: BuildContext) -> None:
         """The cdm extra is installed, the checkpoint exists, knows the classes asked for, the
@@ -104,7 +99,7 @@ class CDMMethod(Settings, MethodSettings):
             raise RuntimeError("synthesizer.device is 'cuda' but this worker sees no GPU")
         use_gpu = self.device != "cpu" and torch.cuda.is_available()
         device = torch.device("cuda" if use_gpu else "cpu")
-        cai = context.cai
+        cai = self.cai
         return CDMSynthesizer(
             unet,
             make_scheduler(self.scheduler, schedule),

@@ -19,13 +19,12 @@ Each sample's JSON names its ``component``, beside the component's own ``method`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import ConfigDict, Field, model_serializer, model_validator
 
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Donor, Failure, Patched, PseudoAnomaly, Synthesizer, sample_rng
 from cai_ray.io.settings import Settings
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
@@ -96,14 +95,14 @@ class MixtureMethod(Settings, MethodSettings):
     def needs_daad(self) -> bool:  # type: ignore[override]  # the others: a class constant
         return any(component.settings.needs_daad for component in self.components)
 
-    def anomaly_count(self, cai: CAIParams) -> int:
+    def anomaly_count(self) -> int:
         return self.anomalies_per_target
 
-    def label_floor(self, cai: CAIParams, details: dict[str, Any]) -> int:
+    def label_floor(self, details: dict[str, Any]) -> int:
         """The floor of the component that made the sample (its JSON names it), so a sample
         is kept or given up as that component alone would."""
         [component] = [c for c in self.components if c.label == details["component"]]
-        return component.settings.label_floor(cai, details)
+        return component.settings.label_floor(details)
 
     def check(self, context: BuildContext) -> None:
         for component in self.components:
@@ -113,10 +112,12 @@ class MixtureMethod(Settings, MethodSettings):
         return [path for c in self.components for path in c.settings.source_files()]
 
     def for_workers(self) -> MixtureMethod:
-        workers = [
-            c.model_copy(update={"settings": c.settings.for_workers()}) for c in self.components
-        ]
-        return self.model_copy(update={"components": workers})
+        return self.with_components(lambda settings: settings.for_workers())
+
+    def with_components(self, change: Callable[[Any], Any]) -> MixtureMethod:
+        """This mixture with each component's settings replaced by ``change`` of them."""
+        changed = [c.model_copy(update={"settings": change(c.settings)}) for c in self.components]
+        return self.model_copy(update={"components": changed})
 
     def build(self, context: BuildContext) -> Mixture:
         return Mixture(
