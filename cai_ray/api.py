@@ -70,6 +70,8 @@ class OnTheFly:
     def __init__(
         self, settings: MethodSettings, cai: CAIParams, daad: DaadConfig | None, seed: int
     ) -> None:
+        self.cai = cai
+        """The ``cai`` section, given to the method if it is tuned by it (CAI, the CDM)."""
         self.settings = tuned(settings.for_workers(), cai)
         self.daad = daad
         self.seed = seed
