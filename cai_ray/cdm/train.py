@@ -37,7 +37,7 @@ from cai_ray.cdm.model import CDMModelConfig, build_unet, network_input
 from cai_ray.io import checkpoints, samples, storage, stream
 from cai_ray.io.codecs import resize, resize_mask
 from cai_ray.io.settings import Settings
-from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
+from cai_ray.io.stream import ShardRef, Streaming, list_shards
 from cai_ray.train.runner import resumable
 from cai_ray.version import __version__
 
@@ -225,7 +225,7 @@ def train_cdm(
         state = previous
         log.info("resuming %s after epoch %d", config.checkpoint_dir, state["epoch"])
     network = prepare(bare)
-    settings = StreamSettings(
+    settings = Streaming(
         config.batch_size, config.shuffle_buffer, config.seed, config.decode_workers
     )
 

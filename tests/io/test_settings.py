@@ -105,3 +105,7 @@ def test_every_settings_model_extends_the_strict_base():
     }
     assert len(models) > 30, sorted(models)
     assert [name for name, cls in models.items() if not issubclass(cls, Settings)] == []
+    # the naming rule of DEVELOPERS.md: Settings is the base, a model says what kind it is
+    assert [name for name in models if name.endswith("Settings")] == [
+        "cai_ray.io.settings.Settings"
+    ]
