@@ -36,7 +36,7 @@ from cai_ray.synthesizers.draem import DraemMethod
 from cai_ray.synthesizers.fpi import FPIMethod
 from cai_ray.synthesizers.glass import GlassMethod
 from cai_ray.synthesizers.nsa import NSAMethod
-from cai_ray.synthesizers.registry import SynthesizerConfig
+from cai_ray.synthesizers.registry import SynthesizerConfig, tuned
 
 
 def main() -> None:
@@ -84,9 +84,8 @@ def main() -> None:
         def injection(synthesizer=synthesizer, params=params):
             """One pass of a new injection actor's work (its pattern cache empty at first)."""
             stage = InjectionStage(
-                synthesizer=synthesizer,
+                synthesizer=tuned(synthesizer, params),
                 daad=DaadConfig(path=daad, exclude_domains=["magnetic_tile", "crackforest"]),
-                cai=params,
                 image_size=256,
                 mode="grey",
                 seed=0,

@@ -36,7 +36,7 @@ from cai_ray.daad.settings import DaadConfig
 from cai_ray.daad.shards import prepare_daad
 from cai_ray.io.codecs import ColorMode
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.registry import METHODS
+from cai_ray.synthesizers.registry import METHODS, tuned
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,16 @@ class OnTheFly:
     def __init__(
         self, settings: MethodSettings, cai: CAIParams, daad: DaadConfig | None, seed: int
     ) -> None:
-        self.settings = settings.for_workers()
         self.cai = cai
+        """The ``cai`` section, given to the method if it is tuned by it (CAI, the CDM)."""
+        self.settings = tuned(settings.for_workers(), cai)
         self.daad = daad
         self.seed = seed
         self._built: dict[tuple[ColorMode, int], Synthesizer] = {}
 
     @property
     def anomalies_per_target(self) -> int:
-        return self.settings.anomaly_count(self.cai)
+        return self.settings.anomaly_count()
 
     def _synthesizer(self, image: np.ndarray) -> Synthesizer:
         if (
@@ -93,7 +94,7 @@ class OnTheFly:
         mode: ColorMode = "grey" if image.ndim == 2 else "rgb"
         key = (mode, image.shape[0])
         if key not in self._built:
-            context = BuildContext(self.cai, self.daad, image.shape[0], mode)
+            context = BuildContext(self.daad, image.shape[0], mode)
             self.settings.check(context)
             self._built[key] = self.settings.build(context)
         return self._built[key]

@@ -349,7 +349,7 @@ def _copy(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cai_ray.io.export import COCO_FILE, ExportSettings, ShardDone, export_output
+    from cai_ray.io.export import COCO_FILE, ExportConfig, ShardDone, export_output
     from cai_ray.io.layout import shard_name
 
     if args.shards is not None and args.shards < 1:
@@ -360,7 +360,7 @@ def _export(args: argparse.Namespace) -> int:
         "coco_instances": args.coco_instances,
     }
     try:
-        settings = ExportSettings.model_validate(
+        settings = ExportConfig.model_validate(
             {"format": args.format} | {k: v for k, v in options.items() if v is not None}
         )
     except ValidationError as exc:

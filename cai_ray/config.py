@@ -18,7 +18,8 @@ from cai_ray.io.codecs import DEFAULT_MAX_PIXELS, ImageFormat
 from cai_ray.io.layout import KEY_PREFIX_MAX_LENGTH, LEASE_HEARTBEAT_S, LEASE_TIMEOUT_S
 from cai_ray.io.settings import Settings, read_yaml, validate_settings
 from cai_ray.io.storage import DEFAULT_REQUEST_ATTEMPTS, DEFAULT_TIMEOUT_S
-from cai_ray.synthesizers.registry import SynthesizerConfig, default_method
+from cai_ray.synthesizers.base import MethodSettings
+from cai_ray.synthesizers.registry import SynthesizerConfig, default_method, tuned
 
 
 class InputsConfig(Settings):
@@ -194,8 +195,14 @@ class SynthConfig(Settings):
         return self
 
     @property
+    def method_settings(self) -> MethodSettings:
+        """The synthesizer's settings as the job uses them: given the ``cai`` section if the
+        method is tuned by it (CAI, the CDM), so no other method sees that section."""
+        return tuned(self.synthesizer, self.cai)
+
+    @property
     def anomalies_per_target(self) -> int:
-        return self.synthesizer.anomaly_count(self.cai)
+        return self.method_settings.anomaly_count()
 
     @property
     def samples_per_target(self) -> int:

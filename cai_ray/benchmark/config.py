@@ -33,7 +33,7 @@ class SynthesizerEntry(Settings):
         return self
 
 
-class DetectorSettings(Settings):
+class BenchmarkDetectorConfig(Settings):
     color: Literal["grey", "rgb"] = "grey"
     image_size: int = Field(256, ge=8)
     base_width: int = Field(64, ge=1)
@@ -45,7 +45,7 @@ class DetectorSettings(Settings):
     eval_every: int = Field(1, ge=1, description="Score on the test set every k epochs.")
 
 
-class FidSettings(Settings):
+class FidConfig(Settings):
     weights: str = Field(description="Local TorchScript Inception file (see cai_ray.detector.fid).")
     samples: int = Field(500, ge=2, description="Synthetic anomalies compared per synthesizer.")
 
@@ -70,8 +70,8 @@ class BenchmarkConfig(Settings):
         "stitched back, so the metrics are taken at the test images' own size. Tiles are cut "
         "at each run's synth image_size and resized to detector.image_size, as in training.",
     )
-    detector: DetectorSettings = DetectorSettings()
-    fid: FidSettings | None = None
+    detector: BenchmarkDetectorConfig = BenchmarkDetectorConfig()
+    fid: FidConfig | None = None
     examples: int = Field(6, ge=0, description="Test defects shown with their predictions.")
 
     @property

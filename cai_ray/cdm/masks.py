@@ -14,7 +14,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from cai_ray.core.cai import (
     CAIParams,
@@ -36,12 +36,13 @@ from cai_ray.core.geometry import (
     scale_of,
 )
 from cai_ray.core.synthesis import Failure
+from cai_ray.io.settings import Settings
 
 
-class AffineParams(BaseModel):
+class AffineParams(Settings):
     """The random warp of a source mask before it is scaled and placed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     rotation: float = Field(180.0, ge=0, le=180, description="Angle ~ U(-r, r) degrees.")
     scale_x: tuple[float, float] = Field((0.8, 1.25), description="Anisotropic stretch range.")
     shear: float = Field(0.2, ge=0, le=1, description="Shear ~ U(-s, s).")

@@ -11,16 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from cai_ray.cdm.classes import CLASSES
+from cai_ray.io.settings import Settings
 
 
-class CDMModelConfig(BaseModel):
+class CDMModelConfig(Settings):
     """The UNet's size. The defaults are a real size for a GPU (about 30M parameters); the
     demo config shrinks it to run on a laptop CPU."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     block_out_channels: list[int] = Field([64, 128, 256, 256], min_length=2)
     layers_per_block: int = Field(2, ge=1)
     attention_levels: int = Field(

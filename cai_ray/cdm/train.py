@@ -29,14 +29,15 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cai_ray.cdm.checkpoint import EXPORTED_FILES, INFO_NAME, STATE_NAME
 from cai_ray.cdm.classes import class_id
 from cai_ray.cdm.model import CDMModelConfig, build_unet, network_input
 from cai_ray.io import checkpoints, samples, storage, stream
 from cai_ray.io.codecs import resize, resize_mask
-from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
+from cai_ray.io.settings import Settings
+from cai_ray.io.stream import ShardRef, Streaming, list_shards
 from cai_ray.train.runner import resumable
 from cai_ray.version import __version__
 
@@ -46,8 +47,7 @@ log = logging.getLogger(__name__)
 Precision = Literal["auto", "fp32", "bf16"]
 
 
-class CDMConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CDMConfig(Settings):
     data: list[str] = Field(min_length=1, description="Outputs of 'cai-ray synth' (CAI) to learn.")
     checkpoint_dir: str = Field(description="Where the model is written each epoch (or s3://).")
     color: Literal["grey", "rgb"] = "grey"
@@ -225,7 +225,7 @@ def train_cdm(
         state = previous
         log.info("resuming %s after epoch %d", config.checkpoint_dir, state["epoch"])
     network = prepare(bare)
-    settings = StreamSettings(
+    settings = Streaming(
         config.batch_size, config.shuffle_buffer, config.seed, config.decode_workers
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cai_ray.core.geometry import mask_bbox
 from cai_ray.daad.layouts.base import BuildReport, Candidate
@@ -22,11 +22,10 @@ from cai_ray.daad.layouts.registry import Source
 from cai_ray.daad.records import DaadRecord, make_record, pattern_crop_files
 from cai_ray.daad.writer import DaadWriter
 from cai_ray.io.codecs import DecodeError, decode_image
-from cai_ray.io.settings import load_settings
+from cai_ray.io.settings import Settings, load_settings
 
 
-class DaadSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DaadSpec(Settings):
     name: str
     sources: list[Source] = Field(min_length=1)
     records_per_shard: int = Field(256, ge=1)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cai_ray.core.cai import DrawMode
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import Tag
+from cai_ray.io.settings import Settings
 
 
-class DaadBuildConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DaadBuildConfig(Settings):
     spec: str = Field(description="DAAD spec YAML, e.g. configs/daad/shared_data.yaml.")
     data_root: str = Field(description="Folder the spec's paths are relative to.")
 
 
-class DaadConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DaadConfig(Settings):
     path: str = Field(description="A DAAD built by 'cai-ray daad build'.")
     build: DaadBuildConfig | None = Field(
         None, description="Build the DAAD at 'path' from this spec first if it is not there."

@@ -7,16 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from cai_ray.io.settings import read_yaml, validate_settings
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from cai_ray.io.settings import Settings, read_yaml, validate_settings
 
 
-class AnomalousFolder(_Spec):
+class AnomalousFolder(Settings):
     defect: str = Field(description="Defect type name, reported per image.")
     images: str = Field(description="Folder of defective images, relative to the data root.")
     image_glob: str = "*"
@@ -24,7 +20,7 @@ class AnomalousFolder(_Spec):
     mask_name: str = Field("{stem}.png", description="Mask file name from the image's {stem}.")
 
 
-class FolderTarget(_Spec):
+class FolderTarget(Settings):
     layout: Literal["folder"]
     name: str
     normal: str = Field(description="Folder of defect-free images, relative to the data root.")
@@ -38,18 +34,18 @@ class FolderTarget(_Spec):
     anomalous: list[AnomalousFolder] = Field(min_length=1)
 
 
-class MvtecTarget(_Spec):
+class MvtecTarget(Settings):
     layout: Literal["mvtec"]
     name: str
     root: str = Field(description="One MVTec AD category folder, relative to the data root.")
 
 
-class YoloFolder(_Spec):
+class YoloFolder(Settings):
     images: str = Field(description="Folder of images, relative to the data root.")
     labels: str = Field(description="Folder of YOLO polygon .txt files, relative to the root.")
 
 
-class YoloCropsTarget(_Spec):
+class YoloCropsTarget(Settings):
     """Square crops on a grid of a YOLO segmentation export's images: a crop with no defect
     near it is a normal image, a crop with enough defect pixels a test anomaly (its polygons
     the mask, its largest defect label the type). For a texture photographed with its defects,
@@ -103,7 +99,7 @@ AnyTarget = FolderTarget | MvtecTarget | YoloCropsTarget
 TargetSpec = Annotated[AnyTarget, Field(discriminator="layout")]
 
 
-class _SpecFile(_Spec):
+class _SpecFile(Settings):
     target: TargetSpec
 
 

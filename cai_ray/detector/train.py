@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from cai_ray.detector.model import DiscriminativeUNet, focal_loss
 from cai_ray.io import checkpoints, samples, storage, stream
 from cai_ray.io.codecs import resize, resize_mask
-from cai_ray.io.stream import ShardRef, StreamSettings, list_shards
+from cai_ray.io.settings import Settings
+from cai_ray.io.stream import ShardRef, Streaming, list_shards
 from cai_ray.train.data import shard_dataset
 from cai_ray.train.runner import resumable
 
@@ -45,8 +46,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "last.pt"
 
 
-class DetectorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DetectorConfig(Settings):
     data: list[str] = Field(min_length=1, description="Outputs of 'cai-ray synth' to train on.")
     checkpoint_dir: str = Field(description="Where 'last.pt' is written each epoch (or s3://).")
     color: Literal["grey", "rgb"] = "grey"
@@ -98,7 +98,7 @@ def epoch_batches(
     def decode(files: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
         return network_sample(files, config.image_size, config.color)
 
-    settings = StreamSettings(
+    settings = Streaming(
         config.batch_size, config.shuffle_buffer, config.seed, config.decode_workers
     )
     for images, masks in stream.epoch_batches(

@@ -77,7 +77,7 @@ class ExportError(ValueError):
     """A source that is not a synthesis output, or a destination that holds something else."""
 
 
-class ExportSettings(Settings):
+class ExportConfig(Settings):
     """What decides an export's files: a rerun into the same folder must use the same."""
 
     format: Format
@@ -92,7 +92,7 @@ class ExportSettings(Settings):
     )
 
     @model_validator(mode="after")
-    def _options_of_the_format(self) -> ExportSettings:
+    def _options_of_the_format(self) -> ExportConfig:
         if self.format != "mvtec" and (self.category is not None or self.test_normals):
             raise ValueError("category and test_normals are options of the mvtec format")
         if self.format != "coco" and self.coco_instances != "sample":
@@ -144,7 +144,7 @@ def _coco_annotations(mask: np.ndarray, label: str, instances: str) -> list[dict
     ]
 
 
-def export_shard(data: bytes, settings: ExportSettings) -> ShardExport:
+def export_shard(data: bytes, settings: ExportConfig) -> ShardExport:
     """The files and part of one shard's tar (no I/O). A sample without one image, its mask
     and metadata with its label, or (mvtec) with a class that cannot name a folder, raises
     :class:`SampleError` naming its key."""
@@ -311,7 +311,7 @@ def job_category(job: dict[str, Any]) -> str:
 def export_output(
     source: str,
     dest: str,
-    settings: ExportSettings,
+    settings: ExportConfig,
     *,
     max_shards: int | None = None,
     on_shard: Callable[[ShardDone], None] | None = None,

@@ -50,7 +50,9 @@ def list_shards(outputs: list[str], usable: Callable[[dict], int] | None = None)
 
 
 @dataclass(frozen=True)
-class StreamSettings:
+class Streaming:
+    """How a training loop reads its shards: batches, shuffling, seed, decoding threads."""
+
     batch_size: int
     """Global batch, split evenly across ranks."""
     shuffle_buffer: int
@@ -106,7 +108,7 @@ def shuffled(items: Iterable[Out], buffer_size: int, rng: np.random.Generator) -
 def epoch_batches(
     shards: list[ShardRef],
     decode: Callable[[dict[str, bytes]], Decoded | None],
-    settings: StreamSettings,
+    settings: Streaming,
     epoch: int,
     *,
     rank: int = 0,

@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 
 from cai_ray import faults
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.foreground import (
     ForegroundMethod,
     foreground_in_placed,
@@ -46,8 +45,7 @@ from cai_ray.io.layout import JOB_FILE, entry_name, read_json, sample_key, shard
 from cai_ray.io.samples import COUNTED_DETAILS, encode_sample
 from cai_ray.io.tar import Sample, build_tar
 from cai_ray.pipeline.deaths import WORKER_DIED, TargetGuard
-from cai_ray.synthesizers.base import BuildContext
-from cai_ray.synthesizers.registry import SynthesizerConfig
+from cai_ray.synthesizers.base import BuildContext, MethodSettings
 from cai_ray.version import SAMPLES_VERSION
 
 Batch = dict[str, np.ndarray]
@@ -210,8 +208,7 @@ class InjectionStage:
     def __init__(
         self,
         *,
-        synthesizer: SynthesizerConfig,
-        cai: CAIParams,
+        synthesizer: MethodSettings,
         daad: DaadConfig | None,
         image_size: int,
         mode: ColorMode,
@@ -226,7 +223,7 @@ class InjectionStage:
     ) -> None:
         storage.configure(**(storage_options or {}))
         self.out = out
-        self.context = BuildContext(cai, daad, image_size, mode)
+        self.context = BuildContext(daad, image_size, mode)
         self.synthesizer = synthesizer.build(self.context)
         self.image_size = image_size
         self.mode: ColorMode = mode
@@ -242,7 +239,7 @@ class InjectionStage:
         """The label floor of the synthesizer (a mixture's component) that made ``result``."""
         if isinstance(result, Failure):
             return 0  # kept as it is
-        return self.settings.label_floor(self.context.cai, result.details())
+        return self.settings.label_floor(result.details())
 
     def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Sample:
         return key, encode_sample(image, mask, meta, self.image_format)

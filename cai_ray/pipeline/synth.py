@@ -481,9 +481,8 @@ def _stage_graph(
             stages.injection_cpus,
             stages.injection_gpus,
             {
-                "synthesizer": config.synthesizer,
+                "synthesizer": config.method_settings,
                 "daad": config.daad,
-                "cai": config.cai,
                 "image_size": config.image_size,
                 "mode": plan.mode,
                 "seed": config.seed,
@@ -801,8 +800,8 @@ class ManifestWriter:
 def _check_sources(config: SynthConfig, mode: ColorMode) -> None:
     """Fail before any Ray worker starts when a source or model is missing (a clear error
     here beats a failed actor later)."""
-    context = BuildContext(config.cai, config.daad, config.image_size, mode)
-    config.synthesizer.check(context)
+    context = BuildContext(config.daad, config.image_size, mode)
+    config.method_settings.check(context)
     if config.foreground.method == "rembg":
         make_foreground_extractor("rembg", model_path=config.foreground.model_path)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Synthesizer
 from cai_ray.daad.settings import DaadConfig
 from cai_ray.io.codecs import ColorMode
@@ -15,9 +14,9 @@ from cai_ray.io.codecs import ColorMode
 
 @dataclass(frozen=True)
 class BuildContext:
-    """The job's settings a synthesizer may need besides its own."""
+    """What a synthesizer is built for besides its own settings: the job's sources, target size
+    and colour."""
 
-    cai: CAIParams
     daad: DaadConfig | None
     image_size: int
     mode: ColorMode
@@ -33,14 +32,14 @@ class MethodSettings:
     method: str
     needs_daad: ClassVar[bool] = False
 
-    def anomaly_count(self, cai: CAIParams) -> int:
-        """Pseudo-anomalies made per target (CAI's quotas, or the method's own setting)."""
+    def anomaly_count(self) -> int:
+        """Pseudo-anomalies made per target."""
         raise NotImplementedError
 
-    def label_floor(self, cai: CAIParams, details: dict[str, Any]) -> int:
+    def label_floor(self, details: dict[str, Any]) -> int:
         """The fewest label pixels the sample with these ``details`` may have (smaller labels
-        are redrawn or given up): CAI's ``min_mask_pixels`` unless the method has its own."""
-        return cai.min_mask_pixels
+        are redrawn or given up)."""
+        raise NotImplementedError
 
     def check(self, context: BuildContext) -> None:
         """Fail in the driver, before any worker starts, on a missing source or model."""

@@ -7,26 +7,25 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from cai_ray.cdm.checkpoint import EXPORTED_FILES, read_info
 from cai_ray.cdm.classes import generated_classes
 from cai_ray.cdm.masks import AffineParams
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Synthesizer
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.shards import PatternBank
 from cai_ray.extras import require
 from cai_ray.io import storage
-from cai_ray.synthesizers.base import BuildContext, MethodSettings
-from cai_ray.synthesizers.cai import daad_patterns
+from cai_ray.synthesizers.base import BuildContext
+from cai_ray.synthesizers.cai import TunedByCAI, daad_patterns
 
 
-class CDMMethod(BaseModel, MethodSettings):
+class CDMMethod(TunedByCAI):
     """``synthesizer: {method: cdm, checkpoint: ...}``. Its masks follow CAI's rules, set in the
     ``cai`` section (quotas, match_scale, within_foreground, mask_kernel), from the DAAD's masks."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     method: Literal["cdm"] = "cdm"
     needs_daad: ClassVar[bool] = True
     checkpoint: str = Field(description="A folder written by 'cai-ray cdm train' (or s3://).")
@@ -46,9 +45,6 @@ class CDMMethod(BaseModel, MethodSettings):
         "(grey difference > cai.diff_threshold, median filtered).",
     )
     affine: AffineParams = AffineParams()
-
-    def anomaly_count(self, cai: CAIParams) -> int:
-        return cai.quotas.total
 
     def check(self, context: BuildContext) -> None:
         """The cdm extra is installed, the checkpoint exists, knows the classes asked for, the
@@ -103,7 +99,7 @@ class CDMMethod(BaseModel, MethodSettings):
             raise RuntimeError("synthesizer.device is 'cuda' but this worker sees no GPU")
         use_gpu = self.device != "cpu" and torch.cuda.is_available()
         device = torch.device("cuda" if use_gpu else "cpu")
-        cai = context.cai
+        cai = self.cai
         return CDMSynthesizer(
             unet,
             make_scheduler(self.scheduler, schedule),

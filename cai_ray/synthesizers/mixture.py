@@ -19,14 +19,14 @@ Each sample's JSON names its ``component``, beside the component's own ``method`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import ConfigDict, Field, model_serializer, model_validator
 
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.synthesis import Donor, Failure, Patched, PseudoAnomaly, Synthesizer, sample_rng
+from cai_ray.io.settings import Settings
 from cai_ray.synthesizers.base import BuildContext, MethodSettings
 
 if TYPE_CHECKING:  # mypy checks against the base; pydantic validates against the registry's
@@ -35,11 +35,11 @@ if TYPE_CHECKING:  # mypy checks against the base; pydantic validates against th
 _OWN_KEYS = ("weight", "name")
 
 
-class MixtureComponent(BaseModel):
+class MixtureComponent(Settings):
     """One component, written flat: a registered method's settings plus ``weight`` (and an
     optional ``name``, by default the method's)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     weight: float = Field(gt=0, description="Relative share of the samples (any positive scale).")
     name: str | None = Field(
         None,
@@ -69,12 +69,12 @@ class MixtureComponent(BaseModel):
         return self.name or self.settings.method
 
 
-class MixtureMethod(BaseModel, MethodSettings):
+class MixtureMethod(Settings, MethodSettings):
     """``synthesizer: {method: mixture, components: [...]}``: the registry completes these
     models with its methods but the mixture (:func:`bind_components`), so a component is any
     of them and never a mixture."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     method: Literal["mixture"] = "mixture"
     components: list[MixtureComponent] = Field(min_length=1)
     anomalies_per_target: int = Field(
@@ -95,14 +95,14 @@ class MixtureMethod(BaseModel, MethodSettings):
     def needs_daad(self) -> bool:  # type: ignore[override]  # the others: a class constant
         return any(component.settings.needs_daad for component in self.components)
 
-    def anomaly_count(self, cai: CAIParams) -> int:
+    def anomaly_count(self) -> int:
         return self.anomalies_per_target
 
-    def label_floor(self, cai: CAIParams, details: dict[str, Any]) -> int:
+    def label_floor(self, details: dict[str, Any]) -> int:
         """The floor of the component that made the sample (its JSON names it), so a sample
         is kept or given up as that component alone would."""
         [component] = [c for c in self.components if c.label == details["component"]]
-        return component.settings.label_floor(cai, details)
+        return component.settings.label_floor(details)
 
     def check(self, context: BuildContext) -> None:
         for component in self.components:
@@ -112,10 +112,12 @@ class MixtureMethod(BaseModel, MethodSettings):
         return [path for c in self.components for path in c.settings.source_files()]
 
     def for_workers(self) -> MixtureMethod:
-        workers = [
-            c.model_copy(update={"settings": c.settings.for_workers()}) for c in self.components
-        ]
-        return self.model_copy(update={"components": workers})
+        return self.with_components(lambda settings: settings.for_workers())
+
+    def with_components(self, change: Callable[[Any], Any]) -> MixtureMethod:
+        """This mixture with each component's settings replaced by ``change`` of them."""
+        changed = [c.model_copy(update={"settings": change(c.settings)}) for c in self.components]
+        return self.model_copy(update={"components": changed})
 
     def build(self, context: BuildContext) -> Mixture:
         return Mixture(

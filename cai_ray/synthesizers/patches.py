@@ -8,26 +8,26 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from cai_ray.core.cai import CAIParams
 from cai_ray.core.geometry import choose_location
 from cai_ray.core.synthesis import Donor, Failure, Patched, synthesize_each
+from cai_ray.io.settings import Settings
 
 
-class SampleBudget(BaseModel):
+class SampleBudget(Settings):
     """How many samples a baseline makes per target, and how hard it tries for each."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     anomalies_per_target: int = Field(10, ge=1)
     min_mask_pixels: int = Field(10, ge=1, description="Smaller label masks are redrawn.")
     max_draws: int = Field(10, ge=1, description="Draws per sample before it is given up.")
 
-    def anomaly_count(self, cai: CAIParams) -> int:
+    def anomaly_count(self) -> int:
         """The job's count per target (the ``MethodSettings`` hook): the baseline's own."""
         return self.anomalies_per_target
 
-    def label_floor(self, cai: CAIParams, details: dict[str, Any]) -> int:
+    def label_floor(self, details: dict[str, Any]) -> int:
         """The ``MethodSettings`` hook: the baseline's own ``min_mask_pixels``."""
         return self.min_mask_pixels
 

@@ -8,8 +8,9 @@ from typing import Annotated, get_args
 
 from pydantic import Field
 
+from cai_ray.core.cai import CAIParams
 from cai_ray.synthesizers.base import MethodSettings
-from cai_ray.synthesizers.cai import CAIMethod
+from cai_ray.synthesizers.cai import CAIMethod, TunedByCAI
 from cai_ray.synthesizers.cdm import CDMMethod
 from cai_ray.synthesizers.cutpaste import CutPasteMethod
 from cai_ray.synthesizers.draem import DraemMethod
@@ -41,3 +42,13 @@ METHODS: dict[str, type[MethodSettings]] = {
 def default_method() -> CAIMethod:
     """CAI, the published method."""
     return CAIMethod()
+
+
+def tuned(settings: MethodSettings, cai: CAIParams) -> MethodSettings:
+    """``settings`` with the job's ``cai`` section given to the methods it tunes (CAI, the CDM,
+    a mixture's components of these); any other method's settings as they are."""
+    if isinstance(settings, TunedByCAI):
+        return settings.tuned(cai)
+    if isinstance(settings, MixtureMethod):
+        return settings.with_components(lambda component: tuned(component, cai))
+    return settings

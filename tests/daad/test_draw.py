@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from cai_ray import api
 from cai_ray.config import SynthConfig, sample_shaping
-from cai_ray.core.cai import CAIParams, draw_pattern, draw_weights
+from cai_ray.core.cai import draw_pattern, draw_weights
 from cai_ray.core.synthesis import Failure
 from cai_ray.daad.builders import DaadSpec, build_daad
 from cai_ray.daad.settings import DaadConfig
@@ -290,7 +290,7 @@ def test_the_cdms_masks_are_drawn_as_cais_patterns(two_domains):
     """The CDM's masks come from the same records with the same weights as CAI's patterns (of
     the classes it generates), and tags leave the same records out."""
     daad = DaadConfig(path=two_domains, draw="domains", exclude_tags=["foreign_object"])
-    context = BuildContext(CAIParams(), daad, 256, "grey")
+    context = BuildContext(daad, 256, "grey")
     cdm_bank, cdm_weights = CDMMethod(checkpoint="unused")._mask_sources(
         context, {"crack": 0, "hole": 1}
     )
@@ -300,6 +300,6 @@ def test_the_cdms_masks_are_drawn_as_cais_patterns(two_domains):
     np.testing.assert_array_equal(cdm_weights, cai_weights)
     # a CDM that generates only cracks: balanced over the domains its cracks come from
     daad = DaadConfig(path=two_domains, draw="domains")
-    context = BuildContext(CAIParams(), daad, 256, "grey")
+    context = BuildContext(daad, 256, "grey")
     bank, weights = CDMMethod(checkpoint="unused")._mask_sources(context, {"crack": 0})
     assert _shares(bank, weights, bank.domains) == pytest.approx({"big": 0.5, "small": 0.5})

@@ -24,7 +24,7 @@ from cai_ray.io.export import (
     FORMATS,
     PARTS_FOLDER,
     STATE_FILE,
-    ExportSettings,
+    ExportConfig,
     export_shard,
 )
 from cai_ray.io.samples import META_MEMBER, SampleError, decode_sample, read_meta
@@ -324,10 +324,10 @@ def test_a_sample_without_a_label_or_a_safe_class_is_named(output):
         with pytest.raises(SampleError, match=f"sample {key}: 'label'"):
             export_shard(
                 unlabelled,
-                ExportSettings(format=format, category="tiles" if format == "mvtec" else None),
+                ExportConfig(format=format, category="tiles" if format == "mvtec" else None),
             )
     key, escaping = _one_shard_with(output, lambda meta: meta.update(anomaly_class="../../up"))
-    mvtec = ExportSettings(format="mvtec", category="tiles")
+    mvtec = ExportConfig(format="mvtec", category="tiles")
     with pytest.raises(
         SampleError, match=rf"sample {key}: its anomaly class '../../up' cannot name a folder"
     ):
@@ -335,7 +335,7 @@ def test_a_sample_without_a_label_or_a_safe_class_is_named(output):
     key, trailing = _one_shard_with(output, lambda meta: meta.update(anomaly_class="crack\n"))
     with pytest.raises(SampleError, match=re.escape(f"sample {key}: its anomaly class 'crack\\n'")):
         export_shard(trailing, mvtec)
-    coco = export_shard(escaping, ExportSettings(format="coco"))  # a category name, not a path
+    coco = export_shard(escaping, ExportConfig(format="coco"))  # a category name, not a path
     assert "../../up" in coco.part["classes"]
 
 

@@ -1,13 +1,20 @@
 """Settings files: one loader, errors that name the file and every offending key, renamed keys
-refused with their new names."""
+refused with their new names, and every settings model on the one strict base."""
+
+import importlib
+import inspect
+import pkgutil
 
 import pytest
+from pydantic import BaseModel
 
+import cai_ray
 from cai_ray.config import load_config
 from cai_ray.io.layout import KEY_PREFIX_MAX_LENGTH, sample_key
 from cai_ray.io.samples import MASK_MEMBER
-from cai_ray.io.settings import ConfigError
+from cai_ray.io.settings import ConfigError, Settings
 from cai_ray.io.tar import build_tar
+from tests.test_layers import ADAPTER_ONLY
 
 VALID = "inputs: {paths: [x]}\noutput: {path: o}\n"
 
@@ -74,3 +81,31 @@ def test_a_key_prefix_too_long_for_a_tar_member_is_refused_with_the_config(tmp_p
     too_long = VALID.replace("path: o", f"path: o, samples_key_prefix: {'p' * 95}")
     with pytest.raises(ConfigError, match=r"output.samples_key_prefix: .*at most 64 characters"):
         load_config(_write(tmp_path, too_long))
+
+
+def _package_modules():
+    """Every module of cai_ray, imported; an integration whose extra is not installed is left
+    out (its adapter may not import without it)."""
+    for info in pkgutil.walk_packages(cai_ray.__path__, "cai_ray."):
+        try:
+            yield importlib.import_module(info.name)
+        except ModuleNotFoundError as missing:
+            if (missing.name or "").split(".")[0] not in ADAPTER_ONLY:
+                raise
+
+
+def test_every_settings_model_extends_the_strict_base():
+    """A model on pydantic's BaseModel would accept a misspelt key silently and skip renamed-key
+    refusal: every pydantic model in cai_ray is a settings section, so each extends Settings."""
+    models = {
+        f"{module.__name__}.{name}": cls
+        for module in _package_modules()
+        for name, cls in inspect.getmembers(module, inspect.isclass)
+        if cls.__module__ == module.__name__ and issubclass(cls, BaseModel)
+    }
+    assert len(models) > 30, sorted(models)
+    assert [name for name, cls in models.items() if not issubclass(cls, Settings)] == []
+    # the naming rule of DEVELOPERS.md: Settings is the base, a model says what kind it is
+    assert [name for name in models if name.endswith("Settings")] == [
+        "cai_ray.io.settings.Settings"
+    ]

@@ -161,9 +161,8 @@ def _stages(config: SynthConfig, tmp_path: Path, paths: list[str]) -> tuple:
         shards=ShardList(list_url, str(tmp_path), per_shard=len(paths), count=len(paths)),
     )
     injection = InjectionStage(
-        synthesizer=config.synthesizer,
+        synthesizer=config.method_settings,
         daad=None,
-        cai=config.cai,
         image_size=256,
         mode="grey",
         seed=7,

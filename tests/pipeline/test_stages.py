@@ -43,9 +43,8 @@ def test_stages_chain_without_ray(make_config, tmp_path):
     assert [s["path"] for s in json.loads(prepared["skipped"][0])] == [broken[0]["path"]]
 
     injection = InjectionStage(
-        synthesizer=config.synthesizer,
+        synthesizer=config.method_settings,
         daad=config.daad.model_copy(update={"cache_mb": 64}),
-        cai=config.cai,
         image_size=256,
         mode="grey",
         seed=7,

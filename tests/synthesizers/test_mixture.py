@@ -22,7 +22,7 @@ from cai_ray.pipeline.synth import run_synth
 from cai_ray.pipeline.verify import verify_output
 from cai_ray.synthesizers.base import BuildContext
 from cai_ray.synthesizers.mixture import Mixture
-from cai_ray.synthesizers.registry import METHODS
+from cai_ray.synthesizers.registry import METHODS, tuned
 from tests.conftest import DEMO
 
 CAI_AND_FPI = [{"method": "cai", "weight": 0.7}, {"method": "fpi", "weight": 0.3}]
@@ -32,7 +32,7 @@ def _mixture(components: list[dict], **settings) -> Mixture:
     chosen = TypeAdapter(METHODS["mixture"]).validate_python(
         {"method": "mixture", "components": components, **settings}
     )
-    return chosen.build(BuildContext(CAIParams(), None, 64, "grey"))
+    return tuned(chosen, CAIParams()).build(BuildContext(None, 64, "grey"))
 
 
 def _tiles() -> list[np.ndarray]:
@@ -197,7 +197,7 @@ def test_the_job_hooks_ask_every_component():
     draem = chosen.components[0].settings
     assert chosen.source_files() == draem.source_files()
     assert chosen.for_workers().components[0].settings == draem.for_workers()
-    floors = [chosen.label_floor(CAIParams(), {"component": c}) for c in ("draem", "cutpaste")]
+    floors = [chosen.label_floor({"component": c}) for c in ("draem", "cutpaste")]
     assert floors == [30, 20]  # each sample's own component's
     assert not chosen.needs_daad
 
@@ -220,3 +220,23 @@ def test_a_components_failures_are_counted_by_its_stable_cause():
         "fpi: FPI needs another normal image in the same shard to interpolate with",
     }
     assert all(r.reason.startswith(("cutpaste: ", "fpi: ")) for r in results)
+
+
+def test_the_cai_section_reaches_only_the_methods_it_tunes():
+    """The job gives its ``cai`` section to CAI (here a mixture's component), whose count
+    follows the section's quotas; the baseline beside it keeps its own settings, untouched."""
+    config = SynthConfig.model_validate(
+        {
+            "inputs": {"paths": ["x"]},
+            "output": {"path": "o"},
+            "daad": {"path": "d"},
+            "cai": {"quotas": {"large": 1, "medium": 2, "small": 0}},
+            "synthesizer": {"method": "mixture", "components": CAI_AND_FPI},
+        }
+    )
+    cai, fpi = (c.settings for c in config.method_settings.components)
+    assert cai.cai == config.cai and cai.anomaly_count() == 3
+    assert fpi is config.synthesizer.components[1].settings
+    assert not hasattr(fpi, "cai")
+    with pytest.raises(RuntimeError, match="not given the job's cai section"):
+        config.synthesizer.components[0].settings.anomaly_count()

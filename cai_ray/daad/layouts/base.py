@@ -17,22 +17,22 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.records import Tag, safe_key_part
 from cai_ray.io import storage
 from cai_ray.io.annotations import Shape, shapes_mask
 from cai_ray.io.codecs import DecodeError, decode_mask, image_size
+from cai_ray.io.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class SourceBase(BaseModel):
+class SourceBase(Settings):
     """The fields every source has, whatever its layout. A layout's model adds its ``layout``
     name (a ``Literal``), its own fields and :meth:`candidates`."""
 
-    model_config = ConfigDict(extra="forbid")
     domain: str = Field(description="Where the defects come from; used to exclude leakage.")
     dataset: str | None = Field(None, description="Source dataset name; defaults to the domain.")
     license: str = Field(description="License or terms tag, kept on every record.")

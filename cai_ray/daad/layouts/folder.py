@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from cai_ray.daad.classes import AnomalyClass
 from cai_ray.daad.layouts.base import (
@@ -23,12 +23,12 @@ from cai_ray.daad.layouts.base import (
 )
 from cai_ray.daad.records import safe_key_part
 from cai_ray.io.codecs import DecodeError, decode_class_mask, decode_mask, decode_mat_mask
+from cai_ray.io.settings import Settings
 
 
-class MatMask(BaseModel):
+class MatMask(Settings):
     """A mask inside a MATLAB file: ``field`` is a dotted path, ``value`` marks the defect."""
 
-    model_config = ConfigDict(extra="forbid")
     field: str
     value: int
 
