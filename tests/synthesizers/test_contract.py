@@ -59,6 +59,17 @@ def test_every_registered_method_is_covered():
     assert {method for method, _, _ in CASES.values()} == set(METHODS)
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_answers_the_job_hooks(method):
+    """The job asks each method how many samples a target gets and the fewest label pixels a
+    sample may have; the base class has no answer, so a method that forgets one would fail
+    every sample on a cluster, not here."""
+    from cai_ray.synthesizers.base import MethodSettings
+
+    for hook in ("anomaly_count", "label_floor"):
+        assert getattr(METHODS[method], hook) is not getattr(MethodSettings, hook), hook
+
+
 def _tiles(mode: str) -> list[np.ndarray]:
     files = sorted((DEMO / "normal").glob("*.jpg"))[:3]
     grey = [cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (256, 256)) for f in files]

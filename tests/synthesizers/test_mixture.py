@@ -236,6 +236,8 @@ def test_the_cai_section_reaches_only_the_methods_it_tunes():
     )
     cai, fpi = (c.settings for c in config.method_settings.components)
     assert cai.cai == config.cai and cai.anomaly_count() == 3
+    shipped = pickle.loads(pickle.dumps(config.method_settings))  # as Ray hands it to actors
+    assert shipped.components[0].settings.cai == config.cai
     assert fpi is config.synthesizer.components[1].settings
     assert not hasattr(fpi, "cai")
     with pytest.raises(RuntimeError, match="not given the job's cai section"):
