@@ -71,7 +71,8 @@ class OnTheFly:
         self, settings: MethodSettings, cai: CAIParams, daad: DaadConfig | None, seed: int
     ) -> None:
         self.cai = cai
-        """The ``cai`` section, given to the method if it is tuned by it (CAI, the CDM)."""
+        """The ``cai`` section given at construction, handed to the method if it is tuned by
+        it (CAI, the CDM): for reading; a new section needs a new ``OnTheFly``."""
         self.settings = tuned(settings.for_workers(), cai)
         self.daad = daad
         self.seed = seed
