@@ -174,11 +174,15 @@ def list_inputs(config: SynthConfig, folder: str) -> tuple[str, inputs.Listing]:
     return url, listing
 
 
-def reuse_output_list(config: SynthConfig, folder: str) -> tuple[str, inputs.Listing] | None:
+def reuse_output_list(
+    config: SynthConfig, folder: str
+) -> tuple[str, inputs.Listing, str | None] | None:
     """The input list the output keeps, copied into the local ``folder``, when the job that
     started the output named the same sources (``inputs.paths`` and ``inputs.limit``): a
-    resume reads that list back instead of listing millions of objects again. ``None`` when
-    there is no such output or its job named other sources (then the inputs are listed)."""
+    resume reads that list back instead of listing millions of objects again. Returns its
+    path, what it holds and the inputs' root ``job.json`` recorded (the plan checks the list
+    still has it); ``None`` when there is no such output or its job named other sources (then
+    the inputs are listed)."""
     out = config.output.path
     job_url = storage.join(out, layout.JOB_FILE)
     list_url = storage.join(out, layout.INPUT_LIST_FILE)
@@ -191,9 +195,9 @@ def reuse_output_list(config: SynthConfig, folder: str) -> tuple[str, inputs.Lis
     url = os.path.join(folder, layout.INPUT_LIST_FILE)
     storage.get_file(list_url, url)
     count = int(previous["targets"])
-    if inputs.count_rows(url) != count or _inputs_root(url, count) != previous.get("inputs_root"):
+    if inputs.count_rows(url) != count:
         log.info("the input list %s kept is not the one the job started with: listing", list_url)
-        return None  # a resume from moved inputs rewrote it
+        return None
     unlisted = LeftOut()
     for skip in previous.get("unlisted_inputs", []):
         unlisted.append(skip)
@@ -209,19 +213,7 @@ def reuse_output_list(config: SynthConfig, folder: str) -> tuple[str, inputs.Lis
         list_url,
         listing.count,
     )
-    return url, listing
-
-
-def _inputs_common(url: str, count: int) -> str:
-    """The common folder (a location) of a sorted list's inputs: that of its first and last."""
-    first, last = inputs.location_bounds(url, count)
-    return posixpath.commonpath([first, last]) if count > 1 else posixpath.dirname(first)
-
-
-def _inputs_root(url: str, count: int) -> str:
-    """The inputs' common folder as a local path or object URL, as ``job.json`` records it."""
-    first = next(iter(inputs.ListReader(url).rows(0, 1)))[0]
-    return inputs.root_url(_inputs_common(url, count), first)
+    return url, listing, previous.get("inputs_root")
 
 
 def plan_job(config: SynthConfig, folder: str, *, relist: bool = False) -> JobPlan:
@@ -231,17 +223,21 @@ def plan_job(config: SynthConfig, folder: str, *, relist: bool = False) -> JobPl
     inputs' common folder (so moving the dataset elsewhere does not change the samples), and
     the job's identity digests the list as it streams by. The driver's memory does not grow
     with the number of targets (only a short digest per shard)."""
-    reused = None if relist else reuse_output_list(config, folder)
-    url, listing = reused or list_inputs(config, folder)
+    kept = None if relist else reuse_output_list(config, folder)
+    url, listing = (kept[0], kept[1]) if kept else list_inputs(config, folder)
     faults.fault_point(faults.PLANNING)
     count = listing.count
-    common = _inputs_common(url, count)
+    first, last = inputs.location_bounds(url, count)
+    common = posixpath.commonpath([first, last]) if count > 1 else posixpath.dirname(first)
+    probes = [path for path, _ in inputs.ListReader(url).rows(0, 20)]
+    root = inputs.root_url(common, probes[0])
+    if kept and root != kept[2]:  # a resume from moved inputs rewrote the kept list
+        log.info("the input list the output keeps names moved inputs: listing the sources")
+        return plan_job(config, folder, relist=True)
     per_shard = config.output.targets_per_shard
     keys, stamps = _input_digests(url, count, common, per_shard)
     identity = job_identity(config, keys, stamps)
-    probes = [path for path, _ in inputs.ListReader(url).rows(0, 20)]
     mode = _resolve_mode(config, probes)
-    root = inputs.root_url(common, probes[0])
     return JobPlan(
         url,
         count,
@@ -251,7 +247,7 @@ def plan_job(config: SynthConfig, folder: str, *, relist: bool = False) -> JobPl
         root,
         listing.unlisted,
         listing.duplicates,
-        list_kept=reused is not None,
+        list_kept=kept is not None,
     )
 
 
