@@ -184,11 +184,28 @@ def shape_candidates(
         yield class_candidate(source, image_path, relative, anomaly_class, mask)
 
 
-def checked_size(image_path: Path, declared: tuple[object, object]) -> tuple[int, int]:
-    """The image's (height, width) from its header; an annotation made for another size (a
-    resized copy) would land in the wrong place, so a disagreement is an error."""
-    size = image_size(image_path.read_bytes())
+def annotated_size(
+    image_path: Path,
+    declared: tuple[object, object],
+    report: BuildReport,
+    where: str,
+    missing: str = "image file not found",
+) -> tuple[int, int] | None:
+    """The annotated image's (height, width) from its header, or ``None`` with the skip
+    reported under ``where``: the image is missing (``missing``), unreadable, or of another
+    size than the annotation declares (a resized copy: its shapes would land in the wrong
+    place)."""
+    if not image_path.is_file():
+        report.skip(where, missing)
+        return None
+    try:
+        size = image_size(image_path.read_bytes())
+    except (OSError, DecodeError) as exc:
+        report.skip(where, f"bad image ({exc})")
+        return None
     if all(value is not None for value in declared) and tuple(declared) != size:
         height, width = declared
-        raise DecodeError(f"annotated for {height}x{width}, the image is {size[0]}x{size[1]}")
+        reason = f"annotated for {height}x{width}, the image is {size[0]}x{size[1]}"
+        report.skip(where, f"bad image ({reason})")
+        return None
     return size

@@ -15,7 +15,7 @@ from cai_ray.daad.layouts.base import (
     BuildReport,
     Candidate,
     SourceBase,
-    checked_size,
+    annotated_size,
     relative_to_root,
     shape_candidates,
 )
@@ -52,13 +52,8 @@ class CocoSource(SourceBase):
             image = coco.images[image_id]
             image_path = root / self.images / image["file_name"]
             relative = relative_to_root(image_path, root)
-            if not image_path.is_file():
-                report.skip(relative, "image file not found")
-                continue
-            try:
-                size = checked_size(image_path, (image["height"], image["width"]))
-            except (OSError, DecodeError) as exc:
-                report.skip(relative, f"bad image ({exc})")
+            size = annotated_size(image_path, (image["height"], image["width"]), report, relative)
+            if size is None:
                 continue
             shapes = coco.shapes[image_id]
             yield from shape_candidates(

@@ -15,7 +15,7 @@ from cai_ray.daad.layouts.base import (
     BuildReport,
     Candidate,
     SourceBase,
-    checked_size,
+    annotated_size,
     relative_to_root,
     shape_candidates,
 )
@@ -58,13 +58,10 @@ class LabelmeSource(SourceBase):
                 image_path = root / self.images / image_ref.name
             else:
                 image_path = Path(os.path.normpath(json_path.parent / image_ref))
-            if not image_path.is_file():
-                report.skip(where, f"image file not found ({image_path})")
-                continue
-            try:
-                size = checked_size(image_path, (header["imageHeight"], header["imageWidth"]))
-            except (OSError, DecodeError) as exc:
-                report.skip(where, f"bad image ({exc})")
+            declared = (header["imageHeight"], header["imageWidth"])
+            missing = f"image file not found ({image_path})"
+            size = annotated_size(image_path, declared, report, where, missing)
+            if size is None:
                 continue
             relative = relative_to_root(image_path, root)
             yield from shape_candidates(
