@@ -225,7 +225,7 @@ def train_cdm(
         state = previous
         log.info("resuming %s after epoch %d", config.checkpoint_dir, state["epoch"])
     network = prepare(bare)
-    settings = Streaming(
+    streaming = Streaming(
         config.batch_size, config.shuffle_buffer, config.seed, config.decode_workers
     )
 
@@ -238,7 +238,7 @@ def train_cdm(
         draws = torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
         total_loss, seen = torch.zeros((), device=device), 0  # summed on the device: no sync
         for images, masks, labels in stream.epoch_batches(
-            shards, decode, settings, epoch, rank=rank, world_size=world_size
+            shards, decode, streaming, epoch, rank=rank, world_size=world_size
         ):
             clean = torch.from_numpy(images).to(device)
             mask = torch.from_numpy(masks).to(device)

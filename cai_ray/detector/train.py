@@ -98,11 +98,11 @@ def epoch_batches(
     def decode(files: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
         return network_sample(files, config.image_size, config.color)
 
-    settings = Streaming(
+    streaming = Streaming(
         config.batch_size, config.shuffle_buffer, config.seed, config.decode_workers
     )
     for images, masks in stream.epoch_batches(
-        shards, decode, settings, epoch, rank=rank, world_size=world_size
+        shards, decode, streaming, epoch, rank=rank, world_size=world_size
     ):
         yield torch.from_numpy(images), torch.from_numpy(masks)
 
