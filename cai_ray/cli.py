@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from cai_ray.extras import explain, require
 from cai_ray.io import storage
+from cai_ray.io.codecs import ChangedInputError
 from cai_ray.io.layout import OutputBusyError, OutputMismatchError
 from cai_ray.io.settings import load_settings
 from cai_ray.pipeline.console import JobError
@@ -625,6 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         OutputBusyError,
         ImportError,
         JobError,
+        ChangedInputError,
     ) as exc:
         print(f"cai-ray: error: {exc}", file=sys.stderr)
         return 2

@@ -51,6 +51,12 @@ class DecodeError(ValueError):
     """A file that is not a readable image or mask; the message says why."""
 
 
+class ChangedInputError(RuntimeError):
+    """An input whose size is not the size its list recorded: it changed since it was listed,
+    so its samples would not be those the job's identity promises. Not a skip: the job stops,
+    and a run with ``--relist`` names every input that changed."""
+
+
 def _header(data: bytes, max_pixels: int) -> Image.Image:
     """The image, lazily opened, after the checks that need no pixels."""
     if not data:
@@ -245,14 +251,22 @@ def load_views(
     seed: int = 0,
     key: str = "",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    listed_bytes: int | None = None,
 ) -> list[tuple[View, np.ndarray, np.ndarray]]:
     """The targets ``geometry`` makes of one image: (view, ``size x size`` target, bool region
     of the target that shows the image). Views are in the input's own coordinates; random
     crops are placed from (``seed``, ``key``), the image's key. An image that will be shrunk
     (``resize``, ``letterbox``) is decoded at a reduced scale where the format allows and at
     least twice the size it is shrunk to remains. Raises ``OSError`` or :class:`DecodeError`
-    (above ``max_pixels``, or a side under :data:`MIN_TARGET_SIDE`)."""
-    header = _header(storage.read_bytes(url), max_pixels)  # opened once: size, then pixels
+    (above ``max_pixels``, or a side under :data:`MIN_TARGET_SIDE`), and
+    :class:`ChangedInputError` where the file is not ``listed_bytes`` long."""
+    data = storage.read_bytes(url)
+    if listed_bytes is not None and len(data) != listed_bytes:
+        raise ChangedInputError(
+            f"{url} is {len(data)} bytes, {listed_bytes} when it was listed: it changed since; "
+            "run again with --relist (a resume then names every input that changed)"
+        )
+    header = _header(data, max_pixels)  # opened once: size, then pixels
     height, width = _oriented_size(header)
     if min(height, width) < MIN_TARGET_SIDE:
         raise DecodeError(f"{width}x{height} is smaller than {MIN_TARGET_SIDE} pixels a side")

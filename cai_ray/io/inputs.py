@@ -540,13 +540,26 @@ class ListReader:
 
     def targets(self, start: int, stop: int, root: str) -> list[dict]:
         """The targets of rows ``start`` to ``stop``: {index, key, path}, keys relative to
-        the inputs' common folder ``root`` (as :func:`root_url` gives it)."""
-        paths = [path for path, _ in self.rows(start, stop)]
-        keys = target_keys(paths, location(root))
-        return [
-            {"index": start + i, "key": key, "path": path}
-            for i, (key, path) in enumerate(zip(keys, paths, strict=True))
-        ]
+        the inputs' common folder ``root`` (as :func:`root_url` gives it), and ``listed_bytes``
+        where the stamp records a size (the reader checks it: :func:`listed_size`)."""
+        rows = self.rows(start, stop)
+        keys = target_keys([path for path, _ in rows], location(root))
+        targets = []
+        for i, (key, (path, stamp)) in enumerate(zip(keys, rows, strict=True)):
+            target = {"index": start + i, "key": key, "path": path}
+            size = listed_size(stamp)
+            if size is not None:
+                target["listed_bytes"] = size
+            targets.append(target)
+        return targets
+
+
+def listed_size(stamp: str | None) -> int | None:
+    """The byte count a change stamp records (``size:tag``), None where it records none. A
+    reader that finds another size knows the input changed since it was listed: the one
+    change a resume that reuses its list could not see otherwise."""
+    size = (stamp or "").split(":", 1)[0]
+    return int(size) if size.isdigit() else None
 
 
 _NOT_NORMAL = r"//|/\.\.?(/|$)|/$"

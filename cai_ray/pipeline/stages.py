@@ -147,6 +147,7 @@ class ForegroundStage:
                     seed=self.seed,
                     key=target["key"],
                     max_pixels=self.max_pixels,
+                    listed_bytes=target.get("listed_bytes"),
                 )
             except storage.StorageError:
                 raise  # the store gave up, not the input: the job fails and a rerun resumes

@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cai_ray.core.views import Geometry
 from cai_ray.io import inputs, storage
+from cai_ray.io.codecs import ChangedInputError, load_views
 from tests.conftest import DEMO
 
 
@@ -200,3 +202,14 @@ def test_files_left_out_are_all_counted_and_the_first_named(tmp_path, monkeypatc
     rows, listing = _listed([str(folder)], tmp_path)
     assert len(rows) == 3 and listing.unlisted.total == 3
     assert [Path(s["path"]).name for s in listing.unlisted] == ["0.txt", "1.txt"]
+
+
+def test_a_stamp_gives_its_size_and_a_reader_refuses_another(tmp_path):
+    assert inputs.listed_size("1234:1700000000") == 1234
+    assert inputs.listed_size('77:"etag"') == 77
+    assert inputs.listed_size("missing") is None and inputs.listed_size(None) is None
+    image = sorted((DEMO / "normal").glob("*.jpg"))[0]
+    size = image.stat().st_size
+    assert load_views(str(image), 64, "grey", Geometry(), listed_bytes=size)
+    with pytest.raises(ChangedInputError, match=f"{size} bytes, {size + 1} when it was listed"):
+        load_views(str(image), 64, "grey", Geometry(), listed_bytes=size + 1)

@@ -43,9 +43,10 @@ def test_a_prefix_is_listed_page_by_page_with_stamps_from_the_listing(s3_bucket,
     assert listing.unlisted == [{"path": f"{s3_bucket}/in/notes.md", "reason": ANY}]
     storage.put_file_atomic(str(dest), f"{s3_bucket}/out/inputs.parquet")
     beside = inputs.ListReader(f"{s3_bucket}/out/inputs.parquet")
+    sizes = [int(stamp.split(":")[0]) for _, stamp in rows]
     assert beside.targets(1, 3, f"{s3_bucket}/in") == [
-        {"index": 1, "key": "a/b/z.jpg", "path": paths[1]},
-        {"index": 2, "key": "a/x.jpg", "path": paths[2]},
+        {"index": 1, "key": "a/b/z.jpg", "path": paths[1], "listed_bytes": sizes[1]},
+        {"index": 2, "key": "a/x.jpg", "path": paths[2], "listed_bytes": sizes[2]},
     ]
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from cai_ray.config import SynthConfig
 from cai_ray.daad.builders import DaadSpec, build_daad
+from cai_ray.io.codecs import ChangedInputError
 from cai_ray.io.layout import OutputMismatchError
 from cai_ray.pipeline.synth import run_synth
 from tests.conftest import DEMO, REPO
@@ -95,6 +96,23 @@ def test_a_resume_reads_the_list_the_output_keeps(sources, tmp_path):
     assert manifest["complete"] and manifest["shards_made"] == 1
     assert manifest["targets"] == 4
     with pytest.raises(OutputMismatchError, match="the input list differs"):
+        run_synth(config, show_progress=False, relist=True)
+
+
+def test_a_resume_stops_at_an_input_whose_size_changed_since_it_was_listed(sources, tmp_path):
+    """Without --relist a resume reads the list it keeps; the shard's reader still sees an
+    input of another size than listed (its pixels changed) and stops the job, naming it."""
+    inputs, daad = sources
+    config = _config(inputs, daad, tmp_path / "out")
+    _interrupted(config)
+    files = sorted(inputs.glob("*.jpg"))
+    third = files[2]  # a target of the shard the crash undid
+    other = next(f for f in files if f.stat().st_size != third.stat().st_size)
+    third.write_bytes(other.read_bytes())
+    with pytest.raises(ChangedInputError, match=f"{third.name} is .* it changed since.*--relist"):
+        run_synth(config, show_progress=False)
+    assert not (tmp_path / "out" / "shard-000001.tar").exists()
+    with pytest.raises(OutputMismatchError, match=f"1 input changed.*{third.name}"):
         run_synth(config, show_progress=False, relist=True)
 
 
