@@ -1,7 +1,7 @@
 """The Ray synthesis job's rate, on one or several logical nodes, into a folder or S3.
 
-Runs the real job (configs/magnetic_tile.yaml settings: 952 real tiles, the shared DAAD) and
-reports the end-to-end rate (Ray and actor start-up included) and the steady rate: samples
+Runs the real job (configs/magnetic_tile.yaml settings with CAI alone: 952 real tiles, the shared
+DAAD) and reports the end-to-end rate (Ray and actor start-up included) and the steady rate: samples
 committed after every injection actor has committed its first shard, over the time they took.
 Commit times come from polling the output's entry files, the same way for a folder and S3.
 
@@ -107,6 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     raw = yaml.safe_load((REPO / "configs" / "magnetic_tile.yaml").read_text())
     raw["daad"] = {"path": shared_daad(), "exclude_domains": ["magnetic_tile"]}
+    raw["synthesizer"] = {"method": "cai"}  # CAI's job, not the config's mixture
     raw["inputs"]["limit"] = args.targets
     raw["inputs"]["paths"] = [str((REPO / p).resolve()) for p in raw["inputs"]["paths"]]
     raw["output"].update(preview_samples=0, targets_per_shard=args.targets_per_shard)
