@@ -105,7 +105,7 @@ def _local_stamp(entry: os.DirEntry) -> str:
         info = entry.stat()
     except OSError:
         return "missing"
-    return f"{info.st_size}:{info.st_mtime_ns}"
+    return storage.file_stamp(info)
 
 
 def _walk_local(folder: str) -> Iterator[os.DirEntry]:
@@ -164,12 +164,6 @@ def _remote_pages(source: str) -> Iterator[dict]:
 
         while items := sync(fs.loop, page):
             yield from items
-
-
-def remote_stamp(entry: dict) -> str:
-    """An object's change stamp from its listing entry (as :func:`storage.stamps` gives it)."""
-    tag = entry.get("ETag") or entry.get("LastModified") or entry.get("mtime")
-    return f"{entry.get('size')}:{tag}"
 
 
 def _read_list(url: str) -> Iterator[pa.Table]:
@@ -323,7 +317,7 @@ def source_tables(source: str, skipped: list[dict[str, str]]) -> Iterator[pa.Tab
             yield from _stamped(_tables(_usable(((name, None) for name in names), skipped)))
         elif kind == "folder":
             entries = (
-                (storage.as_url(source, e["name"]), remote_stamp(e))
+                (storage.as_url(source, e["name"]), storage.object_stamp(e))
                 for e in _remote_pages(source)
                 if not e["name"].endswith("/")
             )
@@ -555,7 +549,8 @@ class ListReader:
 
 
 def listed_size(stamp: str | None) -> int | None:
-    """The byte count a change stamp records (``size:tag``), None where it records none. A
+    """The byte count a change stamp records (``size:tag``, as :func:`storage.file_stamp` and
+    :func:`storage.object_stamp` write it), None where it records none. A
     reader that finds another size knows the input changed since it was listed: the one
     change a resume that reuses its list could not see otherwise."""
     size = (stamp or "").split(":", 1)[0]

@@ -493,6 +493,18 @@ def copy_folder(source: str, destination: str) -> int:
     return written
 
 
+def file_stamp(info: os.stat_result) -> str:
+    """A local file's change stamp, ``size:mtime_ns``."""
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+def object_stamp(entry: dict) -> str:
+    """An object's change stamp from its listing entry, ``size:tag`` (the ETag, or the
+    modification time where the store gives none)."""
+    tag = entry.get("ETag") or entry.get("LastModified") or entry.get("mtime")
+    return f"{entry.get('size')}:{tag}"
+
+
 def stamps(urls: list[str]) -> list[str]:
     """A change stamp per file, as rsync compares them: size and modification time (local:
     ``os.stat``; object stores: size and ETag from one listing per folder, not a request per
@@ -505,7 +517,7 @@ def stamps(urls: list[str]) -> list[str]:
                 info = local_path(url).stat()
             except FileNotFoundError:
                 continue
-            found[url] = f"{info.st_size}:{info.st_mtime_ns}"
+            found[url] = file_stamp(info)
         else:
             remote.setdefault(url.rsplit("/", 1)[0], []).append(url)
     for folder, members in remote.items():
@@ -517,8 +529,7 @@ def stamps(urls: list[str]) -> list[str]:
         for url in members:
             entry = listing.get(url.split("://", 1)[1])
             if entry is not None:
-                tag = entry.get("ETag") or entry.get("LastModified") or entry.get("mtime")
-                found[url] = f"{entry.get('size')}:{tag}"
+                found[url] = object_stamp(entry)
     return [found.get(url, "missing") for url in urls]
 
 
