@@ -92,6 +92,24 @@ def plan_stages(
     return plan
 
 
+MIN_SHARD_BLOCKS = 1_000
+"""Up to this many shards, each reaches Ray Data as a block of its own."""
+
+BLOCKS_PER_ACTOR = 16
+"""Beyond :data:`MIN_SHARD_BLOCKS`, the blocks each actor of the larger pool gets over a run:
+enough that the last blocks leave little of the run with actors idle."""
+
+
+def shard_blocks(shards: int, plan: StagePlan) -> int:
+    """How many blocks a run's ``shards`` reach Ray Data in. Each block costs the driver
+    milliseconds of scheduling, and a run of ten million inputs has hundreds of thousands of
+    shards (docs/BENCHMARKS.md, "Handing the shards to Ray Data"), so beyond a thousand
+    shards a block holds several; a stage still takes one shard a call, and every actor still
+    gets work."""
+    actors = max(plan.foreground_actors, plan.injection_actors)
+    return max(1, min(shards, max(MIN_SHARD_BLOCKS, BLOCKS_PER_ACTOR * actors)))
+
+
 MIN_ACTOR_RESTARTS = 16
 """Restarts a stage actor has in a run at least: each input that kills its worker costs its
 actor ``worker_deaths_per_target`` of them, and one actor may meet several such inputs in a

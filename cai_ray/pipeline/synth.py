@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,10 +49,19 @@ from cai_ray.pipeline.console import (
 )
 from cai_ray.pipeline.lease import holding
 from cai_ray.pipeline.progress import Progress
-from cai_ray.pipeline.resources import StagePlan, actor_options, plan_stages, restart_bound
+from cai_ray.pipeline.resources import (
+    StagePlan,
+    actor_options,
+    plan_stages,
+    restart_bound,
+    shard_blocks,
+)
 from cai_ray.pipeline.stages import ForegroundStage, InjectionStage
 from cai_ray.synthesizers.base import BuildContext
 from cai_ray.version import SAMPLES_VERSION, __version__
+
+if TYPE_CHECKING:
+    import ray
 
 log = logging.getLogger(__name__)
 
@@ -520,6 +530,14 @@ def _run_locally(
     return retried
 
 
+def shard_dataset(todo: list[int], blocks: int) -> ray.data.Dataset:
+    """The shards to make as a Ray Data dataset of ``blocks`` blocks, a row a shard (a shard's
+    targets are read from the list by the foreground stage)."""
+    import ray
+
+    return ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=blocks)
+
+
 def _run_pipeline(
     config: SynthConfig,
     plan: JobPlan,
@@ -534,8 +552,7 @@ def _run_pipeline(
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    rows = [{"shard": i} for i in todo]  # a shard's targets are read by the foreground stage
-    dataset: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    dataset = shard_dataset(todo, shard_blocks(len(todo), stages))
     resources = config.resources
     ledger = deaths.start_ledger(resources.worker_deaths_per_target, resources.actor_memory_mb)
     for stage, actors, cpus, gpus, kwargs in _stage_graph(config, plan, stages, ledger):

@@ -18,6 +18,7 @@ from cai_ray import faults
 from cai_ray.config import SynthConfig
 from cai_ray.io import layout, storage
 from cai_ray.io.layout import OutputBusyError
+from cai_ray.pipeline import synth
 from cai_ray.pipeline.console import JobError
 from cai_ray.pipeline.synth import run_synth
 from cai_ray.pipeline.verify import repair_output, verify_output
@@ -34,7 +35,14 @@ pytestmark = [
 ONE_TARGET_PER_SHARD = {"targets_per_shard": 1}
 
 
-def test_a_killed_injection_actor_loses_and_duplicates_nothing(make_config, undisturbed):
+@pytest.mark.parametrize("shards_a_block", [1, 4], ids=["a shard a block", "4 shards a block"])
+def test_a_killed_injection_actor_loses_and_duplicates_nothing(
+    make_config, undisturbed, monkeypatch, shards_a_block
+):
+    """A block of several shards (as a run of more than a thousand shards hands Ray Data) is
+    retried whole where its actor dies: the shards it had committed are written again, the
+    same bytes, and counted once."""
+    monkeypatch.setattr(synth, "shard_blocks", lambda shards, _: -(-shards // shards_a_block))
     config = make_config(out="killed", output=ONE_TARGET_PER_SHARD)
     out = Path(config.output.path)
     killed: list[int] = []
@@ -57,7 +65,9 @@ def test_a_killed_injection_actor_loses_and_duplicates_nothing(make_config, undi
     assert manifest["complete"]
     assert verify_output(str(out)).ok
     figures = compare(shard_tars(str(out)), shard_tars(undisturbed.config.output.path))
-    record("injection actor killed", **figures, job_s=round(time.monotonic() - started, 1))
+    blocks = "" if shards_a_block == 1 else f", {shards_a_block} shards a block"
+    row = f"injection actor killed{blocks}"
+    record(row, **figures, job_s=round(time.monotonic() - started, 1))
     assert_exactly_once(figures)
 
 

@@ -1,7 +1,13 @@
 import pytest
 
 from cai_ray.config import ResourcesConfig
-from cai_ray.pipeline.resources import plan_stages
+from cai_ray.pipeline.resources import (
+    BLOCKS_PER_ACTOR,
+    MIN_SHARD_BLOCKS,
+    StagePlan,
+    plan_stages,
+    shard_blocks,
+)
 
 
 def test_two_cores_leave_room_for_the_foreground_actor():
@@ -43,3 +49,12 @@ def test_gpu_actors_follow_the_gpus():
     with pytest.raises(ValueError, match="ask for 6 GPUs"):
         plan_stages(config.model_copy(update={"injection_actors": 6}), 16, 10, cluster_gpus=4)
     assert plan_stages(ResourcesConfig(), 16, 10, cluster_gpus=4).injection_gpus == 0
+
+
+def test_a_few_shards_are_a_block_each_and_many_share_blocks_every_actor_gets():
+    small, large = StagePlan(1, 1.0, 2, 0.5), StagePlan(125, 1.0, 1000, 1.0)
+    assert shard_blocks(13, small) == 13  # a small job spreads shard by shard
+    assert shard_blocks(MIN_SHARD_BLOCKS, small) == MIN_SHARD_BLOCKS
+    assert shard_blocks(312_500, small) == MIN_SHARD_BLOCKS  # ten million inputs, 32 a shard
+    assert shard_blocks(312_500, large) == BLOCKS_PER_ACTOR * 1000  # every actor gets blocks
+    assert shard_blocks(0, small) == 1

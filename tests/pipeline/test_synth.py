@@ -11,6 +11,7 @@ import webdataset as wds
 from cai_ray.cli import main
 from cai_ray.io.codecs import decode_image
 from cai_ray.io.tar import iter_tar
+from cai_ray.pipeline import synth
 from cai_ray.pipeline.synth import OutputMismatchError, run_synth
 from cai_ray.pipeline.verify import verify_output
 from tests.s3server import local_s3
@@ -66,11 +67,17 @@ def test_job_writes_shards_that_webdataset_reads(reference_run, normals_with_a_c
     assert verify_output(str(out)).ok
 
 
-def test_same_samples_whatever_the_parallelism(reference_run, make_config):
+def test_same_samples_whatever_the_parallelism(reference_run, make_config, monkeypatch):
     config, _ = reference_run
     single = make_config(out="single", resources={"injection_actors": 1, "foreground_actors": 1})
     run_synth(single, show_progress=False)
     assert _digests(single.output.path) == _digests(config.output.path)
+    # two blocks of several shards each, as a run of many shards is handed to Ray Data
+    monkeypatch.setattr(synth, "shard_blocks", lambda shards, _: 2)
+    blocks = make_config(out="blocks", resources={"injection_actors": 2})
+    manifest = run_synth(blocks, show_progress=False)
+    assert manifest["complete"] and len(manifest["shards"]) == 5
+    assert _digests(blocks.output.path) == _digests(config.output.path)
 
 
 def test_resume_after_a_crash_rebuilds_only_the_missing_shard(reference_run, make_config, tmp_path):
