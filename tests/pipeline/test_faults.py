@@ -140,7 +140,30 @@ def _driver(command: list[str], kill_at: str, logs: Path) -> tuple[int, str]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(driver.pid, signal.SIGKILL)
             driver.wait(30)
+            _end_stray_workers(driver.pid)
     return driver.returncode, printed.read_text()
+
+
+def _end_stray_workers(group: int) -> None:
+    """Kill and wait out the Ray workers the driver leading ``group`` started: each leads a
+    process group of its own, so the group's kill spares them until they notice their raylet
+    is gone, and one still writing may commit a shard after the driver died. Found by the
+    ``CAI_RAY_KILL_GROUP`` they inherited (cai_ray/faults.py), so only this driver's."""
+    marker = f"{faults.GROUP_VARIABLE}={group}".encode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stray = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            with contextlib.suppress(OSError):
+                if marker in environ.read_bytes().split(b"\0"):
+                    stray.append(int(environ.parent.name))
+        if not stray:
+            return
+        for pid in stray:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise AssertionError(f"the workers of the killed driver {group} outlived it by 30 s")
 
 
 KILLED_BEFORE = {faults.LISTING_OUTPUT: faults.LAST_SHARD}
